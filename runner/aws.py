@@ -1,0 +1,68 @@
+"""boto3 clients, created on first use from one session that the CLI makes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from .errors import InfraError
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_logs import CloudWatchLogsClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ssm import SSMClient
+
+_CONFIG = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=120)
+
+
+class AwsClients:
+    """Lazily built clients per (service, region); nothing talks to AWS until asked."""
+
+    def __init__(self, session: boto3.session.Session | None = None) -> None:
+        self._session = session
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    def _client(self, service: str, region: str) -> Any:
+        key = (service, region)
+        if key not in self._clients:
+            if self._session is None:
+                self._session = boto3.session.Session()
+            self._clients[key] = self._session.client(service, region_name=region, config=_CONFIG)  # type: ignore[call-overload]
+        return self._clients[key]
+
+    def s3(self, region: str) -> S3Client:
+        client: S3Client = self._client("s3", region)
+        return client
+
+    def ssm(self, region: str) -> SSMClient:
+        client: SSMClient = self._client("ssm", region)
+        return client
+
+    def ecs(self, region: str) -> ECSClient:
+        client: ECSClient = self._client("ecs", region)
+        return client
+
+    def logs(self, region: str) -> CloudWatchLogsClient:
+        client: CloudWatchLogsClient = self._client("logs", region)
+        return client
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def infra_error(action: str, exc: Exception) -> InfraError:
+    """Turn an AWS failure into one sentence that names the action and the AWS reason."""
+    if isinstance(exc, NoCredentialsError):
+        return InfraError(f"{action} failed: no AWS credentials found; configure them (aws configure, OIDC role) and retry")
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "")
+        return InfraError(f"{action} failed: {code}: {message}".rstrip(": "))
+    if isinstance(exc, BotoCoreError):
+        return InfraError(f"{action} failed: {exc}")
+    return InfraError(f"{action} failed: {exc}")

@@ -1,0 +1,317 @@
+"""The db-backup command line: parse, call, and turn errors into exit codes in one place."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from . import __version__, github, jobs
+from .aws import AwsClients
+from .clock import SystemClock
+from .credentials import parse_url
+from .errors import BadInput, Cancelled, DbBackupError, ExitCode, JobFailed, StaleBackups, TargetsInvalid
+from .settings import GithubEnv, Settings
+from .storage import entry_to_json, list_backups
+from .targets import Registry, Target, load_registry
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Backups of PostgreSQL databases to S3 or a folder, and safe restores.",
+)
+
+
+class Executor(str, Enum):
+    local = "local"
+    ecs = "ecs"
+
+
+@dataclass
+class State:
+    targets: Path
+    verbose: bool
+    settings: Settings
+
+    def registry(self) -> Registry:
+        return load_registry(self.targets)
+
+    def services(self) -> jobs.Services:
+        gh = GithubEnv()
+        return jobs.Services(
+            settings=self.settings, clock=SystemClock(), aws=AwsClients(),
+            on_secret=github.add_mask if gh.actions else (lambda _secret: None),
+        )
+
+
+def _state(ctx: typer.Context) -> State:
+    state: State = ctx.obj
+    return state
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    targets: Annotated[Path | None, typer.Option("--targets", envvar="DB_BACKUP_TARGETS", help="Path of targets.yaml.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr, force=True,
+        format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ",
+    )
+    logging.Formatter.converter = __import__("time").gmtime
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = Settings()
+    ctx.obj = State(targets=targets or settings.targets, verbose=verbose, settings=settings)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command("targets")
+def targets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Table of targets: identifier, env, schedule, protected."""
+    registry = _state(ctx).registry()
+    rows = [
+        {"identifier": t.identifier, "env": t.env, "schedule": t.schedule or "", "protected": t.protected, "executor": t.executor}
+        for t in registry.targets
+    ]
+    if as_json:
+        _echo_json(rows)
+        return
+    _table([[r["identifier"], r["env"], r["schedule"] or "-", "yes" if r["protected"] else "no", r["executor"]] for r in rows],
+           ["IDENTIFIER", "ENV", "SCHEDULE", "PROTECTED", "EXECUTOR"])
+
+
+@app.command()
+def validate(ctx: typer.Context) -> None:
+    """Check targets.yaml and print every problem with its place."""
+    registry = _state(ctx).registry()
+    typer.echo(f"{registry.path}: {len(registry.targets)} targets in {len(registry.environments)} environments, valid")
+
+
+@app.command()
+def matrix(ctx: typer.Context, schedule: Annotated[str | None, typer.Option(help="Only targets with this schedule.")] = None) -> None:
+    """A GitHub Actions job matrix: {"include": [{"identifier": .., "env": ..}, ..]}."""
+    registry = _state(ctx).registry()
+    chosen = registry.scheduled(schedule) if schedule else registry.targets
+    typer.echo(json.dumps({"include": [{"identifier": t.identifier, "env": t.env} for t in chosen]}, separators=(",", ":")))
+
+
+@app.command("list")
+def list_cmd(
+    ctx: typer.Context, identifier: str, env: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most N backups.")] = 20,
+) -> None:
+    """Backups of one target, newest first."""
+    state = _state(ctx)
+    target = state.registry().get(identifier, env)
+    store = state.services().store(target)
+    entries = list_backups(store, identifier, env, limit=limit)
+    if as_json:
+        _echo_json([entry_to_json(e) for e in entries])
+        return
+    if not entries:
+        typer.echo(f"no backups for {target.name} in {store.url}")
+        return
+    _table(
+        [[e.id, e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"), jobs.human_size(e.size_bytes),
+          (e.sha256 or "-")[:16], e.status] for e in entries],
+        ["ID", "CREATED", "SIZE", "SHA256", "STATUS"],
+    )
+
+
+def _executor(target: Target, chosen: Executor | None) -> str:
+    executor = chosen.value if chosen else target.executor
+    if executor == "ecs" and target.ecs is None:
+        raise BadInput(f"--executor ecs needs defaults.ecs in targets.yaml for {target.name}")
+    return executor
+
+
+@app.command()
+def backup(
+    ctx: typer.Context, identifier: str, env: str,
+    executor: Annotated[Executor | None, typer.Option(help="Where pg_dump runs (default: the target's setting).")] = None,
+    request_id: Annotated[str | None, typer.Option(hidden=True, help="Recorded in the manifest.")] = None,
+) -> None:
+    """Back up one target's database."""
+    state = _state(ctx)
+    target = state.registry().get(identifier, env)
+    if _executor(target, executor) == "ecs":
+        _run_remote(ctx, target, ["backup", identifier, env])
+        return
+    result = jobs.backup(target, state.services(), request_id=request_id)
+    m = result.manifest
+    typer.echo(f"backup {m.id} of {target.name}: {result.uri} ({jobs.human_size(m.size_bytes)}, {m.compression}, "
+               f"{m.duration_s:.1f}s, sha256 {m.sha256})")
+
+
+@app.command()
+def restore(
+    ctx: typer.Context, identifier: str,
+    from_env: Annotated[str, typer.Option("--from", help="Environment whose backup is restored.")],
+    to: Annotated[str | None, typer.Option("--to", help="Environment to restore into.")] = None,
+    to_url: Annotated[str | None, typer.Option("--to-url", help="postgresql:// URL of a database outside targets.yaml.")] = None,
+    backup_id: Annotated[str, typer.Option("--backup", help="latest or a backup id.")] = "latest",
+    executor: Annotated[Executor | None, typer.Option(help="Where pg_restore runs.")] = None,
+    confirm: Annotated[str | None, typer.Option(help="Name the protected environment to allow restoring into it.")] = None,
+) -> None:
+    """Restore a backup into an environment (or a URL) through a fresh database and a safe swap."""
+    state = _state(ctx)
+    registry = state.registry()
+    url = parse_url(to_url) if to_url else None
+    plan = jobs.plan_restore(registry, identifier, from_env, to, url, backup_id, confirm)
+    if plan.dest is not None and _executor(plan.dest, executor) == "ecs":
+        argv = ["restore", identifier, "--from", from_env, "--to", plan.dest.env, "--backup", backup_id]
+        if confirm:
+            argv += ["--confirm", confirm]
+        _run_remote(ctx, plan.dest, argv)
+        return
+    if url is not None and executor == Executor.ecs:
+        raise BadInput("--to-url restores run locally; drop --executor ecs")
+    result = jobs.restore(plan, state.services())
+    kept = f"; previous database kept as {result.previous}" if result.previous else ""
+    typer.echo(f"restored {result.source} backup {result.backup_id} into {result.dest} "
+               f"({jobs.human_size(result.size_bytes)}, {result.duration_s:.1f}s, {result.mode}, "
+               f"{'sha256 verified' if result.verified else 'legacy dump, no checksum'}){kept}")
+
+
+def _run_remote(ctx: typer.Context, target: Target, argv: list[str]) -> None:
+    # OWNED BY THE ECS WORK (issue 3): start the task with `argv + --executor local`, follow, report.
+    raise BadInput(f"the ecs executor is not built yet for {target.name}; use --executor local")
+
+
+# --- workflow commands (issue 4) ---------------------------------------------------------------
+
+
+@app.command()
+def workflows(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Option("--dir", help="Folder of the workflow files.")] = Path(".github/workflows"),
+    check: Annotated[bool, typer.Option("--check", help="Only report differences; exit 1 if any.")] = False,
+) -> None:
+    """Rewrite the dispatch workflows' dropdown options from targets.yaml (or --check them)."""
+    from .workflow_options import sync
+
+    changed = sync(_state(ctx).registry(), directory, check=check)
+    if check and changed:
+        raise JobFailed(f"dropdown options differ from targets.yaml in {', '.join(changed)}; run `db-backup workflows`")
+    typer.echo("\n".join(f"updated {name}" for name in changed) if changed else "workflow options match targets.yaml")
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    results: Annotated[Path, typer.Argument(help="Folder of per-target result files.")],
+) -> None:
+    """One summary table of a scheduled run's per-target results; exit 1 if any target failed."""
+    from .report import render
+
+    markdown, all_ok = render(_state(ctx).registry(), results)
+    gh = GithubEnv()
+    if gh.step_summary:
+        with gh.step_summary.open("a", encoding="utf-8") as handle:
+            handle.write(markdown)
+    typer.echo(markdown)
+    if not all_ok:
+        raise JobFailed("at least one scheduled backup failed; see the table above")
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise BadInput(f"duration {text!r} is not valid; write e.g. 90m, 26h or 2d")
+    value, unit = float(match.group(1)), match.group(2)
+    return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    max_age: Annotated[str, typer.Option("--max-age", help="Oldest acceptable newest backup, e.g. 26h.")] = "26h",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    schedule: Annotated[str, typer.Option(help="Which schedule's targets to check.")] = "nightly",
+) -> None:
+    """Age of each scheduled target's newest backup; exit 1 if any is stale."""
+    state = _state(ctx)
+    limit = parse_duration(max_age)
+    results = jobs.status(state.registry(), state.services(), limit, schedule)
+    rows = [
+        {"identifier": r.target.identifier, "env": r.target.env, "newest": r.newest.id if r.newest else None,
+         "status": r.newest.status if r.newest else None,
+         "age_hours": round(r.age.total_seconds() / 3600, 1) if r.age is not None else None, "stale": r.stale}
+        for r in results
+    ]
+    if as_json:
+        _echo_json(rows)
+    else:
+        _table([[r["identifier"], r["env"], r["newest"] or "none", "-" if r["age_hours"] is None else f"{r['age_hours']}h",
+                 "STALE" if r["stale"] else "ok"] for r in rows], ["IDENTIFIER", "ENV", "NEWEST", "AGE", "STATE"])
+    stale = [f"{r['identifier']}/{r['env']}" for r in rows if r["stale"]]
+    if stale:
+        raise StaleBackups(f"{len(stale)} target(s) have no backup newer than {max_age}: {', '.join(stale)}")
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
+    raise Cancelled(f"cancelled by {signal.Signals(signum).name}")
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Console entry point: every error becomes one line on stderr and its exit code."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
+    try:
+        app(args=argv, standalone_mode=False)
+        code = ExitCode.OK
+    except TargetsInvalid as exc:
+        typer.echo(f"error: {exc.path} is not valid ({len(exc.problems)} problems); fix each place below:", err=True)
+        for problem in exc.problems:
+            typer.echo(f"  {exc.path}: {problem}", err=True)
+        code = exc.exit_code
+    except DbBackupError as exc:
+        if verbose:
+            log.exception("traceback")
+        typer.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("error: cancelled by SIGINT", err=True)
+        code = ExitCode.CANCELLED
+    except __import__("click").exceptions.Abort:
+        typer.echo("error: cancelled", err=True)
+        code = ExitCode.CANCELLED
+    except __import__("click").exceptions.ClickException as exc:
+        exc.show()
+        code = ExitCode.BAD_INPUT
+    except Exception as exc:
+        if verbose:
+            log.exception("traceback")
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with --verbose for the traceback)", err=True)
+        code = ExitCode.FAILED
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()

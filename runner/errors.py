@@ -1,0 +1,73 @@
+"""The one exception hierarchy of db-backup and the exit codes it maps to."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1
+    BAD_INPUT = 2
+    INFRA = 3
+    TIMEOUT = 4
+    CANCELLED = 130
+
+
+class DbBackupError(Exception):
+    """Base error: its message is one sentence a user can act on."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+
+class JobFailed(DbBackupError):
+    """The backup or restore itself failed (pg_dump, pg_restore, checksum, task exit)."""
+
+    exit_code = ExitCode.FAILED
+
+
+class StaleBackups(JobFailed):
+    """`status` found targets whose newest backup is too old."""
+
+
+class BadInput(DbBackupError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class TargetsInvalid(BadInput):
+    """targets.yaml has problems; each one carries its place."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        count = len(problems)
+        super().__init__(
+            f"{path} has {count} problem{'s' if count != 1 else ''}: "
+            + "; ".join(problems)
+        )
+
+
+class UnknownTarget(BadInput):
+    pass
+
+
+class RestoreRefused(BadInput):
+    pass
+
+
+class NoBackup(BadInput):
+    pass
+
+
+class InfraError(DbBackupError):
+    """AWS denied or failed, a task could not start, storage unreachable."""
+
+    exit_code = ExitCode.INFRA
+
+
+class TimedOut(DbBackupError):
+    exit_code = ExitCode.TIMEOUT
+
+
+class Cancelled(DbBackupError):
+    exit_code = ExitCode.CANCELLED

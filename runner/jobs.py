@@ -1,0 +1,330 @@
+"""Backup and restore, executor-agnostic: what runs where the job runs (laptop or Fargate task)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from . import __version__, postgres
+from .aws import AwsClients
+from .clock import Clock
+from .compression import sniff
+from .credentials import Connection, Resolver
+from .errors import BadInput, JobFailed, NoBackup, RestoreRefused
+from .settings import Settings
+from .storage import BackupEntry, BackupStore, Manifest, make_id, open_store, resolve_backup
+from .targets import Registry, Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a job needs from outside, passed in by the CLI (or a test)."""
+
+    settings: Settings
+    clock: Clock
+    aws: AwsClients
+    on_secret: Callable[[str], None] = lambda _secret: None
+
+    def store(self, target: Target) -> BackupStore:
+        return open_store(
+            target.storage, lambda: self.aws.s3(target.region),
+            self.settings.part_size_mb, self.settings.parallel_uploads,
+        )
+
+    def resolver(self, target: Target) -> Resolver:
+        return Resolver(lambda: self.aws.ssm(target.region), on_secret=self.on_secret)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+# --- backup -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    manifest: Manifest
+    uri: str
+
+
+def _free_id(store: BackupStore, target: Target, now: datetime) -> str:
+    for seq in itertools.count(1):
+        backup_id = make_id(now, seq)
+        key = store.key(target.identifier, target.env, backup_id)
+        if not store.exists(key) and not store.exists(key + ".json"):
+            return backup_id
+    raise AssertionError("unreachable")
+
+
+def backup(target: Target, services: Services, request_id: str | None = None) -> BackupResult:
+    """pg_dump straight into storage; the manifest is written only after everything succeeded."""
+    store = services.store(target)
+    conn = services.resolver(target).resolve(target.database)
+    pg_dump = postgres.find_tool("pg_dump")
+    dump_version = postgres.tool_version(pg_dump)
+    server = postgres.server_version(conn)
+    if postgres.major(dump_version) < postgres.major(server):
+        raise JobFailed(f"pg_dump {dump_version} cannot dump server {server}; install PostgreSQL client tools {postgres.major(server)} or newer")
+    plan = postgres.plan_dump(pg_dump, dump_version, target.compression)
+    now = services.clock.now()
+    backup_id = _free_id(store, target, now)
+    key = store.key(target.identifier, target.env, backup_id)
+    log.info("backing up %s (%s, server %s) to %s with %s", target.name, conn.describe(), server, store.uri(key), plan.compression)
+    started = services.clock.monotonic()
+    digest = hashlib.sha256()
+    size = 0
+    upload = store.start_upload(key, target.storage_class)
+    try:
+        with postgres.dump_stream(conn, plan) as chunks:
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                upload.write(chunk)
+    except BaseException:
+        upload.abort()
+        raise
+    upload.complete()
+    manifest = Manifest(
+        identifier=target.identifier, env=target.env, id=backup_id, key=key,
+        created_at=now, duration_s=round(services.clock.monotonic() - started, 3),
+        size_bytes=size, sha256=digest.hexdigest(), format="custom", compression=plan.compression,
+        compressed_by=plan.compressed_by, pg_dump_version=dump_version, server_version=server,
+        database=conn.dbname, tool_version=__version__, request_id=request_id,
+    )
+    store.put_manifest(manifest)
+    log.info("backup %s done: %s in %.1fs, sha256 %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256)
+    return BackupResult(manifest, store.uri(key))
+
+
+# --- restore ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """A checked restore request: nothing has been touched yet."""
+
+    source: Target
+    backup: str
+    dest: Target | None
+    dest_url: Connection | None
+
+    @property
+    def dest_label(self) -> str:
+        if self.dest is not None:
+            return self.dest.name
+        assert self.dest_url is not None
+        return self.dest_url.describe()
+
+
+def plan_restore(
+    registry: Registry, identifier: str, source_env: str, to_env: str | None, to_url: Connection | None,
+    backup_id: str, confirm: str | None,
+) -> RestorePlan:
+    """Apply the refusal rules (existence, direction, protection) before any side effect."""
+    if (to_env is None) == (to_url is None):
+        raise BadInput("give exactly one of --to ENV or --to-url URL")
+    source = registry.get(identifier, source_env)
+    dest = None
+    if to_env is not None:
+        dest = registry.get(identifier, to_env)
+        registry.check_direction(source, dest)
+        if dest.protected and confirm != dest.env:
+            raise RestoreRefused(
+                f"{dest.name} is protected; add --confirm {dest.env} to replace its database "
+                "(in GitHub, the environment's approval does this)"
+            )
+    return RestorePlan(source, backup_id, dest, to_url)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    source: str
+    backup_id: str
+    dest: str
+    database: str
+    previous: str | None
+    duration_s: float
+    size_bytes: int
+    sha256: str
+    verified: bool
+    mode: str
+
+
+def _peek(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    first = next(chunks, b"")
+    return first, itertools.chain([first], chunks)
+
+
+def _decompressor(kind: str, where: str) -> tuple[str, ...] | None:
+    if kind == "custom":
+        return None
+    if kind == "zstd":
+        zstd = shutil.which("zstd")
+        if not zstd:
+            raise BadInput("this backup is zstd-compressed; install zstd (apt-get install zstd) to restore it")
+        return (zstd, "-d", "-q", "-c")
+    if kind == "gzip":
+        return (shutil.which("gzip") or "gzip", "-d", "-c")
+    raise JobFailed(f"{where} is not a PostgreSQL custom-format dump (unknown header); it cannot be restored")
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _check_digest(entry: BackupEntry, actual: str, size: int, where: str) -> None:
+    if entry.manifest is None:
+        log.warning("%s is a legacy dump without a manifest: its checksum cannot be verified", where)
+        return
+    if size != entry.manifest.size_bytes or actual != entry.manifest.sha256:
+        raise JobFailed(
+            f"checksum mismatch for {where}: expected sha256 {entry.manifest.sha256}, got {actual}; "
+            "the backup is damaged and the target was not touched"
+        )
+
+
+def _download(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:
+    """Copy the dump into a seekable local file (decompressed), hashing the stored bytes."""
+    digest = hashlib.sha256()
+    size = 0
+    head, chunks = _peek(store.read(entry.key))
+    decompress = _decompressor(sniff(head), store.uri(entry.key))
+    path = folder / "restore.dump"
+    with path.open("wb") as out:
+        proc = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=out) if decompress else None
+        sink = proc.stdin if proc and proc.stdin else out
+        try:
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                sink.write(chunk)
+        finally:
+            if proc:
+                if proc.stdin:
+                    proc.stdin.close()
+                code = proc.wait()
+                if code != 0:
+                    raise JobFailed(f"decompressing {store.uri(entry.key)} failed (exit {code}); the dump is damaged")
+    return path, digest.hexdigest(), size
+
+
+def restore(plan: RestorePlan, services: Services) -> RestoreResult:
+    """Restore into a fresh database, verify, then swap it in; the target is never left broken."""
+    settings = services.settings
+    store = services.store(plan.source)
+    entry = resolve_backup(store, plan.source.identifier, plan.source.env, plan.backup)
+    where = store.uri(entry.key)
+    conn = services.resolver(plan.dest).resolve(plan.dest.database) if plan.dest else plan.dest_url
+    assert conn is not None
+    if conn.dbname in ("template0", "template1"):
+        raise BadInput(f"refusing to restore into {conn.dbname}; choose another database")
+    keep_previous = plan.dest.keep_previous if plan.dest else True
+    ignore_privileges = plan.dest.ignore_privileges if plan.dest else plan.source.ignore_privileges
+    fresh = postgres.derived_name(conn.dbname, f"__restore_{entry.id}")
+    previous = postgres.derived_name(conn.dbname, "__previous")
+    pg_restore = postgres.find_tool("pg_restore")
+    jobs = settings.restore_jobs or _cores()
+    parallel = settings.restore_mode == "parallel" or (
+        settings.restore_mode == "auto" and jobs > 1 and entry.size_bytes >= settings.parallel_threshold_mb << 20
+    )
+    started = services.clock.monotonic()
+    log.info("restoring %s (%s, %s) into %s as %s", where, entry.status, human_size(entry.size_bytes), conn.describe(), fresh)
+    admin_conn = postgres.admin_connection(conn)
+    with tempfile.TemporaryDirectory(prefix="db-backup-restore-", dir=settings.work_dir) as work:
+        if parallel:
+            # Verify before touching any database: a damaged download changes nothing.
+            path, actual, size = _download(store, entry, Path(work))
+            _check_digest(entry, actual, size, where)
+        with postgres.connect(admin_conn) as admin:
+            like = postgres.database_info(admin, conn.dbname)
+            postgres.drop_database(admin, fresh)  # a leftover of an interrupted restore
+            postgres.create_database(admin, fresh, like)
+            try:
+                if parallel:
+                    postgres.run_restore_file(conn, postgres.pg_restore_argv(pg_restore, fresh, ignore_privileges, jobs, path))
+                else:
+                    head, chunks = _peek(store.read(entry.key))
+                    decompress = _decompressor(sniff(head), where)
+                    counted = _Counter(chunks)
+                    actual = postgres.restore_stream(
+                        conn, postgres.pg_restore_argv(pg_restore, fresh, ignore_privileges, 1, None), counted, decompress
+                    )
+                    _check_digest(entry, actual, counted.size, where)
+                if like is not None:
+                    postgres.apply_settings(admin, fresh, like)
+                kept = postgres.swap_in(admin, conn.dbname, fresh, previous, settings.swap_wait_s)
+            except BaseException:
+                log.error("restore failed; dropping %s, %s is unchanged", fresh, conn.dbname)
+                postgres.drop_database(admin, fresh)
+                raise
+            if kept and not keep_previous:
+                postgres.drop_database(admin, previous)
+                kept = False
+    duration = round(services.clock.monotonic() - started, 3)
+    log.info("restored %s into %s in %.1fs%s", entry.id, conn.describe(), duration, f"; previous kept as {previous}" if kept else "")
+    return RestoreResult(
+        source=plan.source.name, backup_id=entry.id, dest=plan.dest_label, database=conn.dbname,
+        previous=previous if kept else None, duration_s=duration, size_bytes=entry.size_bytes,
+        sha256=actual, verified=entry.manifest is not None, mode=f"parallel -j{jobs}" if parallel else "stream",
+    )
+
+
+class _Counter:
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.size += len(chunk)
+            yield chunk
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    target: Target
+    newest: BackupEntry | None
+    age: timedelta | None
+    stale: bool
+
+
+def status(registry: Registry, services: Services, max_age: timedelta, schedule: str = "nightly") -> list[TargetStatus]:
+    result = []
+    now = services.clock.now()
+    for target in registry.scheduled(schedule):
+        store = services.store(target)
+        try:
+            newest: BackupEntry | None = resolve_backup(store, target.identifier, target.env, "latest")
+        except NoBackup:
+            newest = None
+        age = now - newest.created_at if newest else None
+        result.append(TargetStatus(target, newest, age, age is None or age > max_age))
+    return result
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex

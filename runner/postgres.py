@@ -1,0 +1,400 @@
+"""PostgreSQL processes and administration: pg_dump/pg_restore pipelines and the safe swap."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import psycopg
+from psycopg import sql
+
+from .compression import Compression
+from .credentials import Connection
+from .errors import BadInput, JobFailed
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+MAX_NAME_BYTES = 63
+# Variables pg_dump also treats as lists: each element must be quoted on its own.
+LIST_SETTINGS = frozenset(
+    {"search_path", "temp_tablespaces", "session_preload_libraries", "shared_preload_libraries",
+     "local_preload_libraries", "unix_socket_directories"}
+)
+_LIBPQ_SECRETS = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE")
+
+
+def find_tool(name: str) -> str:
+    bindir = os.environ.get("DB_BACKUP_PG_BINDIR")
+    if bindir:
+        candidate = Path(bindir) / name
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise BadInput(f"{name} is not installed; install the PostgreSQL client tools (e.g. apt-get install postgresql-client)")
+    return found
+
+
+def tool_version(path: str) -> str:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    return out.strip().rsplit(" ", 1)[-1] if out else "unknown"
+
+
+def major(version: str) -> int:
+    head = version.split(".", 1)[0].split(" ", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _escape_passfile(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@contextlib.contextmanager
+def libpq_env(conn: Connection) -> Iterator[dict[str, str]]:
+    """Environment for libpq tools: connection in PG* variables, the password in a 0600 passfile."""
+    env = {k: v for k, v in os.environ.items() if k not in _LIBPQ_SECRETS}
+    env.update(PGHOST=conn.host, PGPORT=str(conn.port), PGUSER=conn.user, PGDATABASE=conn.dbname,
+               PGAPPNAME="db-backup", PGCONNECT_TIMEOUT="15")
+    if conn.sslmode:
+        env["PGSSLMODE"] = conn.sslmode
+    with tempfile.TemporaryDirectory(prefix="db-backup-") as private:
+        if conn.password is not None:
+            passfile = Path(private) / "pgpass"
+            fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(f"*:*:*:{_escape_passfile(conn.user)}:{_escape_passfile(conn.password)}\n")
+            env["PGPASSFILE"] = str(passfile)
+        else:
+            env["PGPASSFILE"] = os.devnull
+        yield env
+
+
+class _Tail:
+    """Collects the last lines a process writes to stderr, in a thread, so the pipe never fills."""
+
+    def __init__(self, stream: IO[bytes], name: str, keep: int = 20) -> None:
+        self.lines: deque[str] = deque(maxlen=keep)
+        self._name = name
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True, name=f"{name}-stderr")
+        self._thread.start()
+
+    def _run(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self.lines.append(line)
+                log.debug("%s: %s", self._name, line)
+
+    def join(self) -> None:
+        self._thread.join(timeout=30)
+
+    def last_error(self) -> str:
+        for line in reversed(self.lines):
+            if "error" in line.lower() or "fatal" in line.lower():
+                return line
+        return self.lines[-1] if self.lines else "no message"
+
+
+def _conninfo_dbname(name: str) -> str:
+    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+    return f"dbname='{escaped}'"
+
+
+def _pipeline_failure(steps: list[tuple[str, subprocess.Popen[bytes], _Tail]]) -> JobFailed | None:
+    for name, proc, tail in steps:
+        if proc.returncode not in (0, None):
+            tail.join()
+            return JobFailed(f"{name} failed (exit {proc.returncode}): {tail.last_error()}")
+    return None
+
+
+def _kill(steps: list[tuple[str, subprocess.Popen[bytes], _Tail]]) -> None:
+    for _name, proc, _tail in steps:
+        if proc.poll() is None:
+            proc.kill()
+    for _name, proc, tail in steps:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        tail.join()
+
+
+@dataclass(frozen=True)
+class DumpPlan:
+    argv: tuple[str, ...]
+    compressor: tuple[str, ...] | None
+    compression: str
+    compressed_by: str
+
+
+def plan_dump(pg_dump: str, pg_dump_version: str, compression: Compression) -> DumpPlan:
+    """pg_dump's own zstd from 16 on; before that, pg_dump uncompressed piped into zstd -T0."""
+    base = (pg_dump, "--format=custom", "--no-password")
+    if compression.method == "zstd":
+        if major(pg_dump_version) >= 16:
+            return DumpPlan((*base, f"--compress=zstd:{compression.level}"), None, str(compression), "pg_dump")
+        zstd = shutil.which("zstd")
+        if not zstd:
+            raise BadInput("compression zstd needs the zstd program; install it (apt-get install zstd) or set compression: gzip")
+        return DumpPlan((*base, "--compress=0"), (zstd, f"-{compression.level}", "-T0", "-q", "-c"), str(compression), "zstd")
+    level = compression.level if compression.method == "gzip" else 0
+    return DumpPlan((*base, f"--compress={level}"), None, str(compression), "pg_dump")
+
+
+@contextlib.contextmanager
+def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[Iterator[bytes]]:
+    """Yield pg_dump's (optionally compressed) output in chunks; raise JobFailed if any step fails."""
+    with libpq_env(conn) as env:
+        steps: list[tuple[str, subprocess.Popen[bytes], _Tail]] = []
+        dump = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        assert dump.stdout is not None and dump.stderr is not None
+        steps.append(("pg_dump", dump, _Tail(dump.stderr, "pg_dump")))
+        out = dump.stdout
+        if plan.compressor:
+            comp = subprocess.Popen(plan.compressor, stdin=dump.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            dump.stdout.close()  # zstd holds the only read end, so pg_dump sees SIGPIPE if zstd dies
+            assert comp.stdout is not None and comp.stderr is not None
+            steps.append(("zstd", comp, _Tail(comp.stderr, "zstd")))
+            out = comp.stdout
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := out.read(CHUNK):
+                yield chunk
+
+        try:
+            yield chunks()
+            out.close()
+            for _name, proc, tail in steps:
+                proc.wait(timeout=300)
+                tail.join()
+            failure = _pipeline_failure(steps)
+            if failure:
+                raise failure
+        except BaseException:
+            _kill(steps)
+            raise
+
+
+@dataclass(frozen=True)
+class RestoreInput:
+    """Where pg_restore reads from: a pipe fed chunk by chunk, or a seekable file for -j."""
+
+    path: Path | None
+
+
+def pg_restore_argv(pg_restore: str, dbname: str, ignore_privileges: bool, jobs: int, path: Path | None) -> list[str]:
+    argv = [pg_restore, "--no-password", "--exit-on-error", f"--dbname={_conninfo_dbname(dbname)}"]
+    if ignore_privileges:
+        argv += ["--no-owner", "--no-privileges"]
+    if path is not None:
+        if jobs > 1:
+            argv.append(f"--jobs={jobs}")
+        argv.append(str(path))
+    return argv
+
+
+def restore_stream(conn: Connection, argv: list[str], chunks: Iterator[bytes], decompress: tuple[str, ...] | None) -> str:
+    """Feed chunks into [zstd -d |] pg_restore; returns the sha256 of what was fed."""
+    digest = hashlib.sha256()
+    with libpq_env(conn) as env:
+        steps: list[tuple[str, subprocess.Popen[bytes], _Tail]] = []
+        restore = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        assert restore.stdin is not None and restore.stderr is not None
+        steps.append(("pg_restore", restore, _Tail(restore.stderr, "pg_restore")))
+        sink = restore.stdin
+        if decompress:
+            dec = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE)
+            restore.stdin.close()
+            assert dec.stdin is not None and dec.stderr is not None
+            steps.insert(0, ("zstd", dec, _Tail(dec.stderr, "zstd")))
+            sink = dec.stdin
+        try:
+            try:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    sink.write(chunk)
+                sink.close()
+            except BrokenPipeError:
+                pass  # the reader stopped early; its exit code and message say why
+            for _name, proc, tail in steps:
+                proc.wait(timeout=None)
+                tail.join()
+        except BaseException:
+            _kill(steps)
+            raise
+        failure = _pipeline_failure(steps)
+        if failure:
+            raise failure
+    return digest.hexdigest()
+
+
+def run_restore_file(conn: Connection, argv: list[str]) -> None:
+    with libpq_env(conn) as env:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        assert proc.stderr is not None
+        tail = _Tail(proc.stderr, "pg_restore")
+        try:
+            proc.wait()
+            tail.join()
+        except BaseException:
+            _kill([("pg_restore", proc, tail)])
+            raise
+        failure = _pipeline_failure([("pg_restore", proc, tail)])
+        if failure:
+            raise failure
+
+
+# --- administration ---------------------------------------------------------------------------
+
+
+def connect(conn: Connection) -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(**conn.psycopg_kwargs(), autocommit=True)  # type: ignore[arg-type]
+    except psycopg.OperationalError as exc:
+        raise JobFailed(f"cannot connect to {conn.describe()}: {_pg_message(exc)}") from exc
+
+
+def _pg_message(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return text.removeprefix("FATAL:").strip()
+
+
+def server_version(conn: Connection) -> str:
+    with connect(conn) as db:
+        row = db.execute("SHOW server_version").fetchone()
+    return str(row[0]).split(" ", 1)[0] if row else "unknown"
+
+
+def derived_name(base: str, suffix: str) -> str:
+    """`base + suffix`, shortened deterministically (prefix + hash) to fit 63 bytes."""
+    name = base + suffix
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    room = MAX_NAME_BYTES - len(suffix.encode()) - len(digest) - 1
+    prefix = base.encode()[:room].decode("utf-8", "ignore")
+    return f"{prefix}_{digest}{suffix}"
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    name: str
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    connlimit: int
+    settings: tuple[str, ...]
+
+
+def admin_connection(conn: Connection) -> Connection:
+    """Administrative statements run from the maintenance database, never from the target."""
+    return conn.with_db("template1" if conn.dbname == "postgres" else "postgres")
+
+
+def database_info(admin: psycopg.Connection[tuple[object, ...]], name: str) -> DatabaseInfo | None:
+    row = admin.execute(
+        """SELECT d.datname, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate,
+                  d.datctype, d.datconnlimit,
+                  coalesce((SELECT s.setconfig FROM pg_db_role_setting s
+                            WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}')
+           FROM pg_database d WHERE d.datname = %s""",
+        (name,),
+    ).fetchone()
+    if row is None:
+        return None
+    return DatabaseInfo(str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]), int(str(row[5])), tuple(row[6]))  # type: ignore[arg-type]
+
+
+def drop_database(admin: psycopg.Connection[tuple[object, ...]], name: str) -> None:
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def create_database(admin: psycopg.Connection[tuple[object, ...]], name: str, like: DatabaseInfo | None) -> None:
+    query = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    if like is not None:
+        query = sql.SQL("{} ENCODING {} LC_COLLATE {} LC_CTYPE {} OWNER {}").format(
+            query, sql.Literal(like.encoding), sql.Literal(like.collate), sql.Literal(like.ctype), sql.Identifier(like.owner)
+        )
+    try:
+        admin.execute(query)
+    except psycopg.Error as exc:
+        raise JobFailed(f"cannot create database {name}: {_pg_message(exc)}") from exc
+
+
+def _setting_statement(dbname: str, setting: str) -> sql.Composed:
+    key, _, value = setting.partition("=")
+    if key in LIST_SETTINGS:
+        items = [item.strip().strip('"') for item in value.split(",")]
+        rendered = sql.SQL(", ").join(sql.Literal(item) for item in items)
+    else:
+        rendered = sql.Literal(value)  # type: ignore[assignment]
+    return sql.SQL("ALTER DATABASE {} SET {} TO {}").format(sql.Identifier(dbname), sql.Identifier(key), rendered)
+
+
+def apply_settings(admin: psycopg.Connection[tuple[object, ...]], name: str, like: DatabaseInfo) -> None:
+    """Carry connection limit and per-database settings over to the restored database."""
+    admin.execute(sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(name), sql.Literal(like.connlimit)))
+    for setting in like.settings:
+        admin.execute(_setting_statement(name, setting))
+
+
+def _sessions(admin: psycopg.Connection[tuple[object, ...]], name: str) -> int:
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
+    ).fetchone()
+    return int(str(row[0])) if row else 0
+
+
+def _allow_connections(admin: psycopg.Connection[tuple[object, ...]], name: str, allow: bool) -> None:
+    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(sql.Identifier(name), sql.Literal(allow)))
+
+
+def swap_in(
+    admin: psycopg.Connection[tuple[object, ...]], target: str, fresh: str, previous: str,
+    wait_s: float,
+) -> bool:
+    """Make `fresh` the database called `target`; the old one becomes `previous`. True if one was kept."""
+
+    if database_info(admin, target) is None:
+        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(target)))
+        return False
+    drop_database(admin, previous)
+    _allow_connections(admin, target, False)
+    swapped = False
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (target,),
+            )
+            if _sessions(admin, target) == 0:
+                break
+            if time.monotonic() > deadline:
+                raise JobFailed(f"sessions on {target} did not end within {wait_s:.0f}s; the target is unchanged")
+            time.sleep(0.1)
+        # Both renames commit together or not at all: the target is never left missing.
+        with admin.transaction():
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(target), sql.Identifier(previous)))
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(target)))
+        swapped = True
+    except psycopg.Error as exc:
+        raise JobFailed(f"swapping the restored database into {target} failed: {_pg_message(exc)}; the target is unchanged") from exc
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            _allow_connections(admin, previous if swapped else target, True)
+    return True

@@ -1,0 +1,341 @@
+"""targets.yaml: the registry of databases and environments, validated with every problem's place."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .compression import Compression, parse_compression
+from .errors import RestoreRefused, TargetsInvalid, UnknownTarget
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SECRET_PREFIXES = ("ssm:", "env:")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EcsModel(_Strict):
+    cluster: str
+    task_definition: str
+    container: str = "db-backup"
+    subnets: list[str] = Field(min_length=1)
+    security_groups: list[str] = Field(default_factory=list)
+    assign_public_ip: bool = False
+    log_group: str | None = None
+    log_stream_prefix: str = "ecs"
+    platform_version: str = "LATEST"
+
+
+class DatabaseModel(_Strict):
+    host: str
+    port: int | str = 5432
+    name: str
+    user: str
+    password: str | None = None
+    sslmode: str | None = None
+
+    @field_validator("password")
+    @classmethod
+    def _password_is_a_reference(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(SECRET_PREFIXES):
+            raise ValueError(
+                "a literal password is not allowed; write ssm:/path/to/parameter or env:VARIABLE"
+            )
+        return value
+
+
+class DefaultsModel(_Strict):
+    storage: str
+    region: str = "us-east-1"
+    storage_class: str = "STANDARD"
+    compression: str = "zstd:1"
+    executor: Literal["local", "ecs"] | None = None
+    keep_previous: bool = True
+    ecs: EcsModel | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if not value.startswith(("s3://", "file://")) or value in ("s3://", "file://"):
+            raise ValueError("storage must be s3://BUCKET[/PREFIX] or file://PATH")
+        return value
+
+    @field_validator("compression")
+    @classmethod
+    def _compression(cls, value: str) -> str:
+        parse_compression(value)
+        return value
+
+
+class EnvironmentModel(_Strict):
+    protected: bool = False
+
+
+class TargetModel(_Strict):
+    identifier: str
+    env: str
+    schedule: Literal["nightly"] | None = None
+    ignore_privileges: bool = False
+    keep_previous: bool | None = None
+    allow_upward_restore: bool = False
+    storage_class: str | None = None
+    compression: str | None = None
+    executor: Literal["local", "ecs"] | None = None
+    database: DatabaseModel | None = None
+
+    @field_validator("compression")
+    @classmethod
+    def _compression(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_compression(value)
+        return value
+
+
+class TargetsFileModel(_Strict):
+    version: Literal[1]
+    defaults: DefaultsModel
+    environments: dict[str, EnvironmentModel | None] = Field(min_length=1)
+    targets: list[TargetModel] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EcsConfig:
+    cluster: str
+    task_definition: str
+    container: str
+    subnets: tuple[str, ...]
+    security_groups: tuple[str, ...]
+    assign_public_ip: bool
+    log_group: str | None
+    log_stream_prefix: str
+    platform_version: str
+
+
+@dataclass(frozen=True)
+class DatabaseRef:
+    """Where a target's connection comes from: values may be `ssm:/...` or `env:VAR` references."""
+
+    host: str
+    port: str
+    name: str
+    user: str
+    password: str | None
+    sslmode: str | None = None
+
+    @staticmethod
+    def default_ssm(identifier: str, env: str) -> DatabaseRef:
+        base = f"ssm:/{identifier}/{env}/db/backup"
+        return DatabaseRef(
+            host=f"{base}/host",
+            port="5432",
+            name=f"{base}/name",
+            user=f"{base}/user",
+            password=f"{base}/password",
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    identifier: str
+    env: str
+    schedule: str | None
+    protected: bool
+    ignore_privileges: bool
+    keep_previous: bool
+    allow_upward_restore: bool
+    storage: str
+    region: str
+    storage_class: str
+    compression: Compression
+    executor: str
+    ecs: EcsConfig | None
+    database: DatabaseRef
+
+    @property
+    def name(self) -> str:
+        return f"{self.identifier}/{self.env}"
+
+
+@dataclass(frozen=True)
+class Registry:
+    path: str
+    environments: tuple[str, ...]
+    protected: frozenset[str]
+    targets: tuple[Target, ...]
+
+    def get(self, identifier: str, env: str) -> Target:
+        for target in self.targets:
+            if target.identifier == identifier and target.env == env:
+                return target
+        known = sorted({t.env for t in self.targets if t.identifier == identifier})
+        if known:
+            raise UnknownTarget(
+                f"{identifier} has no target in environment {env!r} in {self.path}; "
+                f"it has: {', '.join(known)}"
+            )
+        raise UnknownTarget(
+            f"unknown target {identifier!r} in {self.path}; "
+            "run `db-backup targets` to see the configured ones"
+        )
+
+    def rank(self, env: str) -> int:
+        """Position by importance: 0 is the most important environment."""
+        return self.environments.index(env)
+
+    def check_direction(self, source: Target, dest: Target) -> None:
+        """Refuse restores from a less important environment into a more important one."""
+        if self.rank(source.env) > self.rank(dest.env) and not dest.allow_upward_restore:
+            raise RestoreRefused(
+                f"refusing to restore {source.name} into {dest.name}: {source.env} is less "
+                f"important than {dest.env}; set allow_upward_restore: true on {dest.name} "
+                "if this is intended"
+            )
+
+    def scheduled(self, schedule: str) -> tuple[Target, ...]:
+        return tuple(t for t in self.targets if t.schedule == schedule)
+
+
+def _place(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+        else:
+            parts.append(item)
+    text = ".".join(parts) or "(top level)"
+    if len(loc) >= 2 and loc[0] == "targets" and isinstance(loc[1], int):
+        items = raw.get("targets")
+        if isinstance(items, list) and loc[1] < len(items) and isinstance(items[loc[1]], dict):
+            item = items[loc[1]]
+            text += f" ({item.get('identifier', '?')}/{item.get('env', '?')})"
+    return text
+
+
+def _pydantic_problems(error: ValidationError, raw: dict[str, Any]) -> list[str]:
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; remove it or check its spelling"
+        problems.append(f"{_place(item['loc'], raw)}: {message}")
+    return problems
+
+
+def _cross_problems(model: TargetsFileModel) -> list[str]:
+    problems = []
+    for env in model.environments:
+        if not NAME_RE.match(env):
+            problems.append(f"environments.{env}: name must match {NAME_RE.pattern}")
+    seen: set[tuple[str, str]] = set()
+    for index, target in enumerate(model.targets):
+        place = f"targets[{index}] ({target.identifier}/{target.env})"
+        if not NAME_RE.match(target.identifier):
+            problems.append(f"{place}.identifier: must match {NAME_RE.pattern}")
+        if target.env not in model.environments:
+            problems.append(
+                f"{place}.env: environment {target.env!r} is not declared under environments"
+            )
+        key = (target.identifier, target.env)
+        if key in seen:
+            problems.append(f"{place}: duplicate target; (identifier, env) must be unique")
+        seen.add(key)
+        executor = target.executor or model.defaults.executor
+        if executor == "ecs" and model.defaults.ecs is None:
+            problems.append(f"{place}.executor: ecs needs defaults.ecs settings")
+    return problems
+
+
+def _build(model: TargetsFileModel, path: str, base_dir: Path) -> Registry:
+    defaults = model.defaults
+    ecs = None
+    if defaults.ecs is not None:
+        e = defaults.ecs
+        ecs = EcsConfig(
+            cluster=e.cluster,
+            task_definition=e.task_definition,
+            container=e.container,
+            subnets=tuple(e.subnets),
+            security_groups=tuple(e.security_groups),
+            assign_public_ip=e.assign_public_ip,
+            log_group=e.log_group,
+            log_stream_prefix=e.log_stream_prefix,
+            platform_version=e.platform_version,
+        )
+    storage = defaults.storage
+    if storage.startswith("file://"):
+        folder = Path(storage.removeprefix("file://"))
+        storage = "file://" + str(folder if folder.is_absolute() else (base_dir / folder))
+    protected = frozenset(name for name, env in model.environments.items() if env and env.protected)
+    targets = []
+    for t in model.targets:
+        db = (
+            DatabaseRef(
+                host=t.database.host,
+                port=str(t.database.port),
+                name=t.database.name,
+                user=t.database.user,
+                password=t.database.password,
+                sslmode=t.database.sslmode,
+            )
+            if t.database
+            else DatabaseRef.default_ssm(t.identifier, t.env)
+        )
+        targets.append(
+            Target(
+                identifier=t.identifier,
+                env=t.env,
+                schedule=t.schedule,
+                protected=t.env in protected,
+                ignore_privileges=t.ignore_privileges,
+                keep_previous=defaults.keep_previous if t.keep_previous is None else t.keep_previous,
+                allow_upward_restore=t.allow_upward_restore,
+                storage=storage,
+                region=defaults.region,
+                storage_class=t.storage_class or defaults.storage_class,
+                compression=parse_compression(t.compression or defaults.compression),
+                executor=t.executor or defaults.executor or ("ecs" if ecs else "local"),
+                ecs=ecs,
+                database=db,
+            )
+        )
+    return Registry(
+        path=path,
+        environments=tuple(model.environments),
+        protected=protected,
+        targets=tuple(targets),
+    )
+
+
+def parse_registry(text: str, path: str = "targets.yaml", base_dir: Path | None = None) -> Registry:
+    """Validate targets.yaml text; TargetsInvalid lists every problem with its place."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "somewhere"
+        raise TargetsInvalid(path, [f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from exc
+    if not isinstance(raw, dict):
+        raise TargetsInvalid(path, ["(top level): must be a mapping with version, defaults, environments, targets"])
+    try:
+        model = TargetsFileModel.model_validate(raw)
+    except ValidationError as exc:
+        raise TargetsInvalid(path, _pydantic_problems(exc, raw)) from exc
+    problems = _cross_problems(model)
+    if problems:
+        raise TargetsInvalid(path, problems)
+    return _build(model, path, base_dir or Path.cwd())
+
+
+def load_registry(path: Path) -> Registry:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise TargetsInvalid(str(path), ["file not found; pass --targets PATH or set DB_BACKUP_TARGETS"]) from exc
+    return parse_registry(text, str(path), path.resolve().parent)
