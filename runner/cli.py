@@ -9,14 +9,14 @@ import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from . import __version__, github, jobs
+from . import github, jobs
 from .aws import AwsClients
 from .clock import SystemClock
 from .credentials import parse_url
@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 
 
-class Executor(str, Enum):
+class Executor(StrEnum):
     local = "local"
     ecs = "ecs"
 
@@ -91,14 +91,13 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 def targets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Table of targets: identifier, env, schedule, protected."""
     registry = _state(ctx).registry()
-    rows = [
-        {"identifier": t.identifier, "env": t.env, "schedule": t.schedule or "", "protected": t.protected, "executor": t.executor}
-        for t in registry.targets
-    ]
     if as_json:
-        _echo_json(rows)
+        _echo_json([
+            {"identifier": t.identifier, "env": t.env, "schedule": t.schedule, "protected": t.protected, "executor": t.executor}
+            for t in registry.targets
+        ])
         return
-    _table([[r["identifier"], r["env"], r["schedule"] or "-", "yes" if r["protected"] else "no", r["executor"]] for r in rows],
+    _table([[t.identifier, t.env, t.schedule or "-", "yes" if t.protected else "no", t.executor] for t in registry.targets],
            ["IDENTIFIER", "ENV", "SCHEDULE", "PROTECTED", "EXECUTOR"])
 
 
@@ -259,7 +258,7 @@ def status(
     state = _state(ctx)
     limit = parse_duration(max_age)
     results = jobs.status(state.registry(), state.services(), limit, schedule)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"identifier": r.target.identifier, "env": r.target.env, "newest": r.newest.id if r.newest else None,
          "status": r.newest.status if r.newest else None,
          "age_hours": round(r.age.total_seconds() / 3600, 1) if r.age is not None else None, "stale": r.stale}

@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -205,7 +205,7 @@ def pg_restore_argv(pg_restore: str, dbname: str, ignore_privileges: bool, jobs:
     return argv
 
 
-def restore_stream(conn: Connection, argv: list[str], chunks: Iterator[bytes], decompress: tuple[str, ...] | None) -> str:
+def restore_stream(conn: Connection, argv: list[str], chunks: Iterable[bytes], decompress: tuple[str, ...] | None) -> str:
     """Feed chunks into [zstd -d |] pg_restore; returns the sha256 of what was fed."""
     digest = hashlib.sha256()
     with libpq_env(conn) as env:

@@ -458,7 +458,7 @@ class S3Store:
             raise _s3_error(f"reading {self.uri(key)}", exc, self.bucket) from exc
 
     def list_keys(self, prefix: str) -> list[tuple[str, int]]:
-        found = []
+        found: list[tuple[str, int]] = []
         try:
             for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 found.extend((obj["Key"], obj["Size"]) for obj in page.get("Contents", []))

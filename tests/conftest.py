@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,24 +15,11 @@ import pytest
 from psycopg import sql
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from throwaway_pg import free_port, throwaway_cluster  # noqa: E402
+
 SUPERUSER_PASSWORD = "pg-super-Secret-4711"  # used only by the throwaway test cluster
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
-    if not found:
-        pytest.fail("PostgreSQL server binaries are missing: run `bash .ci/run` or apt-get install postgresql")
-    return Path(found[-1]).parent
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
 @dataclass(frozen=True)
@@ -68,36 +52,8 @@ class PgCluster:
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgCluster]:
     """A throwaway cluster with password auth over TCP (so a wrong password really fails)."""
-    bindir = _pg_bin()
-    data = Path(tempfile.mkdtemp(prefix="dbbackup-pg-"))
-    pwfile = data / "pw"
-    pwfile.write_text(SUPERUSER_PASSWORD + "\n")
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
-        shutil.chown(pwfile, "postgres", "postgres")
-    port = free_port()
-    pgdata = data / "data"
-    subprocess.run(
-        _as_postgres([
-            str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth-local=trust",
-            "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "--no-sync", "-E", "UTF8",
-            "--locale=C",
-        ]),
-        check=True, capture_output=True, timeout=120,
-    )
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=100"
-    subprocess.run(
-        _as_postgres([str(bindir / "pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l", str(data / "log"), "-o", options, "start"]),
-        check=True, capture_output=True, timeout=90,
-    )
-    try:
-        yield PgCluster("127.0.0.1", port, "postgres", SUPERUSER_PASSWORD, bindir)
-    finally:
-        subprocess.run(
-            _as_postgres([str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w", "-t", "60", "stop"]),
-            capture_output=True, timeout=90, check=False,
-        )
-        shutil.rmtree(data, ignore_errors=True)
+    with throwaway_cluster(SUPERUSER_PASSWORD) as cluster:
+        yield PgCluster(cluster.host, cluster.port, cluster.user, cluster.password, cluster.bindir)
 
 
 @pytest.fixture
@@ -120,7 +76,7 @@ class MotoServer:
         import urllib.request
 
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=30):  # noqa: S310 - loopback only
+        with urllib.request.urlopen(request, timeout=30):
             pass
 
 
@@ -162,3 +118,153 @@ def aws(moto_server: MotoServer) -> Iterator[MotoServer]:
     """The moto server, emptied before each test."""
     moto_server.reset()
     yield moto_server
+
+
+# --- running the CLI and describing databases --------------------------------------------------
+
+DB_BACKUP = str(REPO / ".venv" / "bin" / "db-backup")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real console script as a subprocess: real exit code, real stdout and stderr."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
+    full_env.update(env or {})
+    return subprocess.run([DB_BACKUP, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout, check=False)
+
+
+def write_targets(path: Path, pg: PgCluster, dbnames: dict[str, str], storage: str, extra: str = "", target_extra: str = "") -> Path:
+    """A targets.yaml with one `app` target per environment, each pointing at a database of the test cluster."""
+    lines = [
+        "version: 1",
+        "defaults:",
+        f"  storage: {storage}",
+        "  region: us-east-1",
+        *(f"  {line}" for line in extra.splitlines() if line),
+        "environments:",
+        "  production: {protected: true}",
+        "  beta: {}",
+        "  alpha: {}",
+        "targets:",
+    ]
+    for env, dbname in dbnames.items():
+        lines += [
+            "  - identifier: app",
+            f"    env: {env}",
+            "    schedule: nightly",
+            *(f"    {line}" for line in target_extra.splitlines() if line),
+            "    database:",
+            f"      host: {pg.host}",
+            f"      port: {pg.port}",
+            f"      name: {dbname}",
+            f"      user: {pg.user}",
+            "      password: env:TEST_PG_PASSWORD",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def pg_env(pg: PgCluster) -> dict[str, str]:
+    return {"TEST_PG_PASSWORD": pg.password}
+
+
+RICH_SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS citext;
+CREATE SCHEMA shop;
+CREATE TYPE shop.mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE shop.customer (
+    id bigserial PRIMARY KEY,
+    email citext UNIQUE NOT NULL,
+    mood shop.mood NOT NULL DEFAULT 'ok',
+    profile jsonb,
+    avatar bytea,
+    tags text[],
+    balance numeric(12, 4) CHECK (balance > -1000),
+    seen_at timestamptz,
+    born date,
+    ratio double precision,
+    ip inet,
+    uid uuid
+);
+CREATE TABLE shop.orders (
+    id serial PRIMARY KEY,
+    customer_id bigint NOT NULL REFERENCES shop.customer (id) ON DELETE CASCADE,
+    total numeric NOT NULL,
+    placed_at timestamptz NOT NULL DEFAULT now(),
+    note text
+);
+CREATE INDEX orders_customer_idx ON shop.orders (customer_id, placed_at DESC);
+CREATE INDEX customer_profile_gin ON shop.customer USING gin (profile);
+COMMENT ON TABLE shop.customer IS 'People who buy things';
+COMMENT ON COLUMN shop.orders.total IS 'Sum in euros, tax included';
+CREATE VIEW shop.big_spenders AS
+    SELECT c.email, sum(o.total) AS spent FROM shop.customer c JOIN shop.orders o ON o.customer_id = c.id GROUP BY c.email;
+CREATE FUNCTION shop.order_count(cid bigint) RETURNS bigint LANGUAGE sql STABLE AS
+    $$ SELECT count(*) FROM shop.orders WHERE customer_id = cid $$;
+CREATE SEQUENCE shop.invoice_no START 1000;
+INSERT INTO shop.customer (email, mood, profile, avatar, tags, balance, seen_at, born, ratio, ip, uid)
+SELECT 'user' || g || '@Example.com',
+       (ARRAY['sad', 'ok', 'happy'])[1 + g % 3]::shop.mood,
+       jsonb_build_object('n', g, 'nested', jsonb_build_object('even', g % 2 = 0), 'list', jsonb_build_array(g, g * 2)),
+       decode(md5(g::text), 'hex'),
+       ARRAY['t' || g % 7, 'x,y', 'quote"d'],
+       (g * 3.1415)::numeric(12, 4),
+       timestamptz '2024-01-01 00:00:00+00' + g * interval '37 minutes',
+       date '1950-01-01' + g,
+       g / 7.0,
+       ('10.0.' || g % 255 || '.' || g % 250)::inet,
+       md5('u' || g)::uuid
+FROM generate_series(1, 2000) g;
+INSERT INTO shop.customer (email) VALUES ('nulls@example.com');
+INSERT INTO shop.orders (customer_id, total, placed_at, note)
+SELECT 1 + g % 2000, (g % 500) + 0.99, timestamptz '2024-06-01 12:00+02' + g * interval '1 hour',
+       CASE WHEN g % 5 = 0 THEN NULL ELSE repeat('ünïcödé ', g % 4) END
+FROM generate_series(1, 5000) g;
+SELECT nextval('shop.invoice_no') FROM generate_series(1, 42);
+"""
+
+
+def fill_rich(pg: PgCluster, dbname: str) -> None:
+    with pg.connect(dbname) as conn:
+        conn.execute(RICH_SCHEMA)
+
+
+def fill_small(pg: PgCluster, dbname: str, marker: str) -> None:
+    with pg.connect(dbname) as conn:
+        conn.execute("CREATE TABLE marker (id int PRIMARY KEY, label text NOT NULL)")
+        conn.execute("INSERT INTO marker SELECT g, %s || g FROM generate_series(1, 500) g", (marker,))
+
+
+def fingerprint(pg: PgCluster, dbname: str) -> dict[str, object]:
+    """What a user compares after a restore: rows and content per table, sequences, schema objects."""
+    result: dict[str, object] = {}
+    with pg.connect(dbname) as conn:
+        tables = conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
+        ).fetchall()
+        for schema, table in tables:
+            ident = sql.Identifier(schema, table)
+            row = conn.execute(
+                sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t").format(ident)
+            ).fetchone()
+            result[f"table {schema}.{table}"] = row
+        queries = {
+            "sequences": "SELECT schemaname, sequencename, last_value FROM pg_sequences ORDER BY 1, 2",
+            "views": "SELECT schemaname, viewname, definition FROM pg_views WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2",
+            "functions": "SELECT n.nspname, p.proname, pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                         "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind = 'f' "
+                         "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') ORDER BY 1, 2",
+            "indexes": "SELECT schemaname, indexname, indexdef FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2",
+            "constraints": "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace NOT IN "
+                           "('pg_catalog'::regnamespace, 'information_schema'::regnamespace) ORDER BY 1, 2",
+            "comments": "SELECT objoid::regclass::text, objsubid, description FROM pg_description WHERE classoid = 'pg_class'::regclass ORDER BY 1, 2",
+            "extensions": "SELECT extname FROM pg_extension ORDER BY 1",
+            "enums": "SELECT t.typname, e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid ORDER BY 1, e.enumsortorder",
+        }
+        for name, query in queries.items():
+            result[name] = conn.execute(query).fetchall()
+    return result
+
+
+def restore_leftovers(pg: PgCluster) -> set[str]:
+    return {name for name in pg.databases() if "__restore_" in name}
