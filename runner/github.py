@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
+from urllib.parse import quote
+
+from .jobs import human_size
+from .settings import GithubEnv
+
+# Values of the `result` output; workflows and the composite action compare against these.
+SUCCESS, FAILURE, CANCELLED, TIMED_OUT, STARTED = "success", "failure", "cancelled", "timed-out", "started"
+_ICONS = {SUCCESS: "✅", FAILURE: "❌", CANCELLED: "⚪", TIMED_OUT: "⏱️", STARTED: "🚀"}
 
 
 def add_mask(secret: str, out: TextIO | None = None) -> None:
@@ -13,3 +26,188 @@ def add_mask(secret: str, out: TextIO | None = None) -> None:
         if line:
             stream.write(f"::add-mask::{line}\n")
     stream.flush()
+
+
+# --- AWS console links ------------------------------------------------------------------------
+
+
+def _console(region: str) -> str:
+    if region.startswith("cn-"):
+        return f"https://{region}.console.amazonaws.cn"
+    if region.startswith("us-gov-"):
+        return f"https://{region}.console.amazonaws-us-gov.com"
+    return f"https://{region}.console.aws.amazon.com"
+
+
+def _cw_encode(text: str) -> str:
+    # The CloudWatch console's #logsV2 fragment wants URL-encoding with '%' itself written '$25'.
+    return quote(text, safe="").replace("%", "$25")
+
+
+def logs_url(region: str, group: str, stream: str) -> str:
+    return (f"{_console(region)}/cloudwatch/home?region={region}#logsV2:log-groups/log-group/"
+            f"{_cw_encode(group)}/log-events/{_cw_encode(stream)}")
+
+
+def task_url(region: str, cluster: str, task_id: str) -> str:
+    return (f"{_console(region)}/ecs/v2/clusters/{quote(cluster, safe='')}/tasks/{quote(task_id, safe='')}"
+            f"/configuration?region={region}")
+
+
+# --- the report of one backup or restore ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an operator wants to know about one run, wherever it ran."""
+
+    target: str
+    action: str
+    result: str
+    executor: str
+    duration_s: float | None = None
+    source: str | None = None
+    backup_id: str | None = None
+    backup_uri: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    task_arn: str | None = None
+    task_url: str | None = None
+    logs_url: str | None = None
+    message: str | None = None
+    last_lines: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.result in (SUCCESS, STARTED)
+
+
+def human_duration(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def _facts(report: Report) -> list[tuple[str, str]]:
+    facts = [("Target", report.target), ("Action", report.action)]
+    if report.source:
+        facts.append(("Source backup", report.source))
+    facts.append(("Result", report.result))
+    facts.append(("Executor", report.executor))
+    if report.duration_s is not None:
+        facts.append(("Duration", human_duration(report.duration_s)))
+    if report.backup_id:
+        facts.append(("Backup id", report.backup_id))
+    if report.backup_uri:
+        facts.append(("Backup URI", report.backup_uri))
+    if report.size_bytes is not None:
+        facts.append(("Size", f"{human_size(report.size_bytes)} ({report.size_bytes:,} bytes)"))
+    if report.sha256:
+        facts.append(("SHA-256", report.sha256))
+    if report.task_arn:
+        facts.append(("ECS task", report.task_arn))
+    return facts
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _fence(lines: tuple[str, ...]) -> str:
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def render_summary(report: Report) -> str:
+    """The Markdown job summary of one run."""
+    icon = _ICONS.get(report.result, "")
+    out = [f"### {icon} {report.action} {report.target}: {report.result}".replace("  ", " "), ""]
+    if report.message and not report.ok:
+        out += [f"> {_cell(report.message)}", ""]
+    out += ["| | |", "|---|---|"]
+    for name, value in _facts(report):
+        shown = f"`{value}`" if name in ("Backup id", "Backup URI", "SHA-256", "ECS task") else _cell(value)
+        out.append(f"| {name} | {shown} |")
+    links = []
+    if report.logs_url:
+        links.append(f"[CloudWatch log stream]({report.logs_url})")
+    if report.task_url:
+        links.append(f"[ECS task]({report.task_url})")
+    if links:
+        out.append(f"| Links | {' · '.join(links)} |")
+    out.append("")
+    if report.last_lines and not report.ok:
+        fence = _fence(report.last_lines)
+        out += [f"<details><summary>Last {len(report.last_lines)} log lines</summary>", "",
+                f"{fence}text", *report.last_lines, fence, "", "</details>", ""]
+    return "\n".join(out) + "\n"
+
+
+def render_text(report: Report) -> str:
+    """The same facts for a terminal."""
+    facts = _facts(report)
+    if report.logs_url:
+        facts.append(("Logs", report.logs_url))
+    if report.task_url:
+        facts.append(("Task console", report.task_url))
+    if report.message and not report.ok:
+        facts.append(("Reason", report.message))
+    width = max(len(name) for name, _ in facts)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in facts) + "\n"
+
+
+def outputs(report: Report) -> dict[str, str]:
+    """The step outputs the workflows read."""
+    return {
+        "backup-id": report.backup_id or "",
+        "backup-uri": report.backup_uri or "",
+        "task-arn": report.task_arn or "",
+        "logs-url": report.logs_url or "",
+        "result": report.result,
+    }
+
+
+def write_outputs(path: Path, values: Mapping[str, str]) -> None:
+    """Append to $GITHUB_OUTPUT: name=value, or the name<<DELIM form for multi-line values."""
+    with path.open("a", encoding="utf-8") as handle:
+        for name, value in values.items():
+            if "\n" in value or "\r" in value:
+                delimiter = f"ghadelimiter_{uuid.uuid4().hex}"
+                handle.write(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+            else:
+                handle.write(f"{name}={value}\n")
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def error(message: str, title: str | None = None, out: TextIO | None = None) -> None:
+    """An ::error:: annotation on the run's page."""
+    stream = out or sys.stdout
+    props = f" title={_escape_property(title)}" if title else ""
+    stream.write(f"::error{props}::{_escape_data(message)}\n")
+    stream.flush()
+
+
+def publish(report: Report, gh: GithubEnv, out: TextIO | None = None, text: bool = True) -> None:
+    """Summary, outputs and annotations on GitHub (where set); the readable text everywhere if `text`."""
+    stream = out or sys.stdout
+    if text:
+        stream.write(render_text(report))
+        stream.flush()
+    if gh.step_summary:
+        with gh.step_summary.open("a", encoding="utf-8") as handle:
+            handle.write(render_summary(report))
+    if gh.output:
+        write_outputs(gh.output, outputs(report))
+    if gh.actions and not report.ok:
+        error(report.message or f"{report.action} of {report.target}: {report.result}",
+              title=f"db-backup {report.action} {report.target}", out=stream)

@@ -204,15 +204,15 @@ def _check_digest(entry: BackupEntry, actual: str, size: int, where: str) -> Non
         )
 
 
-def _download(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:
+def _download(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connection) -> tuple[Path, str, int]:
     """Copy the dump into a seekable local file (decompressed), hashing the stored bytes."""
     digest = hashlib.sha256()
     size = 0
     head, chunks = _peek(store.read(entry.key))
     decompress = _decompressor(sniff(head), store.uri(entry.key))
     path = folder / "restore.dump"
-    with path.open("wb") as out:
-        proc = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=out) if decompress else None
+    with path.open("wb") as out, postgres.libpq_env(conn) as env:
+        proc = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=out, env=env) if decompress else None
         sink = proc.stdin if proc and proc.stdin else out
         try:
             for chunk in chunks:
@@ -254,7 +254,7 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
     with tempfile.TemporaryDirectory(prefix="db-backup-restore-", dir=settings.work_dir) as work:
         if parallel:
             # Verify before touching any database: a damaged download changes nothing.
-            path, actual, size = _download(store, entry, Path(work))
+            path, actual, size = _download(store, entry, Path(work), conn)
             _check_digest(entry, actual, size, where)
         with postgres.connect(admin_conn) as admin:
             like = postgres.database_info(admin, conn.dbname)

@@ -65,7 +65,11 @@ def _escape_passfile(value: str) -> str:
 @contextlib.contextmanager
 def libpq_env(conn: Connection) -> Iterator[dict[str, str]]:
     """Environment for libpq tools: connection in PG* variables, the password in a 0600 passfile."""
-    env = {k: v for k, v in os.environ.items() if k not in _LIBPQ_SECRETS}
+    # Children inherit nothing that holds the password (e.g. the env:VAR it was resolved from).
+    env = {
+        k: v for k, v in os.environ.items()
+        if k not in _LIBPQ_SECRETS and not (conn.password and conn.password in v)
+    }
     env.update(PGHOST=conn.host, PGPORT=str(conn.port), PGUSER=conn.user, PGDATABASE=conn.dbname,
                PGAPPNAME="db-backup", PGCONNECT_TIMEOUT="15")
     if conn.sslmode:
@@ -163,7 +167,7 @@ def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[Iterator[bytes]]:
         steps.append(("pg_dump", dump, _Tail(dump.stderr, "pg_dump")))
         out = dump.stdout
         if plan.compressor:
-            comp = subprocess.Popen(plan.compressor, stdin=dump.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            comp = subprocess.Popen(plan.compressor, stdin=dump.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             dump.stdout.close()  # zstd holds the only read end, so pg_dump sees SIGPIPE if zstd dies
             assert comp.stdout is not None and comp.stderr is not None
             steps.append(("zstd", comp, _Tail(comp.stderr, "zstd")))
@@ -215,7 +219,7 @@ def restore_stream(conn: Connection, argv: list[str], chunks: Iterable[bytes], d
         steps.append(("pg_restore", restore, _Tail(restore.stderr, "pg_restore")))
         sink = restore.stdin
         if decompress:
-            dec = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE)
+            dec = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE, env=env)
             restore.stdin.close()
             assert dec.stdin is not None and dec.stderr is not None
             steps.insert(0, ("zstd", dec, _Tail(dec.stderr, "zstd")))

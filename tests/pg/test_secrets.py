@@ -1,0 +1,124 @@
+"""A distinctive password never leaks: not in output, logs, manifests, or any child's argv or environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner import cli, jobs
+from runner.aws import AwsClients
+from runner.settings import Settings
+from runner.targets import load_registry
+from tests.conftest import PgCluster, fill_small, write_targets
+
+SECRET = "Zebra-Quartz-7781-do-not-leak"
+
+
+@pytest.fixture
+def secret_role(pg: PgCluster, dbname: str) -> str:
+    role = f"{dbname}_backup"
+    with pg.connect() as conn:
+        conn.execute(f"CREATE ROLE \"{role}\" LOGIN CREATEDB PASSWORD '{SECRET}'")
+        conn.execute(f'ALTER DATABASE "{dbname}" OWNER TO "{role}"')
+    with pg.connect(dbname) as conn:
+        conn.execute(f'SET ROLE "{role}"')
+        conn.execute("CREATE TABLE marker (id int PRIMARY KEY, label text)")
+        conn.execute("INSERT INTO marker SELECT g, 'x' || g FROM generate_series(1, 100) g")
+    yield role
+    with pg.connect() as conn:
+        for name in pg.databases():
+            if name.startswith(dbname):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def _run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    captured = capsys.readouterr()
+    return int(exited.value.code or 0), captured.out + captured.err
+
+
+def test_password_never_leaks(
+    pg: PgCluster, dbname: str, secret_role: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, "file://./backups")
+    targets.write_text(targets.read_text().replace(f"user: {pg.user}", f"user: {secret_role}"))
+    monkeypatch.setenv("TEST_PG_PASSWORD", SECRET)
+    monkeypatch.setenv("DB_BACKUP_TARGETS", str(targets))
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    spawned: list[dict[str, Any]] = []
+    real_popen = subprocess.Popen
+
+    class SpyPopen(real_popen):  # type: ignore[misc, valid-type]
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            env = kwargs.get("env")
+            spawned.append({"argv": [str(a) for a in args], "env": dict(os.environ if env is None else env)})
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", SpyPopen)
+    caplog.set_level("DEBUG")
+    outputs = []
+    for argv in (
+        ["--verbose", "backup", "app", "production"],
+        ["--verbose", "restore", "app", "--from", "production", "--to-url", f"postgresql://{secret_role}:{SECRET}@{pg.host}:{pg.port}/{dbname}_copy"],
+        ["restore", "app", "--from", "production", "--to-url", f"postgresql://{secret_role}:wrong-{SECRET}@{pg.host}:{pg.port}/{dbname}_copy"],
+    ):
+        code, output = _run_in_process(argv, capsys)
+        outputs.append((code, output))
+    assert [code for code, _ in outputs] == [0, 0, 1]
+    assert "password authentication failed" in outputs[2][1]
+    tools = {Path(s["argv"][0]).name for s in spawned}
+    assert {"pg_dump", "pg_restore"} <= tools
+    for child in spawned:
+        assert not any(SECRET in arg for arg in child["argv"]), child["argv"]
+        assert not any(SECRET in value for value in child["env"].values()), child["argv"][0]
+    assert all(SECRET not in output for _, output in outputs)
+    assert SECRET not in caplog.text
+    for path in (tmp_path / "backups").rglob("*"):
+        if path.is_file() and path.suffix == ".json":
+            assert SECRET not in path.read_text()
+    # Where the job itself resolves a secret on a GitHub runner, it is masked first.
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    code, output = _run_in_process(["backup", "app", "production"], capsys)
+    assert code == 0
+    assert [line for line in output.splitlines() if SECRET in line] == [f"::add-mask::{SECRET}"]
+
+
+class FrozenClock:
+    def __init__(self, when: datetime) -> None:
+        self.when = when
+        self.ticks = 0.0
+
+    def now(self) -> datetime:
+        return self.when
+
+    def monotonic(self) -> float:
+        self.ticks += 0.5
+        return self.ticks
+
+    def sleep(self, seconds: float) -> None:
+        self.ticks += seconds
+
+
+def test_two_backups_in_the_same_second_never_overwrite(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    fill_small(pg, dbname, "x")
+    for key, value in pg_env.items():
+        monkeypatch.setenv(key, value)
+    registry = load_registry(write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, "file://./backups"))
+    services = jobs.Services(settings=Settings(), clock=FrozenClock(datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)), aws=AwsClients())
+    target = registry.get("app", "production")
+    first = jobs.backup(target, services)
+    second = jobs.backup(target, services)
+    assert (first.manifest.id, second.manifest.id) == ("2026-05-06_07-08-09", "2026-05-06_07-08-09_2")
+    folder = tmp_path / "backups" / "app" / "production"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "2026-05-06_07-08-09.dump", "2026-05-06_07-08-09.dump.json", "2026-05-06_07-08-09_2.dump", "2026-05-06_07-08-09_2.dump.json",
+    ]
+    assert first.manifest.sha256 != "" and second.manifest.created_at == first.manifest.created_at
