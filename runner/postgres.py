@@ -49,7 +49,8 @@ def find_tool(name: str) -> str:
 
 
 def tool_version(path: str) -> str:
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"}
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False, env=env).stdout
     return out.strip().rsplit(" ", 1)[-1] if out else "unknown"
 
 
