@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from .targets import EcsConfig
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
-    from mypy_boto3_ecs.type_defs import RunTaskRequestTypeDef, TaskTypeDef
+    from mypy_boto3_ecs.type_defs import RunTaskRequestTypeDef, RunTaskResponseTypeDef, TaskTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,24 @@ def run_task_params(config: EcsConfig, request: TaskRequest, attempt: int) -> Ru
     }
 
 
-def start(client: ECSClient, config: EcsConfig, request: TaskRequest, clock: Clock, policy: Policy) -> str:
-    """run_task, retrying capacity failures and throttling a bounded number of times; the task ARN."""
+def start(
+    client: ECSClient, config: EcsConfig, request: TaskRequest, clock: Clock, policy: Policy,
+    shield: Callable[[], AbstractContextManager[None]] = nullcontext,
+    on_started: Callable[[str], None] = lambda _arn: None,
+) -> str:
+    """run_task, retrying capacity failures and throttling a bounded number of times; the task ARN.
+
+    Each attempt runs inside `shield()` and calls `on_started` there, so a signal cannot lose the ARN.
+    """
     delays = policy.start_backoff.delays()
     reason = "no attempt made"
     for attempt in range(1, policy.start_attempts + 1):
         try:
-            response = client.run_task(**run_task_params(config, request, attempt))
+            with shield():
+                response = client.run_task(**run_task_params(config, request, attempt))
+                arn = _started_arn(response)
+                if arn:
+                    on_started(arn)
         except ClientError as exc:
             code = error_code(exc)
             message = str(exc.response.get("Error", {}).get("Message", ""))
@@ -152,10 +164,9 @@ def start(client: ECSClient, config: EcsConfig, request: TaskRequest, clock: Clo
         except BotoCoreError as exc:
             reason = str(exc)
         else:
-            tasks = response.get("tasks", [])
+            if arn:
+                return arn
             failures = response.get("failures", [])
-            if tasks and "taskArn" in tasks[0]:
-                return tasks[0]["taskArn"]
             reason = "; ".join(
                 f"{f.get('reason', 'unknown')}" + (f" ({f['detail']})" if f.get("detail") else "") for f in failures
             ) or "run_task returned no task and no failure"
@@ -168,6 +179,11 @@ def start(client: ECSClient, config: EcsConfig, request: TaskRequest, clock: Clo
         f"the ECS task could not start in cluster {config.cluster} after {policy.start_attempts} attempts: "
         f"{reason}; check Fargate capacity, the subnets and the task definition {config.task_definition}"
     )
+
+
+def _started_arn(response: RunTaskResponseTypeDef) -> str | None:
+    tasks = response.get("tasks", [])
+    return tasks[0].get("taskArn") if tasks else None
 
 
 def describe(client: ECSClient, cluster: str, arn: str) -> TaskTypeDef | None:
@@ -199,7 +215,7 @@ def _poll(client: ECSClient, cluster: str, arn: str) -> tuple[TaskTypeDef | None
 
 def follow(
     client: ECSClient, cluster: str, arn: str, clock: Clock, policy: Policy, deadline: float,
-    tick: Callable[[], None] = lambda: None,
+    tick: Callable[[], object] = lambda: None,
 ) -> TaskTypeDef:
     """Poll with backoff until STOPPED, calling `tick` (the log tail) in between; TimedOut at deadline."""
     delays = policy.poll_backoff.delays()

@@ -34,10 +34,12 @@ class EcsModel(_Strict):
 
 
 class DatabaseModel(_Strict):
-    host: str
+    """Fields left out come from the old system's SSM layout (port: 5432)."""
+
+    host: str | None = None
     port: int | str = 5432
-    name: str
-    user: str
+    name: str | None = None
+    user: str | None = None
     password: str | None = None
     sslmode: str | None = None
 
@@ -275,18 +277,18 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path) -> Registry:
     protected = frozenset(name for name, env in model.environments.items() if env and env.protected)
     targets = []
     for t in model.targets:
-        db = (
-            DatabaseRef(
-                host=t.database.host,
-                port=str(t.database.port),
-                name=t.database.name,
-                user=t.database.user,
-                password=t.database.password,
-                sslmode=t.database.sslmode,
+        db = DatabaseRef.default_ssm(t.identifier, t.env)
+        if t.database:
+            given = t.database
+            db = DatabaseRef(
+                host=given.host or db.host,
+                port=str(given.port),
+                name=given.name or db.name,
+                user=given.user or db.user,
+                # `password: null` means none (trust, certificates); left out means the SSM layout.
+                password=given.password if "password" in given.model_fields_set else db.password,
+                sslmode=given.sslmode,
             )
-            if t.database
-            else DatabaseRef.default_ssm(t.identifier, t.env)
-        )
         targets.append(
             Target(
                 identifier=t.identifier,

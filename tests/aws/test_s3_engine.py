@@ -1,0 +1,158 @@
+"""The engine against S3 and SSM on a moto server over HTTP, with a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.conftest import DB_BACKUP, MotoServer, PgCluster, fill_rich, fill_small, fingerprint, restore_leftovers, run_cli
+
+BUCKET = "agr-db-backups-test"
+
+
+def _targets(path: Path, pg: PgCluster, prod: str, beta: str, storage_class: str = "STANDARD", compression: str = "zstd:1") -> Path:
+    # production uses the old system's SSM layout; beta names its database explicitly.
+    path.write_text(f"""version: 1
+defaults:
+  storage: s3://{BUCKET}/nightly
+  region: us-east-1
+  storage_class: {storage_class}
+  compression: {compression}
+environments:
+  production: {{protected: true}}
+  beta: {{}}
+targets:
+  - identifier: app
+    env: production
+    schedule: nightly
+    database: {{port: {pg.port}}}
+  - identifier: app
+    env: beta
+    database: {{host: {pg.host}, port: {pg.port}, name: {beta}, user: {pg.user}, password: "ssm:/app/beta/db/backup/password"}}
+""")
+    return path
+
+
+def _ssm_layout(pg: PgCluster, dbname: str, password: str | None = None) -> None:
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    values = {"host": pg.host, "name": dbname, "user": pg.user}
+    for name, value in values.items():
+        ssm.put_parameter(Name=f"/app/production/db/backup/{name}", Value=value, Type="String", Overwrite=True)
+    for env in ("production", "beta"):
+        ssm.put_parameter(Name=f"/app/{env}/db/backup/password", Value=password or pg.password, Type="SecureString", Overwrite=True)
+
+
+def _objects() -> list[str]:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
+
+
+def _open_uploads() -> list[str]:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])]
+
+
+@pytest.fixture
+def env(aws: MotoServer, pg: PgCluster, dbname: str, tmp_path: Path) -> dict[str, str]:
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    beta = f"{dbname}__beta"
+    with pg.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{beta}"')
+    fill_small(pg, beta, "beta")
+    return {"DB_BACKUP_TARGETS": str(_targets(tmp_path / "targets.yaml", pg, dbname, beta)), "PORT_HINT": str(pg.port)}
+
+
+def test_backup_to_s3_with_ssm_credentials_and_restore(pg: PgCluster, dbname: str, env: dict[str, str], tmp_path: Path) -> None:
+    fill_rich(pg, dbname)
+    with pg.connect(dbname) as conn:  # enough data for several 5 MB parts
+        conn.execute("CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((g * 7)::text) AS h FROM generate_series(1, 250000) g")
+    _ssm_layout(pg, dbname)
+    _targets(Path(env["DB_BACKUP_TARGETS"]), pg, dbname, f"{dbname}__beta", storage_class="GLACIER_IR", compression="none")
+    result = run_cli("backup", "app", "production", env={**env, "DB_BACKUP_PART_SIZE_MB": "5"})
+    assert result.returncode == 0, result.stderr
+    keys = _objects()
+    assert len(keys) == 2 and keys[0].startswith("nightly/app/production/") and keys[1] == keys[0] + ".json"
+    s3 = boto3.client("s3", region_name="us-east-1")
+    head = s3.head_object(Bucket=BUCKET, Key=keys[0])
+    assert head["StorageClass"] == "GLACIER_IR"
+    assert head["ContentLength"] > 10 << 20 and "-" in head["ETag"]  # a real multipart object
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=keys[1])["Body"].read())
+    assert manifest["size_bytes"] == head["ContentLength"] and manifest["database"] == dbname
+    assert manifest["server_version"].startswith(str(pg.bindir).split("/")[4])
+    listed = json.loads(run_cli("list", "app", "production", "--json", env=env).stdout)
+    assert [(e["id"], e["status"], e["sha256"]) for e in listed] == [(manifest["id"], "verified", manifest["sha256"])]
+    restored = run_cli("restore", "app", "--from", "production", "--to", "beta", env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(pg, f"{dbname}__beta") == fingerprint(pg, dbname)
+    assert _open_uploads() == []
+
+
+def test_failed_dump_aborts_the_upload(pg: PgCluster, dbname: str, env: dict[str, str]) -> None:
+    fill_small(pg, dbname, "prod")
+    _ssm_layout(pg, dbname)
+    locker = pg.connect(dbname, autocommit=False)
+    locker.execute("LOCK TABLE marker IN ACCESS EXCLUSIVE MODE")
+    proc = subprocess.Popen([DB_BACKUP, "backup", "app", "production"], env={**__import__("os").environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _open_uploads():  # the multipart upload has started and pg_dump is blocked
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.05)
+        pg.drop(dbname)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        locker.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "pg_dump failed" in err
+    assert _objects() == [] and _open_uploads() == []
+
+
+def test_wrong_password_from_ssm(pg: PgCluster, dbname: str, env: dict[str, str]) -> None:
+    _ssm_layout(pg, dbname, password="Wrong-Horse-Battery")
+    result = run_cli("backup", "app", "production", env=env)
+    assert result.returncode == 1
+    assert "password authentication failed" in result.stderr
+    assert "Wrong-Horse-Battery" not in result.stderr + result.stdout
+    assert _objects() == [] and _open_uploads() == []
+
+
+def test_missing_ssm_parameter_is_bad_input(env: dict[str, str]) -> None:
+    result = run_cli("backup", "app", "production", env=env)
+    assert result.returncode == 2
+    assert "SSM parameter /app/production/db/backup/" in result.stderr and "does not exist" in result.stderr
+    assert _objects() == []
+
+
+def test_missing_bucket_is_infrastructure(pg: PgCluster, dbname: str, env: dict[str, str]) -> None:
+    _ssm_layout(pg, dbname)
+    boto3.client("s3", region_name="us-east-1").delete_bucket(Bucket=BUCKET)
+    result = run_cli("backup", "app", "production", env=env)
+    assert result.returncode == 3, result.stderr
+    assert f"bucket {BUCKET} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli("status", env=env)
+    assert result.returncode == 3, result.stderr
+
+
+def test_legacy_s3_dump_restores_by_id(pg: PgCluster, dbname: str, env: dict[str, str]) -> None:
+    fill_rich(pg, dbname)
+    dump = subprocess.run(
+        [str(pg.bindir / "pg_dump"), "-Fc", "-h", pg.host, "-p", str(pg.port), "-U", pg.user, dbname],
+        env={**__import__("os").environ, "PGPASSWORD": pg.password}, capture_output=True, check=True, timeout=120,
+    ).stdout
+    boto3.client("s3", region_name="us-east-1").put_object(Bucket=BUCKET, Key="nightly/app/production/2022-02-02_02-02-02.dump", Body=dump)
+    _ssm_layout(pg, dbname)
+    listed = json.loads(run_cli("list", "app", "production", "--json", env=env).stdout)
+    assert [(e["id"], e["status"]) for e in listed] == [("2022-02-02_02-02-02", "legacy")]
+    result = run_cli("restore", "app", "--from", "production", "--to", "beta", "--backup", "2022-02-02_02-02-02", env=env)
+    assert result.returncode == 0, result.stderr
+    assert fingerprint(pg, f"{dbname}__beta") == fingerprint(pg, dbname)
+    assert restore_leftovers(pg) == set()
