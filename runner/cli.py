@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from . import github, jobs
+from . import github, jobs, remote
 from .aws import AwsClients
 from .clock import SystemClock
 from .credentials import parse_url
@@ -152,17 +152,21 @@ def backup(
     ctx: typer.Context, identifier: str, env: str,
     executor: Annotated[Executor | None, typer.Option(help="Where pg_dump runs (default: the target's setting).")] = None,
     request_id: Annotated[str | None, typer.Option(hidden=True, help="Recorded in the manifest.")] = None,
+    timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
+    detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
 ) -> None:
     """Back up one target's database."""
     state = _state(ctx)
+    limit = parse_duration(timeout)
     target = state.registry().get(identifier, env)
     if _executor(target, executor) == "ecs":
-        _run_remote(ctx, target, ["backup", identifier, env])
+        _run_remote(ctx, target, ["backup", identifier, env], timeout=limit, detach=detach)
         return
     result = jobs.backup(target, state.services(), request_id=request_id)
     m = result.manifest
     typer.echo(f"backup {m.id} of {target.name}: {result.uri} ({jobs.human_size(m.size_bytes)}, {m.compression}, "
                f"{m.duration_s:.1f}s, sha256 {m.sha256})")
+    remote.publish_local_backup(target, result, GithubEnv())
 
 
 @app.command()
@@ -174,9 +178,12 @@ def restore(
     backup_id: Annotated[str, typer.Option("--backup", help="latest or a backup id.")] = "latest",
     executor: Annotated[Executor | None, typer.Option(help="Where pg_restore runs.")] = None,
     confirm: Annotated[str | None, typer.Option(help="Name the protected environment to allow restoring into it.")] = None,
+    timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
+    detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
 ) -> None:
     """Restore a backup into an environment (or a URL) through a fresh database and a safe swap."""
     state = _state(ctx)
+    limit = parse_duration(timeout)
     registry = state.registry()
     url = parse_url(to_url) if to_url else None
     plan = jobs.plan_restore(registry, identifier, from_env, to, url, backup_id, confirm)
@@ -184,7 +191,7 @@ def restore(
         argv = ["restore", identifier, "--from", from_env, "--to", plan.dest.env, "--backup", backup_id]
         if confirm:
             argv += ["--confirm", confirm]
-        _run_remote(ctx, plan.dest, argv)
+        _run_remote(ctx, plan.dest, argv, timeout=limit, detach=detach, plan=plan)
         return
     if url is not None and executor == Executor.ecs:
         raise BadInput("--to-url restores run locally; drop --executor ecs")
@@ -193,11 +200,20 @@ def restore(
     typer.echo(f"restored {result.source} backup {result.backup_id} into {result.dest} "
                f"({jobs.human_size(result.size_bytes)}, {result.duration_s:.1f}s, {result.mode}, "
                f"{'sha256 verified' if result.verified else 'legacy dump, no checksum'}){kept}")
+    remote.publish_local_restore(result, GithubEnv())
 
 
-def _run_remote(ctx: typer.Context, target: Target, argv: list[str]) -> None:
+def _run_remote(
+    ctx: typer.Context, target: Target, argv: list[str], *, timeout: timedelta, detach: bool,
+    plan: jobs.RestorePlan | None = None,
+) -> None:
     # OWNED BY THE ECS WORK (issue 3): start the task with `argv + --executor local`, follow, report.
-    raise BadInput(f"the ecs executor is not built yet for {target.name}; use --executor local")
+    state = _state(ctx)
+    job = remote.RemoteJob(
+        action=argv[0], target=target, argv=tuple(argv), verbose=state.verbose,
+        source=plan.source if plan else None, backup=plan.backup if plan else None,
+    )
+    remote.run(job, state.services(), GithubEnv(), timeout_s=timeout.total_seconds(), detach=detach)
 
 
 # --- workflow commands (issue 4) ---------------------------------------------------------------

@@ -205,19 +205,18 @@ class Registry:
 
 
 def _place(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """`targets[2] (literature/beta).database.password` from pydantic's location tuple."""
     parts: list[str] = []
-    for item in loc:
+    for position, item in enumerate(loc):
         if isinstance(item, int):
-            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+            label = ""
+            items = raw.get("targets")
+            if position == 1 and loc[0] == "targets" and isinstance(items, list) and item < len(items) and isinstance(items[item], dict):
+                label = f" ({items[item].get('identifier', '?')}/{items[item].get('env', '?')})"
+            parts[-1] = f"{parts[-1]}[{item}]{label}" if parts else f"[{item}]"
         else:
             parts.append(item)
-    text = ".".join(parts) or "(top level)"
-    if len(loc) >= 2 and loc[0] == "targets" and isinstance(loc[1], int):
-        items = raw.get("targets")
-        if isinstance(items, list) and loc[1] < len(items) and isinstance(items[loc[1]], dict):
-            item = items[loc[1]]
-            text += f" ({item.get('identifier', '?')}/{item.get('env', '?')})"
-    return text
+    return ".".join(parts) or "(top level)"
 
 
 def _pydantic_problems(error: ValidationError, raw: dict[str, Any]) -> list[str]:
@@ -230,26 +229,33 @@ def _pydantic_problems(error: ValidationError, raw: dict[str, Any]) -> list[str]
     return problems
 
 
-def _cross_problems(model: TargetsFileModel) -> list[str]:
+def _cross_problems(raw: dict[str, Any]) -> list[str]:
+    """Rules across entries, checked on the raw data so they are reported with field errors."""
     problems = []
-    for env in model.environments:
-        if not NAME_RE.match(env):
+    environments = raw.get("environments") if isinstance(raw.get("environments"), dict) else {}
+    assert isinstance(environments, dict)
+    for env in environments:
+        if not NAME_RE.match(str(env)):
             problems.append(f"environments.{env}: name must match {NAME_RE.pattern}")
+    defaults = raw.get("defaults") if isinstance(raw.get("defaults"), dict) else {}
+    assert isinstance(defaults, dict)
+    items = raw.get("targets") if isinstance(raw.get("targets"), list) else []
+    assert isinstance(items, list)
     seen: set[tuple[str, str]] = set()
-    for index, target in enumerate(model.targets):
-        place = f"targets[{index}] ({target.identifier}/{target.env})"
-        if not NAME_RE.match(target.identifier):
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        identifier, env = str(item.get("identifier", "?")), str(item.get("env", "?"))
+        place = f"targets[{index}] ({identifier}/{env})"
+        if "identifier" in item and not NAME_RE.match(identifier):
             problems.append(f"{place}.identifier: must match {NAME_RE.pattern}")
-        if target.env not in model.environments:
-            problems.append(
-                f"{place}.env: environment {target.env!r} is not declared under environments"
-            )
-        key = (target.identifier, target.env)
+        if "env" in item and env not in environments:
+            problems.append(f"{place}.env: environment {env!r} is not declared under environments")
+        key = (identifier, env)
         if key in seen:
             problems.append(f"{place}: duplicate target; (identifier, env) must be unique")
         seen.add(key)
-        executor = target.executor or model.defaults.executor
-        if executor == "ecs" and model.defaults.ecs is None:
+        if (item.get("executor") or defaults.get("executor")) == "ecs" and not defaults.get("ecs"):
             problems.append(f"{place}.executor: ecs needs defaults.ecs settings")
     return problems
 
@@ -325,11 +331,11 @@ def parse_registry(text: str, path: str = "targets.yaml", base_dir: Path | None 
         raise TargetsInvalid(path, [f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from exc
     if not isinstance(raw, dict):
         raise TargetsInvalid(path, ["(top level): must be a mapping with version, defaults, environments, targets"])
+    problems = _cross_problems(raw)
     try:
         model = TargetsFileModel.model_validate(raw)
     except ValidationError as exc:
-        raise TargetsInvalid(path, _pydantic_problems(exc, raw)) from exc
-    problems = _cross_problems(model)
+        raise TargetsInvalid(path, _pydantic_problems(exc, raw) + problems) from exc
     if problems:
         raise TargetsInvalid(path, problems)
     return _build(model, path, base_dir or Path.cwd())

@@ -1,0 +1,177 @@
+"""One Markdown table of a scheduled run's per-target results (`db-backup report RESULTS_DIR`).
+
+Each matrix job of scheduled-backups.yml writes one JSON file (the db-backup action's
+`result-file`, see actions/db-backup/result.py) and uploads it as an artifact; the report job
+downloads them all into one folder. A scheduled target without a result file counts as failed:
+its job never reported (it was cancelled, timed out, or never started).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .targets import Registry
+
+log = logging.getLogger(__name__)
+
+SCHEDULE = "nightly"
+
+
+@dataclass(frozen=True)
+class Row:
+    identifier: str
+    env: str
+    result: str
+    backup_id: str | None = None
+    size_bytes: int | None = None
+    duration_s: float | None = None
+    logs_url: str | None = None
+    task_url: str | None = None
+    run_url: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "success"
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def task_console_url(task_arn: str) -> str | None:
+    """The ECS console page of a task, from arn:aws:ecs:REGION:ACCOUNT:task/CLUSTER/ID."""
+    parts = task_arn.split(":", 5)
+    if len(parts) != 6 or parts[2] != "ecs":
+        return None
+    region, resource = parts[3], parts[5]
+    pieces = resource.split("/")
+    if len(pieces) != 3 or pieces[0] != "task":
+        return None
+    _, cluster, task_id = pieces
+    return f"https://{region}.console.aws.amazon.com/ecs/v2/clusters/{cluster}/tasks/{task_id}?region={region}"
+
+
+def _row(data: dict[str, Any], where: Path) -> Row | None:
+    identifier, env = _text(data.get("identifier")), _text(data.get("env"))
+    if identifier is None or env is None:
+        log.warning("%s has no identifier/env; ignored", where)
+        return None
+    task_arn = _text(data.get("task_arn"))
+    size = _number(data.get("size_bytes"))
+    return Row(
+        identifier=identifier,
+        env=env,
+        result=_text(data.get("result")) or "failure",
+        backup_id=_text(data.get("backup_id")),
+        size_bytes=int(size) if size is not None else None,
+        duration_s=_number(data.get("duration_s")),
+        logs_url=_text(data.get("logs_url")),
+        task_url=task_console_url(task_arn) if task_arn else None,
+        run_url=_text(data.get("run_url")),
+        error=_text(data.get("error")),
+    )
+
+
+def read_results(results_dir: Path) -> tuple[dict[tuple[str, str], Row], list[str]]:
+    """Every result file under the folder (any depth), keyed by (identifier, env); and problems."""
+    rows: dict[tuple[str, str], Row] = {}
+    problems: list[str] = []
+    if not results_dir.is_dir():
+        return rows, [f"no results folder {results_dir}"]
+    for path in sorted(results_dir.rglob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            problems.append(f"{path.name} is not readable JSON ({exc})")
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"{path.name} is not a JSON object")
+            continue
+        row = _row(data, path)
+        if row is None:
+            problems.append(f"{path.name} names no target")
+            continue
+        rows[(row.identifier, row.env)] = row
+    return rows, problems
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _links(row: Row) -> str:
+    links = [f"[{label}]({url})" for label, url in
+             (("logs", row.logs_url), ("task", row.task_url), ("job", row.run_url)) if url]
+    return " · ".join(links) or "-"
+
+
+def render(registry: Registry, results_dir: Path) -> tuple[str, bool]:
+    """The Markdown summary of one scheduled run and whether every scheduled target succeeded."""
+    found, problems = read_results(results_dir)
+    expected = [(t.identifier, t.env) for t in registry.scheduled(SCHEDULE)]
+    rows: list[Row] = []
+    for key in expected:
+        rows.append(found.pop(key, None) or Row(
+            identifier=key[0], env=key[1], result="missing",
+            error="no result: the job did not report (cancelled, timed out or never started)",
+        ))
+    # Results for targets no longer scheduled still show up (and count), at the end.
+    rows.extend(found[key] for key in sorted(found))
+    failed = [r for r in rows if not r.ok]
+    all_ok = not failed and not problems
+    lines = [
+        f"## Nightly backups: {len(rows) - len(failed)} of {len(rows)} succeeded",
+        "",
+        "| Target | Result | Backup | Size | Duration | Links |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mark = "✅ success" if r.ok else f"❌ {r.result}"
+        lines.append(
+            f"| {_cell(f'{r.identifier}/{r.env}')} | {_cell(mark)} | {_cell(r.backup_id or '-')} | "
+            f"{_size(r.size_bytes)} | {_duration(r.duration_s)} | {_links(r)} |"
+        )
+    if failed:
+        lines += ["", "### Failures", ""]
+        lines += [f"- **{r.identifier}/{r.env}**: {_cell(r.error or 'failed; see the job log')}" for r in failed]
+    if problems:
+        lines += ["", "### Unreadable results", ""]
+        lines += [f"- {_cell(p)}" for p in problems]
+    if not rows:
+        lines += ["", f"No target in {registry.path} has schedule: {SCHEDULE}."]
+    return "\n".join(lines) + "\n", all_ok
