@@ -92,7 +92,8 @@ class Resolver:
         self._on_secret = on_secret or (lambda _secret: None)
 
     def resolve(self, ref: DatabaseRef) -> Connection:
-        names = [v.removeprefix("ssm:") for v in (ref.host, ref.port, ref.name, ref.user, ref.password, ref.sslmode) if v and v.startswith("ssm:")]
+        fields = (ref.host, ref.port, ref.name, ref.user, ref.password, ref.sslmode)
+        names = [v.removeprefix("ssm:") for v in fields if v and v.startswith("ssm:")]
         ssm_values = self._fetch_ssm(names) if names else {}
 
         def value(raw: str | None, what: str) -> str | None:

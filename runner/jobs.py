@@ -82,7 +82,9 @@ def backup(target: Target, services: Services, request_id: str | None = None) ->
     dump_version = postgres.tool_version(pg_dump)
     server = postgres.server_version(conn)
     if postgres.major(dump_version) < postgres.major(server):
-        raise JobFailed(f"pg_dump {dump_version} cannot dump server {server}; install PostgreSQL client tools {postgres.major(server)} or newer")
+        raise JobFailed(
+            f"pg_dump {dump_version} cannot dump server {server}; install PostgreSQL client tools {postgres.major(server)} or newer"
+        )
     plan = postgres.plan_dump(pg_dump, dump_version, target.compression)
     now = services.clock.now()
     backup_id = _free_id(store, target, now)

@@ -117,7 +117,7 @@ def test_database_dropped_mid_dump_leaves_nothing(pg: PgCluster, dbname: str, se
 
         _wait_for(dump_waiting, "pg_dump to wait for its lock")
         pg.drop(dbname)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         locker.close()
         if proc.poll() is None:
