@@ -1,0 +1,927 @@
+"""infra/db-backup.yaml: lint-clean, deploys on moto, and its IAM is least privilege.
+
+Policy tests resolve the template's intrinsic functions for given parameters (a small evaluator
+below) and then evaluate the trust policies' conditions against GitHub OIDC claims, so they
+test what AWS would see, not the template's spelling.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "infra" / "db-backup.yaml"
+SETUP_DOC = REPO / "docs" / "setup.md"
+
+ACCOUNT = "123456789012"  # moto's default account, also used by the offline evaluator
+REGION = "us-east-1"
+ORG, REPO_NAME = "acme", "db-backup"
+GH = f"repo:{ORG}/{REPO_NAME}"
+SUB = "token.actions.githubusercontent.com:sub"
+AUD = "token.actions.githubusercontent.com:aud"
+EXISTING_PROVIDER = f"arn:aws:iam::{ACCOUNT}:oidc-provider/token.actions.githubusercontent.com"
+KMS_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+BUCKET = "acme-db-backups"
+
+# Actions that have no resource-level permissions in IAM, so "*" is the only possible resource.
+STAR_RESOURCE_ALLOWLIST = {"ecr:GetAuthorizationToken"}
+
+GITHUB_ROLES = ("BackupRole", "RestoreRole", "RestoreProductionRole", "ImagePushRole")
+
+
+# --------------------------------------------------------------------------- template loading
+
+
+class CfnLoader(yaml.SafeLoader):
+    """SafeLoader that turns CloudFormation short tags into their long (Fn::) form."""
+
+
+_SHORT_TAGS = {
+    "Ref",
+    "Condition",
+    "Sub",
+    "GetAtt",
+    "If",
+    "Equals",
+    "Select",
+    "Split",
+    "Join",
+    "Not",
+    "And",
+    "Or",
+    "FindInMap",
+    "Base64",
+    "GetAZs",
+    "ImportValue",
+    "Cidr",
+}
+
+
+def _short_tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if suffix not in _SHORT_TAGS:
+        raise yaml.constructor.ConstructorError(None, None, f"unknown tag !{suffix}", node.start_mark)
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if suffix in ("Ref", "Condition"):
+        return {suffix: value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+CfnLoader.add_multi_constructor("!", _short_tag)
+
+
+def load_template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE.read_text(encoding="utf-8"), Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+# --------------------------------------------------------------------------- intrinsic evaluator
+
+_NO_VALUE = object()
+PSEUDO = {
+    "AWS::Region": REGION,
+    "AWS::AccountId": ACCOUNT,
+    "AWS::Partition": "aws",
+    "AWS::URLSuffix": "amazonaws.com",
+    "AWS::StackName": "db-backup",
+}
+BASE_PARAMS = {
+    "GitHubOrg": ORG,
+    "GitHubRepo": REPO_NAME,
+    "VpcId": "vpc-0123456789abcdef0",
+    "SubnetIds": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
+    "BucketName": BUCKET,
+    "SsmParameterPrefixes": "/curation,/chipmunk,/mati",
+}
+# Every Condition flipped to its other branch: KMS key given, provider reused, image pinned.
+FULL_PARAMS = {
+    **BASE_PARAMS,
+    "KmsKeyArn": KMS_KEY,
+    "OidcProviderArn": EXISTING_PROVIDER,
+    "ImageUri": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/db-backup@sha256:{'0' * 64}",
+    "RetentionDays": "0",
+}
+SCENARIOS = {"defaults": BASE_PARAMS, "all-options": FULL_PARAMS}
+
+
+class Stack:
+    """The template's resources as CloudFormation would create them for `params`."""
+
+    def __init__(self, template: dict[str, Any], params: dict[str, str]) -> None:
+        self.template = template
+        self.params: dict[str, Any] = {}
+        for name, spec in template["Parameters"].items():
+            raw = params.get(name, spec.get("Default"))
+            assert raw is not None, f"parameter {name} has no default and no value in the test"
+            is_list = spec["Type"] == "CommaDelimitedList" or spec["Type"].startswith("List<")
+            self.params[name] = str(raw).split(",") if is_list else str(raw)
+        self._conditions: dict[str, bool] = {}
+
+    # -- names CloudFormation would give the resources
+    def _physical(self, logical: str) -> str:
+        props = self.template["Resources"][logical].get("Properties", {})
+        kind = self.template["Resources"][logical]["Type"]
+        if kind == "AWS::IAM::OIDCProvider":
+            return f"arn:aws:iam::{ACCOUNT}:oidc-provider/token.actions.githubusercontent.com"
+        if kind == "AWS::IAM::ManagedPolicy":
+            return f"arn:aws:iam::{ACCOUNT}:policy/db-backup-{logical}"
+        for key in ("BucketName", "ClusterName", "LogGroupName", "RepositoryName"):
+            if key in props:
+                return str(self.resolve(props[key]))
+        return f"db-backup-{logical}"
+
+    def _attribute(self, logical: str, attribute: str) -> str:
+        kind = self.template["Resources"][logical]["Type"]
+        name = self._physical(logical)
+        arns = {
+            "AWS::S3::Bucket": f"arn:aws:s3:::{name}",
+            "AWS::IAM::Role": f"arn:aws:iam::{ACCOUNT}:role/{name}",
+            "AWS::ECS::Cluster": f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{name}",
+            "AWS::ECR::Repository": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{name}",
+            "AWS::Logs::LogGroup": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{name}:*",
+            "AWS::IAM::OIDCProvider": name,
+        }
+        if attribute == "Arn" and kind in arns:
+            return arns[kind]
+        if (kind, attribute) == ("AWS::ECR::Repository", "RepositoryUri"):
+            return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{name}"
+        if (kind, attribute) == ("AWS::EC2::SecurityGroup", "GroupId"):
+            return "sg-0123456789abcdef0"
+        raise AssertionError(f"the evaluator does not know {logical}.{attribute}")
+
+    def _ref(self, name: str) -> Any:
+        if name == "AWS::NoValue":
+            return _NO_VALUE
+        if name in PSEUDO:
+            return PSEUDO[name]
+        if name in self.params:
+            return self.params[name]
+        assert name in self.template["Resources"], f"Ref to unknown {name}"
+        return self._physical(name)
+
+    def condition(self, name: str) -> bool:
+        if name not in self._conditions:
+            self._conditions[name] = self._test(self.template["Conditions"][name])
+        return self._conditions[name]
+
+    def _test(self, expr: dict[str, Any]) -> bool:
+        ((op, arg),) = expr.items()
+        if op == "Condition":
+            return self.condition(arg)
+        if op == "Fn::Equals":
+            return str(self.resolve(arg[0])) == str(self.resolve(arg[1]))
+        if op == "Fn::Not":
+            return not self._test(arg[0])
+        if op == "Fn::And":
+            return all(self._test(a) for a in arg)
+        if op == "Fn::Or":
+            return any(self._test(a) for a in arg)
+        raise AssertionError(f"unsupported condition function {op}")
+
+    def _sub(self, text: str, variables: dict[str, Any]) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name.startswith("!"):
+                return "${" + name[1:] + "}"
+            if name in variables:
+                return str(self.resolve(variables[name]))
+            if "." in name and not name.startswith("AWS::"):
+                return self._attribute(*name.split(".", 1))
+            return str(self._ref(name))
+
+        return re.sub(r"\$\{([^}]+)\}", replace, text)
+
+    def resolve(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [v for v in (self.resolve(x) for x in node) if v is not _NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            ((key, arg),) = node.items()
+            if key == "Ref":
+                return self._ref(arg)
+            if key == "Fn::GetAtt":
+                return self._attribute(arg[0], arg[1])
+            if key == "Fn::If":
+                return self.resolve(arg[1] if self.condition(arg[0]) else arg[2])
+            if key == "Fn::Sub":
+                text, variables = (arg, {}) if isinstance(arg, str) else arg
+                return self._sub(text, variables)
+            if key == "Fn::Join":
+                return arg[0].join(str(x) for x in self.resolve(arg[1]))
+            if key == "Fn::Split":
+                return str(self.resolve(arg[1])).split(arg[0])
+            if key == "Fn::Select":
+                return self.resolve(arg[1])[int(self.resolve(arg[0]))]
+            assert not key.startswith("Fn::"), f"the evaluator does not support {key}"
+        out = {}
+        for key, value in node.items():
+            resolved = self.resolve(value)
+            if resolved is not _NO_VALUE:
+                out[key] = resolved
+        return out
+
+    def resources(self) -> dict[str, dict[str, Any]]:
+        """Logical id -> resolved resource, for resources whose Condition holds."""
+        created = {}
+        for logical, spec in self.template["Resources"].items():
+            if "Condition" in spec and not self.condition(spec["Condition"]):
+                continue
+            created[logical] = {"Type": spec["Type"], **self.resolve(spec.get("Properties", {}))}
+        return created
+
+    def resource(self, logical: str) -> dict[str, Any]:
+        return self.resources()[logical]
+
+    def policy_documents(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(owner, document) for every permissions policy (trust policies excluded)."""
+        for logical, res in self.resources().items():
+            for policy in res.get("Policies", []):
+                yield f"{logical}/{policy['PolicyName']}", policy["PolicyDocument"]
+            if "PolicyDocument" in res:
+                yield logical, res["PolicyDocument"]
+
+    def statements(self, owner_prefix: str) -> list[dict[str, Any]]:
+        found = [
+            stmt
+            for owner, doc in self.policy_documents()
+            if owner == owner_prefix or owner.startswith(owner_prefix + "/")
+            for stmt in doc["Statement"]
+        ]
+        assert found, f"no policy statements for {owner_prefix}"
+        return found
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+@pytest.fixture(scope="module", params=list(SCENARIOS), ids=list(SCENARIOS))
+def stack(request: pytest.FixtureRequest, template: dict[str, Any]) -> Stack:
+    return Stack(template, SCENARIOS[request.param])
+
+
+# --------------------------------------------------------------------------- trust evaluation
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
+
+
+def _condition_holds(operator: str, actual: str | None, expected: Any) -> bool:
+    values = [str(v) for v in as_list(expected)]
+    negated = operator.startswith("StringNot")
+    if actual is None:
+        return negated
+    if operator in ("StringEquals", "StringNotEquals"):
+        hit = any(actual == v for v in values)
+    elif operator in ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"):
+        hit = any(actual.lower() == v.lower() for v in values)
+    elif operator in ("StringLike", "StringNotLike"):
+        hit = any(_glob(v).fullmatch(actual) for v in values)
+    else:
+        raise AssertionError(f"the trust evaluator does not know the operator {operator}")
+    return not hit if negated else hit
+
+
+def can_assume(stack: Stack, role: str, sub: str, aud: str = "sts.amazonaws.com") -> bool:
+    """Would STS let a GitHub OIDC token with these claims assume the role?"""
+    provider = stack.params["OidcProviderArn"] or stack._physical("GitHubOidcProvider")
+    claims = {SUB: sub, AUD: aud}
+    allowed = False
+    for stmt in stack.resource(role)["AssumeRolePolicyDocument"]["Statement"]:
+        if "sts:AssumeRoleWithWebIdentity" not in as_list(stmt["Action"]):
+            continue
+        if provider not in as_list(stmt["Principal"].get("Federated", [])):
+            continue
+        holds = all(
+            _condition_holds(op, claims.get(key), expected)
+            for op, block in stmt.get("Condition", {}).items()
+            for key, expected in block.items()
+        )
+        if holds and stmt["Effect"] == "Deny":
+            return False
+        allowed = allowed or (holds and stmt["Effect"] == "Allow")
+    return allowed
+
+
+SUBJECTS = {
+    "main": f"{GH}:ref:refs/heads/main",
+    "feature-branch": f"{GH}:ref:refs/heads/feature",
+    "main-lookalike-branch": f"{GH}:ref:refs/heads/main-x",
+    "tag": f"{GH}:ref:refs/tags/v1.0.0",
+    "pull_request": f"{GH}:pull_request",
+    "env-production": f"{GH}:environment:production",
+    "env-Production": f"{GH}:environment:Production",
+    "env-PRODUCTION": f"{GH}:environment:PRODUCTION",
+    "env-production-old": f"{GH}:environment:production-old",
+    "env-beta": f"{GH}:environment:beta",
+    "env-alpha": f"{GH}:environment:alpha",
+    "env-dev": f"{GH}:environment:dev",
+    "other-repo-main": f"repo:{ORG}/other:ref:refs/heads/main",
+    "prefix-repo-env-beta": f"repo:{ORG}/{REPO_NAME}-fork:environment:beta",
+    "prefix-repo-production": f"repo:{ORG}/{REPO_NAME}-fork:environment:production",
+    "other-org-production": f"repo:evil/{REPO_NAME}:environment:production",
+    "other-org-main": f"repo:evil/{REPO_NAME}:ref:refs/heads/main",
+}
+
+EXPECTED_TRUST = {
+    "BackupRole": {"main"},
+    "ImagePushRole": {"main"},
+    "RestoreProductionRole": {"env-production"},
+    "RestoreRole": {"env-beta", "env-alpha", "env-dev", "env-production-old"},
+}
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+def test_cfn_lint_reports_nothing() -> None:
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "cfn-lint"), str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_template_takes_the_documented_parameters(template: dict[str, Any]) -> None:
+    params = template["Parameters"]
+    for name in [
+        "GitHubOrg",
+        "GitHubRepo",
+        "DefaultBranch",
+        "VpcId",
+        "SubnetIds",
+        "ImageUri",
+        "BucketName",
+        "RetentionDays",
+        "TaskCpu",
+        "TaskMemory",
+        "EphemeralStorageGiB",
+        "KmsKeyArn",
+        "OidcProviderArn",
+        "SsmParameterPrefixes",
+    ]:
+        assert name in params, name
+    assert params["SsmParameterPrefixes"]["Type"] == "CommaDelimitedList"
+    assert params["SubnetIds"]["Type"] == "List<AWS::EC2::Subnet::Id>"
+    assert params["OidcProviderArn"]["Default"] == ""
+    assert params["KmsKeyArn"]["Default"] == ""
+    assert params["DefaultBranch"]["Default"] == "main"
+
+
+# --------------------------------------------------------------------------- trust policies
+
+
+@pytest.mark.parametrize("role", sorted(EXPECTED_TRUST))
+def test_each_github_role_trusts_exactly_its_subjects(stack: Stack, role: str) -> None:
+    allowed = {name for name, sub in SUBJECTS.items() if can_assume(stack, role, sub)}
+    assert allowed == EXPECTED_TRUST[role]
+
+
+def test_production_restore_role_only_trusts_the_production_environment(stack: Stack) -> None:
+    assert can_assume(stack, "RestoreProductionRole", f"{GH}:environment:production")
+    for name, sub in SUBJECTS.items():
+        if name != "env-production":
+            assert not can_assume(stack, "RestoreProductionRole", sub), name
+
+
+def test_restore_role_cannot_be_assumed_from_production_in_any_spelling(stack: Stack) -> None:
+    assert can_assume(stack, "RestoreRole", f"{GH}:environment:beta")
+    for spelling in ("production", "Production", "PRODUCTION", "pRoDuCtIoN"):
+        assert not can_assume(stack, "RestoreRole", f"{GH}:environment:{spelling}"), spelling
+
+
+def test_backup_role_is_not_assumable_from_pull_requests_or_other_refs(stack: Stack) -> None:
+    assert can_assume(stack, "BackupRole", f"{GH}:ref:refs/heads/main")
+    for sub in (f"{GH}:pull_request", f"{GH}:ref:refs/heads/feature", f"{GH}:ref:refs/pull/7/merge"):
+        assert not can_assume(stack, "BackupRole", sub), sub
+
+
+def test_backup_role_follows_the_default_branch_parameter(template: dict[str, Any]) -> None:
+    stack = Stack(template, {**BASE_PARAMS, "DefaultBranch": "trunk"})
+    assert can_assume(stack, "BackupRole", f"{GH}:ref:refs/heads/trunk")
+    assert can_assume(stack, "ImagePushRole", f"{GH}:ref:refs/heads/trunk")
+    assert not can_assume(stack, "BackupRole", f"{GH}:ref:refs/heads/main")
+
+
+@pytest.mark.parametrize("role", GITHUB_ROLES)
+def test_every_trust_policy_requires_the_sts_audience(stack: Stack, role: str) -> None:
+    good = next(SUBJECTS[name] for name in sorted(EXPECTED_TRUST[role]))
+    assert can_assume(stack, role, good)
+    assert not can_assume(stack, role, good, aud="https://github.com/acme")
+    for stmt in stack.resource(role)["AssumeRolePolicyDocument"]["Statement"]:
+        assert stmt["Condition"]["StringEquals"][AUD] == "sts.amazonaws.com"
+
+
+def test_oidc_provider_is_created_unless_an_existing_one_is_given(template: dict[str, Any]) -> None:
+    provider = template["Resources"]["GitHubOidcProvider"]
+    assert provider["Type"] == "AWS::IAM::OIDCProvider"
+    assert provider["Properties"]["Url"] == "https://token.actions.githubusercontent.com"
+    assert provider["Properties"]["ClientIdList"] == ["sts.amazonaws.com"]
+
+    created = Stack(template, BASE_PARAMS)
+    reused = Stack(template, FULL_PARAMS)
+    assert "GitHubOidcProvider" in created.resources()
+    assert "GitHubOidcProvider" not in reused.resources()
+    for role in GITHUB_ROLES:
+        for stack, arn in ((created, created._physical("GitHubOidcProvider")), (reused, EXISTING_PROVIDER)):
+            principals = {
+                p for s in stack.resource(role)["AssumeRolePolicyDocument"]["Statement"] for p in as_list(s["Principal"]["Federated"])
+            }
+            assert principals == {arn}, role
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def test_no_statement_allows_wildcard_actions_and_star_resources_are_allowlisted(stack: Stack) -> None:
+    owners = set()
+    for owner, doc in stack.policy_documents():
+        owners.add(owner.split("/")[0])
+        for stmt in doc["Statement"]:
+            assert "NotAction" not in stmt and "NotResource" not in stmt, owner
+            if stmt["Effect"] != "Allow":
+                continue
+            actions = as_list(stmt["Action"])
+            assert not [a for a in actions if "*" in a], (owner, actions)
+            if "*" in as_list(stmt["Resource"]):
+                assert set(actions) <= STAR_RESOURCE_ALLOWLIST, (owner, actions)
+    # Guard against the walk above silently missing a policy.
+    assert owners >= {"TaskRole", "TaskExecutionRole", "ImagePushRole", "ControlPlanePolicy", "BackupBucketPolicy"}
+
+
+def test_every_star_resource_is_explained_by_a_comment() -> None:
+    lines = TEMPLATE.read_text(encoding="utf-8").splitlines()
+    stars = [i for i, line in enumerate(lines) if re.fullmatch(r'\s*Resource: "\*"\s*', line)]
+    assert stars
+    for i in stars:
+        assert any(line.lstrip().startswith("#") for line in lines[max(0, i - 4) : i]), i + 1
+
+
+def test_bucket_is_private_versioned_encrypted_and_tls_only(stack: Stack) -> None:
+    bucket = stack.resource("BackupBucket")
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert stack.template["Resources"]["BackupBucket"]["DeletionPolicy"] == "Retain"
+    (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    if stack.params["KmsKeyArn"]:
+        assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": KMS_KEY}
+    else:
+        assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+
+    policy = stack.resource("BackupBucketPolicy")
+    assert policy["Bucket"] == BUCKET
+    deny_plain_http = [
+        s
+        for s in policy["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Deny"
+        and s["Principal"] == "*"
+        and "s3:*" in as_list(s["Action"])
+        and s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+    ]
+    assert len(deny_plain_http) == 1
+    assert set(as_list(deny_plain_http[0]["Resource"])) == {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"}
+
+
+def test_bucket_lifecycle_expires_backups_old_versions_and_stale_uploads(stack: Stack) -> None:
+    rules = {r["Id"]: r for r in stack.resource("BackupBucket")["LifecycleConfiguration"]["Rules"]}
+    for each in rules.values():
+        assert each["Status"] == "Enabled"
+        assert not {"Prefix", "TagFilters", "ObjectSizeGreaterThan"} & set(each)  # the whole bucket
+    assert rules.pop("expired-delete-markers") == {"Id": "expired-delete-markers", "Status": "Enabled", "ExpiredObjectDeleteMarker": True}
+    (rule,) = rules.values()
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": "30"}
+    if stack.params["RetentionDays"] == "0":
+        assert "ExpirationInDays" not in rule
+    else:
+        assert rule["ExpirationInDays"] == stack.params["RetentionDays"] == "35"
+
+
+def _s3_resources(statements: list[dict[str, Any]]) -> set[str]:
+    return {r for s in statements if any(a.startswith("s3:") for a in as_list(s["Action"])) for r in as_list(s["Resource"])}
+
+
+def test_task_role_s3_access_is_only_its_bucket_and_never_delete(stack: Stack) -> None:
+    statements = stack.statements("TaskRole")
+    assert _s3_resources(statements) == {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"}
+    s3_actions = {a for s in statements for a in as_list(s["Action"]) if a.startswith("s3:")}
+    assert {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:AbortMultipartUpload"} <= s3_actions
+    assert not [a for a in s3_actions if "Delete" in a]
+    # Object actions on objects, bucket actions on the bucket: never mixed up.
+    for s in statements:
+        for action in as_list(s["Action"]):
+            if action in ("s3:ListBucket", "s3:ListBucketMultipartUploads"):
+                assert as_list(s["Resource"]) == [f"arn:aws:s3:::{BUCKET}"]
+            elif action.startswith("s3:"):
+                assert as_list(s["Resource"]) == [f"arn:aws:s3:::{BUCKET}/*"]
+
+
+def ssm_arn(prefix: str) -> str:
+    return f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{prefix}/*"
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "granted"),
+    [
+        ("/curation,/chipmunk,/mati", ["/curation", "/chipmunk", "/mati"]),
+        ("/curation", ["/curation"]),
+        (",".join(f"/db{i}" for i in range(10)), [f"/db{i}" for i in range(10)]),
+        # Beyond the ten slots nothing more is granted (denied, never widened).
+        (",".join(f"/db{i}" for i in range(12)), [f"/db{i}" for i in range(10)]),
+    ],
+    ids=["three", "one", "ten", "twelve"],
+)
+def test_task_role_reads_only_the_configured_ssm_paths(template: dict[str, Any], prefixes: str, granted: list[str]) -> None:
+    stack = Stack(template, {**BASE_PARAMS, "SsmParameterPrefixes": prefixes})
+    statements = stack.statements("TaskRole")
+    ssm = [s for s in statements if any(a.startswith("ssm:") for a in as_list(s["Action"]))]
+    assert len(ssm) == 1
+    assert sorted(as_list(ssm[0]["Action"])) == ["ssm:GetParameter", "ssm:GetParameters"]
+    assert as_list(ssm[0]["Resource"]) == [ssm_arn(p) for p in granted]
+
+    (decrypt,) = [s for s in statements if "kms:Decrypt" in as_list(s["Action"]) and "Condition" in s]
+    assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": f"ssm.{REGION}.amazonaws.com"}}
+    assert decrypt["Resource"] == f"arn:aws:kms:{REGION}:{ACCOUNT}:key/*"
+
+
+def test_kms_key_is_usable_only_when_given(stack: Stack) -> None:
+    key_statements = [
+        s
+        for s in stack.statements("TaskRole") + stack.statements("ControlPlanePolicy")
+        if any(a.startswith("kms:") for a in as_list(s["Action"])) and "Condition" not in s
+    ]
+    if stack.params["KmsKeyArn"]:
+        assert {r for s in key_statements for r in as_list(s["Resource"])} == {KMS_KEY}
+        assert {a for s in key_statements for a in as_list(s["Action"])} == {"kms:Decrypt", "kms:GenerateDataKey"}
+    else:
+        assert key_statements == []
+
+
+def test_github_roles_can_only_drive_this_task(stack: Stack) -> None:
+    policy = stack.resource("ControlPlanePolicy")
+    assert sorted(policy["Roles"]) == sorted(stack._physical(r) for r in ("BackupRole", "RestoreRole", "RestoreProductionRole"))
+    by_action: dict[str, list[dict[str, Any]]] = {}
+    for stmt in policy["PolicyDocument"]["Statement"]:
+        assert stmt["Effect"] == "Allow"
+        for action in as_list(stmt["Action"]):
+            by_action.setdefault(action, []).append(stmt)
+
+    cluster = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/db-backup"
+    tasks = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/db-backup/*"
+    (run,) = by_action["ecs:RunTask"]
+    assert run["Resource"] == f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/db-backup:*"
+    assert run["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}
+    for action in ("ecs:StopTask", "ecs:DescribeTasks"):
+        (stmt,) = by_action[action]
+        assert stmt["Resource"] == tasks
+    (tag,) = by_action["ecs:TagResource"]
+    assert tag["Resource"] == tasks
+    assert tag["Condition"] == {"StringEquals": {"ecs:CreateAction": "RunTask"}}
+
+    (passrole,) = by_action["iam:PassRole"]
+    assert sorted(passrole["Resource"]) == sorted(
+        f"arn:aws:iam::{ACCOUNT}:role/{stack._physical(r)}" for r in ("TaskRole", "TaskExecutionRole")
+    )
+    assert passrole["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+
+    log_group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/ecs/db-backup:*"
+    for action in ("logs:GetLogEvents", "logs:FilterLogEvents", "logs:DescribeLogStreams"):
+        assert [s["Resource"] for s in by_action[action]] == [log_group]
+
+    assert _s3_resources(policy["PolicyDocument"]["Statement"]) == {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"}
+    s3_actions = {a for a in by_action if a.startswith("s3:")}
+    assert s3_actions == {"s3:ListBucket", "s3:GetObject"}  # read-only: the task writes
+    expected = {
+        "ecs:RunTask",
+        "ecs:StopTask",
+        "ecs:DescribeTasks",
+        "ecs:TagResource",
+        "iam:PassRole",
+        "logs:GetLogEvents",
+        "logs:FilterLogEvents",
+        "logs:DescribeLogStreams",
+        *s3_actions,
+    }
+    if stack.params["KmsKeyArn"]:
+        expected.add("kms:Decrypt")
+    assert set(by_action) == expected
+
+
+def test_image_push_role_pushes_only_to_its_repository(stack: Stack) -> None:
+    repo_arn = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/db-backup"
+    for stmt in stack.statements("ImagePushRole"):
+        if as_list(stmt["Action"]) != ["ecr:GetAuthorizationToken"]:
+            assert stmt["Resource"] == repo_arn
+            assert all(a.startswith("ecr:") for a in as_list(stmt["Action"]))
+    pushes = {a for s in stack.statements("ImagePushRole") for a in as_list(s["Action"])}
+    assert {"ecr:PutImage", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload"} <= pushes
+
+
+def test_task_roles_are_assumable_only_by_ecs_tasks(stack: Stack) -> None:
+    for role in ("TaskRole", "TaskExecutionRole"):
+        (stmt,) = stack.resource(role)["AssumeRolePolicyDocument"]["Statement"]
+        assert stmt["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+        assert stmt["Action"] == "sts:AssumeRole"
+    (stmt,) = stack.resource("TaskRole")["AssumeRolePolicyDocument"]["Statement"]
+    assert stmt["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+
+def test_execution_role_writes_only_this_log_group_and_pulls_only_this_repository(stack: Stack) -> None:
+    for stmt in stack.statements("TaskExecutionRole"):
+        actions = as_list(stmt["Action"])
+        if any(a.startswith("logs:") for a in actions):
+            assert stmt["Resource"] == f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/ecs/db-backup:*"
+        elif actions != ["ecr:GetAuthorizationToken"]:
+            assert stmt["Resource"] == f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/db-backup"
+
+
+def test_runner_roles_allow_the_session_length_the_action_requests(stack: Stack) -> None:
+    # STS refuses a longer session than the role's maximum, and the action keeps its
+    # credentials for as long as it follows a (possibly hours-long) task.
+    action = yaml.safe_load((REPO / "actions" / "db-backup" / "action.yml").read_text(encoding="utf-8"))
+    requested = [
+        int(step["with"].get("role-duration-seconds", 3600))
+        for step in action["runs"]["steps"]
+        if str(step.get("uses", "")).startswith("aws-actions/configure-aws-credentials@")
+    ]
+    assert requested
+    for role in ("BackupRole", "RestoreRole", "RestoreProductionRole"):
+        assert int(stack.resource(role).get("MaxSessionDuration", 3600)) >= max(requested), role
+
+
+# --------------------------------------------------------------------------- network, ECS, ECR
+
+
+def test_security_group_allows_no_ingress_and_only_https_and_database_egress(stack: Stack) -> None:
+    group = stack.resource("TaskSecurityGroup")
+    assert "SecurityGroupIngress" not in group
+    ports = {(r["IpProtocol"], r["FromPort"], r["ToPort"]) for r in group["SecurityGroupEgress"]}
+    assert ports == {("tcp", 443, 443), ("tcp", "5432", "5432")}
+    ingress = [r for r in stack.resources().values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    assert ingress == []
+
+
+def test_task_definition_is_fargate_with_the_runner_default_names(stack: Stack) -> None:
+    task = stack.resource("TaskDefinition")
+    assert task["Family"] == "db-backup"
+    assert task["RequiresCompatibilities"] == ["FARGATE"]
+    assert task["NetworkMode"] == "awsvpc"
+    assert task["EphemeralStorage"] == {"SizeInGiB": "50"}
+    (container,) = task["ContainerDefinitions"]
+    assert container["Name"] == "db-backup"
+    assert container["Memory"] == task["Memory"]
+    assert container["LogConfiguration"] == {
+        "LogDriver": "awslogs",
+        "Options": {"awslogs-group": "/ecs/db-backup", "awslogs-region": REGION, "awslogs-stream-prefix": "ecs"},
+    }
+    expected_image = stack.params["ImageUri"] or f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/db-backup:latest"
+    assert container["Image"] == expected_image
+    assert stack.resource("Cluster")["ClusterName"] == "db-backup"
+    assert stack.resource("LogGroup")["LogGroupName"] == "/ecs/db-backup"
+    assert stack.resource("LogGroup")["RetentionInDays"]
+
+
+def test_ecr_repository_scans_on_push_and_expires_old_images(stack: Stack) -> None:
+    repo = stack.resource("EcrRepository")
+    assert repo["RepositoryName"] == "db-backup"
+    assert repo["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    rules = json.loads(repo["LifecyclePolicy"]["LifecyclePolicyText"])["rules"]
+    assert {r["selection"]["tagStatus"] for r in rules} == {"untagged", "any"}
+    assert all(r["action"] == {"type": "expire"} for r in rules)
+
+
+REPOSITORY_VARIABLES = {
+    "AwsRegion": "AWS_REGION",
+    "BackupRoleArn": "DB_BACKUP_ROLE_ARN",
+    "RestoreRoleArn": "DB_RESTORE_ROLE_ARN",
+    "RestoreProductionRoleArn": "DB_RESTORE_PRODUCTION_ROLE_ARN",
+    "ImagePushRoleArn": "DB_BACKUP_IMAGE_PUSH_ROLE_ARN",
+    "EcrRepository": "ECR_REPOSITORY",
+}
+TARGETS_OUTPUTS = (
+    "Storage",
+    "Region",
+    "EcsCluster",
+    "TaskDefinition",
+    "Container",
+    "Subnets",
+    "SecurityGroups",
+    "LogGroup",
+    "TargetsDefaults",
+)
+
+
+def test_outputs_name_the_repository_variables_and_setup_doc_sets_them(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    for key in TARGETS_OUTPUTS:
+        assert key in outputs, key
+    doc = SETUP_DOC.read_text(encoding="utf-8")
+    for key, variable in REPOSITORY_VARIABLES.items():
+        assert variable in outputs[key]["Description"].split(), key
+        assert re.search(rf"gh variable set {variable}\b", doc), variable
+        assert key in doc, key
+
+
+# --------------------------------------------------------------------------- deploy on moto
+
+
+@pytest.fixture
+def cloudformation_novalue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto drop `AWS::NoValue` list items, as CloudFormation does.
+
+    moto resolves `!If [Cond, X, !Ref AWS::NoValue]` inside a list to a null element, which its
+    IAM validator then rejects; CloudFormation removes the element. The moto server runs in
+    this process, so patching its resolver here is enough.
+    """
+    from moto.cloudformation import parsing
+
+    original = parsing.clean_json
+
+    def clean_json(resource_json: Any, resources_map: Any) -> Any:
+        cleaned = original(resource_json, resources_map)
+        if isinstance(cleaned, list):
+            return [item for item in cleaned if item is not None]
+        return cleaned
+
+    monkeypatch.setattr(parsing, "clean_json", clean_json)
+
+
+def _wait_for_stack(cf: Any, name: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stack = cf.describe_stacks(StackName=name)["Stacks"][0]
+        if not stack["StackStatus"].endswith("_IN_PROGRESS") or time.monotonic() > deadline:
+            return stack
+        time.sleep(0.1)
+
+
+def _policy_document(raw: Any) -> dict[str, Any]:
+    # moto returns inline role policies as the repr of a dict, real IAM as (decoded) JSON.
+    if isinstance(raw, dict):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return ast.literal_eval(raw)
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "kms-and-many-prefixes"])
+@pytest.mark.usefixtures("cloudformation_novalue")
+# moto's CloudFormation skips AWS::S3::BucketPolicy (checked from the template above).
+@pytest.mark.filterwarnings("ignore:Tried to parse AWS.{2}S3.{2}BucketPolicy:UserWarning")
+def test_template_deploys_on_moto_with_the_runner_default_names(aws: Any, scenario: str) -> None:
+    ec2 = boto3.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    iam = boto3.client("iam")
+    # moto's CloudFormation cannot create AWS::IAM::OIDCProvider, so reuse one made by the IAM
+    # API; the create path is covered by test_oidc_provider_is_created_unless_an_existing_one_is_given.
+    provider = iam.create_open_id_connect_provider(
+        Url="https://token.actions.githubusercontent.com",
+        ClientIDList=["sts.amazonaws.com"],
+        ThumbprintList=["6938fd4d98bab03faadb97b34396831e3780aea1"],
+    )["OpenIDConnectProviderArn"]
+    params = {
+        "GitHubOrg": ORG,
+        "GitHubRepo": REPO_NAME,
+        "VpcId": vpc,
+        "SubnetIds": subnet,
+        "BucketName": BUCKET,
+        "OidcProviderArn": provider,
+        "RetentionDays": "35",
+        "SsmParameterPrefixes": "/curation,/chipmunk,/mati",
+    }
+    prefixes = ["/curation", "/chipmunk", "/mati"]
+    key_arn = None
+    if scenario == "kms-and-many-prefixes":
+        key_arn = boto3.client("kms").create_key(Description="db-backup test")["KeyMetadata"]["Arn"]
+        prefixes = [f"/db{i}" for i in range(11)]
+        params |= {"KmsKeyArn": key_arn, "SsmParameterPrefixes": ",".join(prefixes), "RetentionDays": "0"}
+
+    cf = boto3.client("cloudformation")
+    cf.create_stack(
+        StackName="db-backup",
+        TemplateBody=TEMPLATE.read_text(encoding="utf-8"),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    stack = _wait_for_stack(cf, "db-backup")
+    events = [
+        (e["LogicalResourceId"], e["ResourceStatus"], e.get("ResourceStatusReason"))
+        for e in cf.describe_stack_events(StackName="db-backup")["StackEvents"]
+        if "FAILED" in e["ResourceStatus"]
+    ]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", (stack.get("StackStatusReason"), events)
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+    # The names targets.yaml and the runner's defaults rely on.
+    ecs = boto3.client("ecs")
+    task = ecs.describe_task_definition(taskDefinition="db-backup")["taskDefinition"]
+    assert task["family"] == "db-backup"
+    (container,) = task["containerDefinitions"]
+    assert container["name"] == "db-backup"
+    assert container["logConfiguration"]["logDriver"] == "awslogs"
+    assert container["logConfiguration"]["options"] == {
+        "awslogs-group": "/ecs/db-backup",
+        "awslogs-region": REGION,
+        "awslogs-stream-prefix": "ecs",
+    }
+    (cluster,) = ecs.describe_clusters(clusters=["db-backup"])["clusters"]
+    assert cluster["clusterName"] == "db-backup"
+    assert cluster["status"] == "ACTIVE"
+    groups = boto3.client("logs").describe_log_groups(logGroupNamePrefix="/ecs/db-backup")["logGroups"]
+    assert [(g["logGroupName"], g.get("retentionInDays")) for g in groups] == [("/ecs/db-backup", 90)]
+    assert boto3.client("ecr").describe_repositories(repositoryNames=["db-backup"])["repositories"]
+
+    # Outputs fill targets.yaml defaults and the repository variables.
+    group_id = outputs["SecurityGroups"]
+    (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    assert group["VpcId"] == vpc
+    assert {
+        k: outputs[k]
+        for k in ("Storage", "Region", "AwsRegion", "EcsCluster", "TaskDefinition", "Container", "Subnets", "LogGroup", "EcrRepository")
+    } == {
+        "Storage": f"s3://{BUCKET}",
+        "Region": REGION,
+        "AwsRegion": REGION,
+        "EcsCluster": "db-backup",
+        "TaskDefinition": "db-backup",
+        "Container": "db-backup",
+        "Subnets": subnet,
+        "LogGroup": "/ecs/db-backup",
+        "EcrRepository": "db-backup",
+    }
+    defaults = yaml.safe_load(outputs["TargetsDefaults"])["defaults"]
+    assert defaults == {
+        "storage": f"s3://{BUCKET}",
+        "region": REGION,
+        "ecs": {
+            "cluster": "db-backup",
+            "task_definition": "db-backup",
+            "container": "db-backup",
+            "subnets": [subnet],
+            "security_groups": [group_id],
+            "assign_public_ip": False,
+            "log_group": "/ecs/db-backup",
+        },
+    }
+    roles = {}
+    for key in ("BackupRoleArn", "RestoreRoleArn", "RestoreProductionRoleArn", "ImagePushRoleArn", "TaskRoleArn"):
+        roles[key] = iam.get_role(RoleName=outputs[key].rsplit("/", 1)[1])["Role"]
+        assert roles[key]["Arn"] == outputs[key]
+    for key in ("BackupRoleArn", "RestoreRoleArn", "RestoreProductionRoleArn"):
+        attached = iam.list_attached_role_policies(RoleName=roles[key]["RoleName"])["AttachedPolicies"]
+        assert len(attached) == 1 and "ControlPlanePolicy" in attached[0]["PolicyName"], attached
+    assert iam.list_attached_role_policies(RoleName=roles["ImagePushRoleArn"]["RoleName"])["AttachedPolicies"] == []
+    for key in ("BackupRoleArn", "RestoreRoleArn", "RestoreProductionRoleArn", "ImagePushRoleArn"):
+        trust = _policy_document(roles[key]["AssumeRolePolicyDocument"])
+        assert {s["Principal"]["Federated"] for s in trust["Statement"]} == {provider}
+
+    # The SSM slots resolved by a real CloudFormation implementation, not only our evaluator.
+    task_role = roles["TaskRoleArn"]["RoleName"]
+    ssm_doc = _policy_document(iam.get_role_policy(RoleName=task_role, PolicyName="ssm-parameters")["PolicyDocument"])
+    (ssm_stmt,) = [s for s in ssm_doc["Statement"] if s["Sid"] == "ReadDatabaseParameters"]
+    assert as_list(ssm_stmt["Resource"]) == [ssm_arn(p) for p in prefixes[:10]]
+
+    s3 = boto3.client("s3")
+    encryption = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]
+    (rule,) = encryption["Rules"]
+    if key_arn:
+        assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}
+        assert container["image"] == f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/db-backup:latest"
+        bucket_doc = _policy_document(iam.get_role_policy(RoleName=task_role, PolicyName="backup-bucket")["PolicyDocument"])
+        assert [s["Resource"] for s in bucket_doc["Statement"] if s["Sid"] == "UseBucketKey"] == [key_arn]
+    else:
+        assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
