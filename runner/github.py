@@ -141,7 +141,8 @@ def render_summary(report: Report) -> str:
     out.append("")
     if report.last_lines and not report.ok:
         fence = _fence(report.last_lines)
-        out += [f"<details><summary>Last {len(report.last_lines)} log lines</summary>", "",
+        count = len(report.last_lines)
+        out += [f"<details><summary>Last {count} log line{'s' if count != 1 else ''}</summary>", "",
                 f"{fence}text", *report.last_lines, fence, "", "</details>", ""]
     return "\n".join(out) + "\n"
 

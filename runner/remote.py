@@ -177,7 +177,14 @@ class _Run:
         self.out.flush()
 
     def _judge(self, task: TaskTypeDef) -> Report:
-        ecs.judge(ecs.outcome(task, self.config.container), self.config.container)
+        try:
+            ecs.judge(ecs.outcome(task, self.config.container), self.config.container)
+        except JobFailed as exc:
+            said = next((line for line in reversed(self._last_lines()) if line.startswith("error: ")), None)
+            if said:
+                # The CLI in the task ends a failure with one `error: ...` line: the actual reason.
+                exc.args = (f"{exc}; the task said: {said.removeprefix('error: ')}",)
+            raise
         report = replace(self.report, result=SUCCESS, duration_s=self._elapsed())
         if self.job.action == "backup":
             report = self._with_manifest(report)

@@ -146,7 +146,7 @@ def render(registry: Registry, results_dir: Path) -> tuple[str, bool]:
     expected = [(t.identifier, t.env) for t in registry.scheduled(SCHEDULE)]
     rows: list[Row] = []
     for key in expected:
-        rows.append(found.pop(key, None) or Row(
+        rows.append(found.pop(key) if key in found else Row(
             identifier=key[0], env=key[1], result="missing",
             error="no result: the job did not report (cancelled, timed out or never started)",
         ))
