@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,3 +269,37 @@ def fingerprint(pg: PgCluster, dbname: str) -> dict[str, object]:
 
 def restore_leftovers(pg: PgCluster) -> set[str]:
     return {name for name in pg.databases() if "__restore_" in name}
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll a condition with a bound; fail the test naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def backup_with_database_dropped_mid_dump(pg: PgCluster, dbname: str, env: dict[str, str], started: Callable[[], bool]) -> tuple[int, str]:
+    """Run `backup app production` while a lock holds pg_dump mid-dump, then drop the database under it."""
+    locker = pg.connect(dbname, autocommit=False)
+    locker.execute("LOCK TABLE marker IN ACCESS EXCLUSIVE MODE")
+    proc = subprocess.Popen([DB_BACKUP, "backup", "app", "production"], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def dump_waiting() -> bool:
+            with pg.connect() as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", (dbname,)
+                ).fetchone()
+            return bool(row and row[0]) and started()
+
+        wait_for(dump_waiting, "pg_dump to block on its lock with the upload started")
+        pg.drop(dbname)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        locker.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    return proc.returncode, err

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.conftest import DB_BACKUP, MotoServer, PgCluster, fill_rich, fill_small, fingerprint, restore_leftovers, run_cli
+from tests.conftest import (
+    MotoServer,
+    PgCluster,
+    backup_with_database_dropped_mid_dump,
+    fill_rich,
+    fill_small,
+    fingerprint,
+    restore_leftovers,
+    run_cli,
+)
 
 BUCKET = "agr-db-backups-test"
 
@@ -95,22 +103,8 @@ def test_backup_to_s3_with_ssm_credentials_and_restore(pg: PgCluster, dbname: st
 def test_failed_dump_aborts_the_upload(pg: PgCluster, dbname: str, env: dict[str, str]) -> None:
     fill_small(pg, dbname, "prod")
     _ssm_layout(pg, dbname)
-    locker = pg.connect(dbname, autocommit=False)
-    locker.execute("LOCK TABLE marker IN ACCESS EXCLUSIVE MODE")
-    proc = subprocess.Popen([DB_BACKUP, "backup", "app", "production"], env={**__import__("os").environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not _open_uploads():  # the multipart upload has started and pg_dump is blocked
-            assert time.monotonic() < deadline, "the upload never started"
-            time.sleep(0.05)
-        pg.drop(dbname)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        locker.close()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, err
+    code, err = backup_with_database_dropped_mid_dump(pg, dbname, env, lambda: bool(_open_uploads()))
+    assert code == 1, err
     assert "pg_dump failed" in err
     assert _objects() == [] and _open_uploads() == []
 

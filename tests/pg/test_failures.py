@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DB_BACKUP, PgCluster, fill_small, fingerprint, restore_leftovers, run_cli, write_targets
+from tests.conftest import (
+    PgCluster,
+    backup_with_database_dropped_mid_dump,
+    fill_small,
+    fingerprint,
+    restore_leftovers,
+    run_cli,
+    write_targets,
+)
 
 
 @pytest.fixture
@@ -93,38 +100,14 @@ def test_backup_with_wrong_password_leaves_nothing(pg: PgCluster, setup: tuple[d
     assert _stored(tmp_path) == []
 
 
-def _wait_for(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_database_dropped_mid_dump_leaves_nothing(pg: PgCluster, dbname: str, setup: tuple[dict[str, str], str, str], tmp_path: Path) -> None:
     env, _, _ = setup
-    locker = pg.connect(dbname, autocommit=False)
-    locker.execute("LOCK TABLE marker IN ACCESS EXCLUSIVE MODE")  # pg_dump blocks here, mid-dump
-    full_env = {**__import__("os").environ, **env}
-    proc = subprocess.Popen([DB_BACKUP, "backup", "app", "production"], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def dump_waiting() -> bool:
-            with pg.connect() as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", (dbname,)
-                ).fetchone()
-            return bool(row and row[0])
-
-        _wait_for(dump_waiting, "pg_dump to wait for its lock")
-        pg.drop(dbname)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        locker.close()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, err
+    partial = tmp_path / "backups" / "app" / "production"
+    code, err = backup_with_database_dropped_mid_dump(pg, dbname, env, lambda: any(partial.glob(".*.partial")))
+    assert code == 1, err
     assert "pg_dump failed" in err
     assert _stored(tmp_path) == []
+    assert list(partial.iterdir()) == []
 
 
 def test_refusals_touch_nothing(pg: PgCluster, setup: tuple[dict[str, str], str, str], tmp_path: Path) -> None:
