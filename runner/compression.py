@@ -9,7 +9,7 @@ Method = Literal["zstd", "gzip", "none"]
 
 _RANGES: dict[str, tuple[int, int, int]] = {
     # method: (lowest, highest, default level)
-    "zstd": (1, 19, 1),
+    "zstd": (1, 19, 3),
     "gzip": (1, 9, 6),
 }
 

@@ -85,7 +85,7 @@ def backup(target: Target, services: Services, request_id: str | None = None) ->
         raise JobFailed(
             f"pg_dump {dump_version} cannot dump server {server}; install PostgreSQL client tools {postgres.major(server)} or newer"
         )
-    plan = postgres.plan_dump(pg_dump, dump_version, target.compression)
+    plan = postgres.plan_dump(pg_dump, target.compression)
     now = services.clock.now()
     backup_id = _free_id(store, target, now)
     key = store.key(target.identifier, target.env, backup_id)
@@ -95,8 +95,8 @@ def backup(target: Target, services: Services, request_id: str | None = None) ->
     size = 0
     upload = store.start_upload(key, target.storage_class)
     try:
-        with postgres.dump_stream(conn, plan) as chunks:
-            for chunk in chunks:
+        with postgres.dump_stream(conn, plan) as output:
+            for chunk in output:
                 digest.update(chunk)
                 size += len(chunk)
                 upload.write(chunk)
@@ -109,7 +109,7 @@ def backup(target: Target, services: Services, request_id: str | None = None) ->
         created_at=now, duration_s=round(services.clock.monotonic() - started, 3),
         size_bytes=size, sha256=digest.hexdigest(), format="custom", compression=plan.compression,
         compressed_by=plan.compressed_by, pg_dump_version=dump_version, server_version=server,
-        database=conn.dbname, tool_version=__version__, request_id=request_id,
+        database=conn.dbname, tool_version=__version__, request_id=request_id, uncompressed_bytes=output.raw_bytes,
     )
     store.put_manifest(manifest)
     log.info("backup %s done: %s in %.1fs, sha256 %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256)
@@ -231,6 +231,22 @@ def _download(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connec
     return path, digest.hexdigest(), size
 
 
+LEGACY_PARALLEL_MIN_BYTES = 64 << 20
+
+
+def _worth_parallel(entry: BackupEntry, settings: Settings) -> bool:
+    """Measured (bench/RESULTS.md): -j pays off for big dumps; pipe-written ones lack data offsets.
+
+    Old-system dumps were written to files, so pg_restore can seek straight to each table: with two
+    cores -j2 beat -j1 already at 120 MB. Dumps streamed by db-backup have no offsets, so each worker
+    scans for its data: -j2 lost to streaming at 519 MB of archive and won at 912 MB.
+    """
+    if entry.manifest is None:
+        return entry.size_bytes >= LEGACY_PARALLEL_MIN_BYTES
+    raw = entry.manifest.uncompressed_bytes
+    return raw is not None and raw >= settings.parallel_threshold_mb << 20
+
+
 def restore(plan: RestorePlan, services: Services) -> RestoreResult:
     """Restore into a fresh database, verify, then swap it in; the target is never left broken."""
     settings = services.settings
@@ -247,9 +263,7 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
     previous = postgres.derived_name(conn.dbname, "__previous")
     pg_restore = postgres.find_tool("pg_restore")
     jobs = settings.restore_jobs or _cores()
-    parallel = settings.restore_mode == "parallel" or (
-        settings.restore_mode == "auto" and jobs > 1 and entry.size_bytes >= settings.parallel_threshold_mb << 20
-    )
+    parallel = settings.restore_mode == "parallel" or (settings.restore_mode == "auto" and jobs > 1 and _worth_parallel(entry, settings))
     started = services.clock.monotonic()
     log.info("restoring %s (%s, %s) into %s as %s", where, entry.status, human_size(entry.size_bytes), conn.describe(), fresh)
     admin_conn = postgres.admin_connection(conn)

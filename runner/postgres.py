@@ -144,12 +144,14 @@ class DumpPlan:
     compressed_by: str
 
 
-def plan_dump(pg_dump: str, pg_dump_version: str, compression: Compression) -> DumpPlan:
-    """pg_dump's own zstd from 16 on; before that, pg_dump uncompressed piped into zstd -T0."""
+def plan_dump(pg_dump: str, compression: Compression) -> DumpPlan:
+    """zstd always wraps pg_dump's uncompressed stream, whatever the client version.
+
+    pg_dump 16+ could compress with zstd itself, but single-threaded, and its archives need
+    pg_restore 16+: a laptop with older client tools could not restore the Fargate task's backups.
+    """
     base = (pg_dump, "--format=custom", "--no-password")
     if compression.method == "zstd":
-        if major(pg_dump_version) >= 16:
-            return DumpPlan((*base, f"--compress=zstd:{compression.level}"), None, str(compression), "pg_dump")
         zstd = shutil.which("zstd")
         if not zstd:
             raise BadInput("compression zstd needs the zstd program; install it (apt-get install zstd) or set compression: gzip")
@@ -158,32 +160,87 @@ def plan_dump(pg_dump: str, pg_dump_version: str, compression: Compression) -> D
     return DumpPlan((*base, f"--compress={level}"), None, str(compression), "pg_dump")
 
 
+class _Pump:
+    """Moves pg_dump's output into the compressor and counts it; splice() avoids copying on Linux."""
+
+    def __init__(self, source: IO[bytes], sink: IO[bytes]) -> None:
+        self.count = 0
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, args=(source, sink), daemon=True, name="dump-pump")
+        self._thread.start()
+
+    def _run(self, source: IO[bytes], sink: IO[bytes]) -> None:
+        src, dst = source.fileno(), sink.fileno()
+        try:
+            splice = getattr(os, "splice", None)
+            while True:
+                if splice is not None:
+                    moved = splice(src, dst, CHUNK)
+                else:
+                    data = os.read(src, CHUNK)
+                    moved = len(data)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(dst, view):]
+                if moved == 0:
+                    break
+                self.count += moved
+        except OSError as exc:  # the compressor died: its own exit code tells why
+            self.error = exc
+        finally:
+            source.close()
+            sink.close()
+
+    def join(self) -> None:
+        self._thread.join(timeout=300)
+
+
+class DumpOutput:
+    """The stored bytes, chunk by chunk; `raw_bytes` is pg_dump's own output size once done."""
+
+    def __init__(self, out: IO[bytes], pump: _Pump | None) -> None:
+        self._out = out
+        self._pump = pump
+        self.raw_bytes: int | None = None
+        self._seen = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self._out.read(CHUNK):
+            self._seen += len(chunk)
+            yield chunk
+
+    def finish(self, uncompressed: bool) -> None:
+        if self._pump is not None:
+            self._pump.join()
+            self.raw_bytes = self._pump.count
+        elif uncompressed:
+            self.raw_bytes = self._seen
+
+
 @contextlib.contextmanager
-def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[Iterator[bytes]]:
-    """Yield pg_dump's (optionally compressed) output in chunks; raise JobFailed if any step fails."""
+def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
+    """Yield pg_dump's (optionally compressed) output; raise JobFailed if any step fails."""
     with libpq_env(conn) as env:
         steps: list[tuple[str, subprocess.Popen[bytes], _Tail]] = []
         dump = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
         assert dump.stdout is not None and dump.stderr is not None
         steps.append(("pg_dump", dump, _Tail(dump.stderr, "pg_dump")))
-        out = dump.stdout
+        out: IO[bytes] = dump.stdout
+        pump = None
         if plan.compressor:
-            comp = subprocess.Popen(plan.compressor, stdin=dump.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-            dump.stdout.close()  # zstd holds the only read end, so pg_dump sees SIGPIPE if zstd dies
-            assert comp.stdout is not None and comp.stderr is not None
+            comp = subprocess.Popen(plan.compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            assert comp.stdin is not None and comp.stdout is not None and comp.stderr is not None
             steps.append(("zstd", comp, _Tail(comp.stderr, "zstd")))
+            pump = _Pump(dump.stdout, comp.stdin)
             out = comp.stdout
-
-        def chunks() -> Iterator[bytes]:
-            while chunk := out.read(CHUNK):
-                yield chunk
-
+        output = DumpOutput(out, pump)
         try:
-            yield chunks()
+            yield output
             out.close()
             for _name, proc, tail in steps:
                 proc.wait(timeout=300)
                 tail.join()
+            output.finish(uncompressed=plan.compressed_by == "pg_dump" and plan.compression == "none")
             failure = _pipeline_failure(steps)
             if failure:
                 raise failure

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -68,6 +68,7 @@ class ManifestModel(BaseModel):
     database: str = ""
     tool_version: str = ""
     request_id: str | None = None
+    uncompressed_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Manifest:
     database: str
     tool_version: str
     request_id: str | None = None
+    uncompressed_bytes: int | None = None  # pg_dump's own output; known for zstd and none
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -341,20 +343,23 @@ class _S3Upload:
             raise self._error
         self._buffer += data
         # Parts grow after every 1,000 so that 10,000 parts reach far beyond any database.
-        target = self._part_size * (1 + len(self._parts) // 1000)
+        target = self._part_size * (1 + len(self._futures) // 1000)
         if len(self._buffer) >= target:
-            self._send(bytes(self._buffer))
-            self._buffer.clear()
+            self._send()
 
-    def _send(self, body: bytes) -> None:
+    def _send(self) -> None:
+        # Wait for a free slot first, then hand the buffer over without copying it: memory stays
+        # at (parallel + 1) parts.
         self._slots.acquire()
+        body, self._buffer = self._buffer, bytearray()
         number = len(self._futures) + 1
-        self._futures.append(self._pool.submit(self._upload_part, number, body))
+        self._futures.append(self._pool.submit(self._upload_part, number, bytes(body) if len(body) < 1 << 20 else body))
 
-    def _upload_part(self, number: int, body: bytes) -> None:
+    def _upload_part(self, number: int, body: bytes | bytearray) -> None:
         try:
             response = self._client.upload_part(
-                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
+                # botocore sends any bytes-like body as is; the stubs only name bytes.
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=cast("bytes", body)
             )
             with self._lock:
                 self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
@@ -367,8 +372,7 @@ class _S3Upload:
     def complete(self) -> None:
         try:
             if self._buffer or not self._futures:
-                self._send(bytes(self._buffer))
-                self._buffer.clear()
+                self._send()
             for future in self._futures:
                 future.result()
             parts = sorted(self._parts, key=lambda p: p["PartNumber"])

@@ -57,7 +57,7 @@ class DefaultsModel(_Strict):
     storage: str
     region: str = "us-east-1"
     storage_class: str = "STANDARD"
-    compression: str = "zstd:1"
+    compression: str = "zstd:3"
     executor: Literal["local", "ecs"] | None = None
     keep_previous: bool = True
     ecs: EcsModel | None = None

@@ -38,6 +38,11 @@ def test_round_trip_keeps_every_row_and_object(
     assert manifest["compression"] == compression
     assert manifest["identifier"] == "app" and manifest["env"] == "production"
     assert manifest["size_bytes"] == (tmp_path / "backups" / manifest["key"]).stat().st_size
+    if compression.startswith("gzip"):
+        assert manifest["uncompressed_bytes"] is None  # pg_dump compressed it itself
+    else:
+        assert manifest["uncompressed_bytes"] >= manifest["size_bytes"] > 0
+    assert manifest["compressed_by"] == ("zstd" if compression.startswith("zstd") else "pg_dump")
 
     restored = run_cli("restore", "app", "--from", "production", "--to", "beta", env=env)
     assert restored.returncode == 0, restored.stderr

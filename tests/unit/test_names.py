@@ -14,7 +14,7 @@ from runner.storage import make_id, parse_id
 
 
 def test_compression_settings() -> None:
-    assert str(parse_compression("zstd")) == "zstd:1"
+    assert str(parse_compression("zstd")) == "zstd:3"
     assert str(parse_compression("ZSTD:7")) == "zstd:7"
     assert str(parse_compression("gzip")) == "gzip:6"
     assert str(parse_compression("none")) == "none"

@@ -53,7 +53,7 @@ def test_a_good_file() -> None:
     registry = parse_registry(GOOD)
     assert registry.environments == ("production", "beta", "alpha")
     curation = registry.get("curation", "production")
-    assert curation.protected and curation.executor == "ecs" and str(curation.compression) == "zstd:1"
+    assert curation.protected and curation.executor == "ecs" and str(curation.compression) == "zstd:3"
     assert curation.database.password == "ssm:/curation/production/db/backup/password"
     assert curation.database.host == "ssm:/curation/production/db/backup/host"
     literature = registry.get("literature", "beta")
