@@ -247,6 +247,14 @@ def _worth_parallel(entry: BackupEntry, settings: Settings) -> bool:
     return raw is not None and raw >= settings.parallel_threshold_mb << 20
 
 
+def _fits_on_disk(entry: BackupEntry, work_dir: Path | None) -> bool:
+    """The parallel copy is the uncompressed archive; without a known size assume 5x the stored one."""
+    raw = entry.manifest.uncompressed_bytes if entry.manifest else None
+    needed = raw if raw is not None else entry.size_bytes * 5
+    free = shutil.disk_usage(work_dir or tempfile.gettempdir()).free
+    return needed + (256 << 20) <= free
+
+
 def restore(plan: RestorePlan, services: Services) -> RestoreResult:
     """Restore into a fresh database, verify, then swap it in; the target is never left broken."""
     settings = services.settings
@@ -264,6 +272,9 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
     pg_restore = postgres.find_tool("pg_restore")
     jobs = settings.restore_jobs or _cores()
     parallel = settings.restore_mode == "parallel" or (settings.restore_mode == "auto" and jobs > 1 and _worth_parallel(entry, settings))
+    if parallel and not _fits_on_disk(entry, settings.work_dir):
+        log.warning("not enough free disk for a parallel restore's copy of %s; streaming instead", entry.id)
+        parallel = False
     started = services.clock.monotonic()
     log.info("restoring %s (%s, %s) into %s as %s", where, entry.status, human_size(entry.size_bytes), conn.describe(), fresh)
     admin_conn = postgres.admin_connection(conn)

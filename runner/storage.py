@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import threading
 import uuid
@@ -316,18 +317,30 @@ class LocalStore:
 # --- S3 ---------------------------------------------------------------------------------------
 
 
+def part_target(base: int, parts_sent: int) -> int:
+    """Part size: fixed for 5,000 parts (78 GiB at 16 MiB), then growing so 10,000 reach ~400 GiB.
+
+    Memory is (parallel + 1) parts, so it stays flat for all but the largest dumps.
+    """
+    return base * (1 + max(0, parts_sent - 4000) // 1000)
+
+
 class _S3Upload:
-    """Multipart upload fed chunk by chunk; at most `parallel` parts in flight plus one filling."""
+    """Multipart upload from a fixed pool of parallel + 1 part buffers: memory is bounded by design."""
 
     def __init__(self, client: S3Client, bucket: str, key: str, storage_class: str, part_size: int, parallel: int) -> None:
         self._client = client
         self._bucket = bucket
         self._key = key
         self._part_size = part_size
-        self._buffer = bytearray()
+        # Allocated once and recycled: no 16 MB malloc/free churn (which glibc may keep resident).
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(parallel + 1):
+            self._free.put(bytearray(part_size))
+        self._buf = self._free.get()
+        self._fill = 0
         self._parts: list[CompletedPartTypeDef] = []
         self._futures: list[Future[None]] = []
-        self._slots = threading.BoundedSemaphore(parallel)
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="s3-part")
         self._lock = threading.Lock()
         self._error: BaseException | None = None
@@ -339,27 +352,33 @@ class _S3Upload:
         self._upload_id = response["UploadId"]
 
     def write(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._buffer += data
-        # Parts grow after every 1,000 so that 10,000 parts reach far beyond any database.
-        target = self._part_size * (1 + len(self._futures) // 1000)
-        if len(self._buffer) >= target:
-            self._send()
+        view = memoryview(data)
+        while view:
+            if self._error is not None:
+                raise self._error
+            target = part_target(self._part_size, len(self._futures))
+            if len(self._buf) < target:
+                self._buf += bytearray(target - len(self._buf))
+            n = min(len(view), target - self._fill)
+            self._buf[self._fill:self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == target:
+                self._send()
 
     def _send(self) -> None:
-        # Wait for a free slot first, then hand the buffer over without copying it: memory stays
-        # at (parallel + 1) parts.
-        self._slots.acquire()
-        body, self._buffer = self._buffer, bytearray()
         number = len(self._futures) + 1
-        self._futures.append(self._pool.submit(self._upload_part, number, bytes(body) if len(body) < 1 << 20 else body))
+        self._futures.append(self._pool.submit(self._upload_part, number, self._buf, self._fill))
+        self._buf = self._free.get()  # blocks while `parallel` parts are in flight
+        self._fill = 0
 
-    def _upload_part(self, number: int, body: bytes | bytearray) -> None:
+    def _upload_part(self, number: int, buf: bytearray, size: int) -> None:
         try:
+            if size < len(buf):
+                del buf[size:]  # the last (or a shorter) part: truncate in place, never copy
             response = self._client.upload_part(
                 # botocore sends any bytes-like body as is; the stubs only name bytes.
-                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=cast("bytes", body)
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=cast("bytes", buf)
             )
             with self._lock:
                 self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
@@ -367,11 +386,11 @@ class _S3Upload:
             self._error = exc
             raise
         finally:
-            self._slots.release()
+            self._free.put(buf)
 
     def complete(self) -> None:
         try:
-            if self._buffer or not self._futures:
+            if self._fill or not self._futures:
                 self._send()
             for future in self._futures:
                 future.result()

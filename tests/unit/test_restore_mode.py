@@ -28,3 +28,23 @@ def test_auto_rule() -> None:
     assert not _worth_parallel(entry(300 * mb, None), settings)  # pg_dump-compressed: size unknown, no offsets
     assert _worth_parallel(entry(118 * mb, None, manifest=False), settings)  # old-system file dump, has offsets
     assert not _worth_parallel(entry(10 * mb, None, manifest=False), settings)
+
+
+def test_parallel_needs_room_for_the_uncompressed_copy(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from runner.jobs import _fits_on_disk
+
+    assert _fits_on_disk(entry(1 << 20, 10 << 20), Path(str(tmp_path)))
+    assert not _fits_on_disk(entry(1 << 20, 1 << 60), Path(str(tmp_path)))
+    assert not _fits_on_disk(entry(1 << 58, None, manifest=False), Path(str(tmp_path)))
+
+
+def test_part_sizes_stay_flat_then_reach_far() -> None:
+    from runner.storage import part_target
+
+    base = 16 << 20
+    assert {part_target(base, n) for n in range(5000)} == {base}
+    assert part_target(base, 5000) == 2 * base
+    total = sum(part_target(base, n) for n in range(10000))
+    assert total > 390 << 30

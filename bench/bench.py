@@ -1,0 +1,1230 @@
+#!/usr/bin/env python3
+"""Benchmark of db-backup against the old system's way (issues 2 and 6). Not a test.
+
+One run starts its own throwaway PostgreSQL cluster and an in-process moto S3 server, builds a
+pgbench database plus a table of realistic, partly compressible text at each requested scale,
+and measures, in the same run and on the same data:
+
+* backup: db-backup (the CLI as a subprocess) to S3 for each compression choice, versus the old
+  way (``pg_dump -Fc`` with its default gzip to a file, then boto3 ``upload_file``), versus the
+  pipeline floor (the slower of ``pg_dump -Fc`` to /dev/null with the same compression and
+  uploading the finished dump file), plus the same backup into a local folder (no S3 emulator);
+* restore: db-backup (stream and parallel modes, and an old dump as a legacy backup) versus plain
+  ``pg_restore`` of the same dump, ``pg_restore -j1`` of the old way's dump, and a restore floor
+  (``pg_restore -j1`` of an uncompressed dump file);
+* whether ``pg_restore -j2`` works on a pipe-written archive (``pg_dump -Fc -Z0 | zstd``) after
+  decompression to a file, and how long it takes versus streaming;
+* peak RSS of the db-backup Python process itself (not its pg_dump/zstd/pg_restore children);
+* CPU seconds of the tools and of the S3 emulator for every step.
+
+Run ``.venv/bin/python bench/bench.py --help``; bench/README.md explains how to read the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import glob
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKET = "bench-bucket"
+ENV_NAME = "bench"
+PG_PASSWORD = "bench-pg-Secret-1"  # only for the throwaway cluster this script starts
+COMPRESSIONS = ("zstd:1", "zstd:3", "gzip:1", "gzip:6", "none")
+FALLBACK_DEFAULT = "zstd:1"  # if the engine cannot be asked for its default
+RSS_LIMIT_MB = 150.0
+CHECK_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "bench_docs")
+
+# Runs the db-backup console entry point and, at exit, writes the process's own peak RSS
+# (VmHWM of /proc/self/status, KiB) to $BENCH_RSS_FILE. VmHWM belongs to the process's own
+# address space, so its pg_dump, zstd and pg_restore children do not count. getrusage's
+# ru_maxrss is NOT used: Python starts children with vfork+exec, and Linux carries the parent's
+# high-water mark into the child's ru_maxrss at exec (this script's own RSS, which holds moto's
+# objects, would show up as db-backup's).
+RSS_WRAPPER = """
+import atexit, os, sys
+def _report():
+    with open("/proc/self/status") as status:
+        hwm = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["BENCH_RSS_FILE"], "w") as out:
+        out.write(hwm)
+atexit.register(_report)
+sys.argv[0] = "db-backup"
+from runner.cli import main
+main()
+"""
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def mib(size: float) -> str:
+    return f"{size / (1 << 20):,.1f} MB"
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def venv_python() -> str:
+    candidate = REPO / ".venv" / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def run(argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 3600,
+        stdout: Any = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), env=env, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"{shlex.join(argv)} exited {proc.returncode}:\n{tail(proc.stderr)}")
+    return proc
+
+
+def run_pipeline(stages: Sequence[Sequence[str]], env: dict[str, str], sink: Any,
+                 source: Any = subprocess.DEVNULL, timeout: float = 3600) -> None:
+    """stage1 | stage2 | ... > sink, without a shell; raises if any stage fails."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
+        errs = [stack.enter_context(tempfile.TemporaryFile()) for _ in stages]
+        upstream = source
+        try:
+            for index, (argv, err) in enumerate(zip(stages, errs, strict=True)):
+                last = index == len(stages) - 1
+                proc = subprocess.Popen(list(argv), stdin=upstream, stderr=err, env=env,
+                                        stdout=sink if last else subprocess.PIPE)
+                if procs and procs[-1].stdout is not None:
+                    procs[-1].stdout.close()  # only the next stage holds the read end
+                procs.append(proc)
+                upstream = proc.stdout
+            deadline = time.monotonic() + timeout
+            for proc in procs:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            for argv, proc, err in zip(stages, procs, errs, strict=True):
+                if proc.returncode != 0:
+                    err.seek(0)
+                    message = err.read().decode("utf-8", "replace")
+                    raise BenchError(f"{shlex.join(argv)} exited {proc.returncode}:\n{tail(message)}")
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def pg_bindir(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    if not found:
+        raise BenchError("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin; pass --pg-bindir")
+    return Path(found[-1]).parent
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+class Cluster:
+    """A throwaway cluster: password (scram) auth over TCP on 127.0.0.1, fsync off."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="dbbackup-bench-pg-"))
+        self.data = self.root / "data"
+        self.started = False
+
+    def start(self) -> None:
+        pwfile = self.root / "pw"
+        pwfile.write_text(PG_PASSWORD + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            shutil.chown(pwfile, "postgres", "postgres")
+        run(as_postgres([
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+            "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+            "--no-sync", "-E", "UTF8", "--locale=C",
+        ]), timeout=180)
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c full_page_writes=off -c synchronous_commit=off -c max_wal_size=4GB "
+            "-c max_connections=50"
+        )
+        run(as_postgres([
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "120",
+            "-l", str(self.root / "log"), "-o", options, "start",
+        ]), timeout=180)
+        self.started = True
+
+    def stop(self) -> None:
+        if self.started:
+            subprocess.run(as_postgres([
+                str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
+                "-t", "60", "stop",
+            ]), capture_output=True, timeout=120, check=False)
+            self.started = False
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def env(self, dbname: str = "postgres") -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(PGHOST="127.0.0.1", PGPORT=str(self.port), PGUSER="postgres",
+                   PGPASSWORD=PG_PASSWORD, PGDATABASE=dbname)
+        return env
+
+    def tool(self, name: str) -> str:
+        return str(self.bindir / name)
+
+    def connect(self, dbname: str = "postgres") -> Any:
+        import psycopg
+
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres",
+                               password=PG_PASSWORD, dbname=dbname, autocommit=True)
+
+    def execute(self, statement: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        with self.connect(dbname) as conn:
+            cur = conn.execute(statement)
+            return list(cur.fetchall()) if cur.description else []
+
+    def create_db(self, name: str) -> None:
+        self.drop_db(name)
+        self.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+
+    def drop_db(self, name: str) -> None:
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def counts(self, dbname: str) -> dict[str, int]:
+        with self.connect(dbname) as conn:
+            found = {r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+            result = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                      for t in CHECK_TABLES if t in found}
+            result["indexes"] = int(conn.execute(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'").fetchone()[0])
+        return result
+
+    def settle(self) -> None:
+        """Before each timed step: no dirty buffers or pending writeback from the previous one."""
+        self.execute("CHECKPOINT")
+        os.sync()
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def vocabulary(size: int = 2000, seed: int = 20) -> list[str]:
+    """A fixed vocabulary of pronounceable pseudo-words (deterministic), ~6.6 letters each."""
+    rng = random.Random(seed)
+    onsets = ["b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v",
+              "w", "z", "br", "ch", "cl", "dr", "gr", "pl", "st", "th", "tr"]
+    vowels = ["a", "e", "i", "o", "u", "ai", "ea", "io", "ou"]
+    codas = ["", "", "n", "r", "s", "t", "l", "nd", "st", "ck"]
+    words: set[str] = set()
+    while len(words) < size:
+        syllables = rng.choice([1, 2, 2, 3])
+        word = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(syllables))
+        words.add(word + rng.choice(codas))
+    ordered = sorted(words)
+    rng.shuffle(ordered)
+    return ordered
+
+
+# Rows of realistic, partly compressible data: Zipf-ish words from a fixed vocabulary, numbers,
+# md5 hex (incompressible-ish) in half the rows, timestamps and a small jsonb document.
+DOCS_TABLE = """
+CREATE TABLE bench_docs (
+    id bigint NOT NULL,
+    created_at timestamptz NOT NULL,
+    author text NOT NULL,
+    title text NOT NULL,
+    ref text,
+    attrs jsonb NOT NULL
+)"""
+DOCS_INSERT = """
+INSERT INTO bench_docs
+SELECT g,
+  timestamptz '2020-01-01' + g * interval '9 seconds' + random() * interval '1 hour',
+  v.a[1 + (power(random(), 2) * (v.n - 1))::int],
+  array_to_string(ARRAY(SELECT v.a[1 + (power(random(), 3) * (v.n - 1))::int]
+                        FROM generate_series(1, 1 + g %% 4) WHERE g > 0), ' ')
+    || CASE WHEN g %% 3 = 0 THEN ' ' || (random() * 10000)::int ELSE '' END,
+  CASE WHEN random() < 0.5 THEN md5(g::text || random()::text) END,
+  jsonb_build_object('s', (ARRAY['new', 'open', 'closed', 'archived'])[1 + g %% 4],
+                     'n', (random() * 1000)::int)
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) g,
+     (SELECT %(words)s::text[] AS a, %(n)s::int AS n) v"""
+
+
+def make_database(cluster: Cluster, dbname: str, scale: int, text_rows: int) -> dict[str, Any]:
+    cluster.create_db(dbname)
+    sample, _ = measured(lambda: run([cluster.tool("pgbench"), "-i", "-s", str(scale), "-q"],
+                                     env=cluster.env(dbname), timeout=3600))
+    log(f"  pgbench -i -s {scale}: {sample.wall:.1f}s")
+    started = time.perf_counter()
+    cluster.execute(DOCS_TABLE, dbname)
+    if text_rows > 0:
+        words = vocabulary()
+        workers = max(1, min(4, os.cpu_count() or 1))
+        bounds = [text_rows * i // workers for i in range(workers + 1)]
+        errors: list[BaseException] = []
+
+        def insert(part: int) -> None:
+            try:
+                with cluster.connect(dbname) as conn:
+                    conn.execute("SELECT setseed(%s)", (0.42 + part / 100,))
+                    conn.execute(DOCS_INSERT, {"first": bounds[part] + 1,
+                                               "last": bounds[part + 1], "words": words,
+                                               "n": len(words)})
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=insert, args=(p,)) for p in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+    cluster.execute("ALTER TABLE bench_docs ADD PRIMARY KEY (id)", dbname)
+    cluster.execute("VACUUM ANALYZE bench_docs", dbname)
+    log(f"  bench_docs ({text_rows:,} rows): {time.perf_counter() - started:.1f}s")
+    size = int(cluster.execute(f"SELECT pg_database_size('{dbname}')")[0][0])
+    return {"size_bytes": size, "counts": cluster.counts(dbname)}
+
+
+# --- S3 ------------------------------------------------------------------------------------------
+
+
+class Moto:
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._client: Any = None
+
+    def start(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log lines
+        self.server.start()
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                          AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1",
+                          AWS_ENDPOINT_URL=self.endpoint)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(name, None)
+        self.client.create_bucket(Bucket=BUCKET)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.server.stop()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3", region_name="us-east-1")
+        return self._client
+
+    def objects(self, prefix: str) -> list[tuple[str, int]]:
+        found = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
+                                                                            Prefix=prefix):
+            found.extend((o["Key"], int(o["Size"])) for o in page.get("Contents", []))
+        return sorted(found)
+
+    def delete_prefix(self, prefix: str, keep: Sequence[str] = ()) -> None:
+        for key, _size in self.objects(prefix):
+            if key not in keep:
+                self.client.delete_object(Bucket=BUCKET, Key=key)
+
+
+def helper_upload(path: str, key: str) -> None:
+    """The old system's upload: boto3 upload_file with its default transfer settings."""
+    import boto3
+
+    boto3.client("s3").upload_file(path, BUCKET, key)
+
+
+def helper_download(key: str, path: str) -> None:
+    import boto3
+
+    boto3.client("s3").download_file(BUCKET, key, path)
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One timed run of a step."""
+
+    wall: float
+    cpu_tools: float  # CPU seconds of every child process reaped during the step (and theirs)
+    cpu_s3: float  # CPU seconds of this process during the step: the in-process moto S3 server
+    rss_kib: int | None = None  # peak RSS of the db-backup process (VmHWM), when it ran
+
+
+def measured(action: Callable[[], Any]) -> tuple[Sample, Any]:
+    """Wall time and CPU of a step. The PostgreSQL server's own CPU is not included."""
+    self0 = resource.getrusage(resource.RUSAGE_SELF)
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = action()
+    wall = time.perf_counter() - started
+    self1 = resource.getrusage(resource.RUSAGE_SELF)
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s3 = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
+    cpu_tools = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+    return Sample(wall, cpu_tools, cpu_s3), result
+
+
+@dataclass
+class Measure:
+    name: str
+    samples: list[Sample] = field(default_factory=list)
+    size: int | None = None
+    note: str = ""
+
+    @property
+    def times(self) -> list[float]:
+        return [s.wall for s in self.samples]
+
+    def pick(self, stat: str) -> Sample | None:
+        """The reported run: the fastest (best) or the median one."""
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples, key=lambda s: s.wall)
+        return ordered[0] if stat == "best" else ordered[(len(ordered) - 1) // 2]
+
+    def value(self, stat: str) -> float:
+        if not self.samples:
+            return float("nan")
+        return min(self.times) if stat == "best" else statistics.median(self.times)
+
+    @property
+    def rss_mb(self) -> float | None:
+        peaks = [s.rss_kib for s in self.samples if s.rss_kib]
+        return max(peaks) / 1024 if peaks else None
+
+    def as_json(self, stat: str) -> dict[str, Any]:
+        return {"name": self.name, "value": round(self.value(stat), 3), "size": self.size,
+                "rss_mb": None if self.rss_mb is None else round(self.rss_mb, 1), "note": self.note,
+                "samples": [{"wall": round(s.wall, 3), "cpu_tools": round(s.cpu_tools, 3),
+                             "cpu_s3": round(s.cpu_s3, 3), "rss_kib": s.rss_kib}
+                            for s in self.samples]}
+
+
+@dataclass
+class Target:
+    issue: str
+    text: str
+    value: float
+    limit: float
+    unit: str = "x"
+
+    @property
+    def ok(self) -> bool:
+        return self.value <= self.limit if self.unit == "x" else self.value < self.limit
+
+    def line(self) -> str:
+        verdict = "PASS" if self.ok else "FAIL"
+        if self.unit == "x":
+            return f"{verdict}  [{self.issue}] {self.text}: {self.value:.2f}x (<= {self.limit:.2f}x)"
+        decimal = self.value * (1 << 20) / 1e6
+        return (f"{verdict}  [{self.issue}] {self.text}: {self.value:.1f} MiB = {decimal:.1f} MB "
+                f"(< {self.limit:.0f} MiB)")
+
+
+def ident(scale: int, compression: str) -> str:
+    return f"s{scale}-" + compression.replace(":", "")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, cluster: Cluster, moto: Moto, work: Path) -> None:
+        self.args = args
+        self.cluster = cluster
+        self.moto = moto
+        self.work = work
+        self.python = venv_python()
+        self.targets_file = work / "targets.yaml"
+        self.folder_targets_file = work / "targets-folder.yaml"
+        self.results: dict[str, Any] = {"scales": {}}
+        self.measures: dict[str, Measure] = {}
+        self.cores = len(os.sched_getaffinity(0))
+        self.repeat = args.repeat
+        self.default: str = args.default
+
+    # -- plumbing --
+
+    def _target_lines(self, scale: int, identifier: str, compression: str) -> list[str]:
+        return [
+            f"  - identifier: {identifier}", f"    env: {ENV_NAME}", f"    compression: {compression}",
+            "    database:", "      host: 127.0.0.1", f"      port: {self.cluster.port}",
+            f"      name: bench_s{scale}", "      user: postgres",
+            '      password: "env:BENCH_PGPASSWORD"',
+        ]
+
+    def write_targets(self, scales: Sequence[int]) -> None:
+        head = ["version: 1", "defaults:", "  storage: {storage}", "  region: us-east-1",
+                "environments:", f"  {ENV_NAME}: {{}}", "targets:"]
+        s3 = [line.replace("{storage}", f"s3://{BUCKET}") for line in head]
+        folder = [line.replace("{storage}", f"file://{self.work / 'folder-store'}") for line in head]
+        for scale in scales:
+            for compression in self.args.compressions:
+                s3 += self._target_lines(scale, ident(scale, compression), compression)
+            s3 += self._target_lines(scale, ident(scale, "legacy"), "gzip:6")
+            folder += self._target_lines(scale, ident(scale, self.default), self.default)
+        self.targets_file.write_text("\n".join(s3) + "\n", encoding="utf-8")
+        self.folder_targets_file.write_text("\n".join(folder) + "\n", encoding="utf-8")
+
+    def db_backup_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("GITHUB_", "PG")) and k != "DB_BACKUP_TARGETS"}
+        env.update(BENCH_PGPASSWORD=PG_PASSWORD, DB_BACKUP_PG_BINDIR=str(self.cluster.bindir),
+                   DB_BACKUP_TARGETS=str(self.targets_file))
+        env.update(extra or {})
+        return env
+
+    def db_backup(self, argv: list[str], extra_env: dict[str, str] | None = None
+                  ) -> tuple[Sample, str]:
+        """Run the CLI (console entry point, wrapped to report its own VmHWM)."""
+        rss_file = self.work / f"rss-{uuid.uuid4().hex[:8]}"
+        env = self.db_backup_env(extra_env)
+        env["BENCH_RSS_FILE"] = str(rss_file)
+        # cwd: `python -c` puts the working directory first on sys.path; outside the repo,
+        # PYTHONPATH (e.g. a scratch copy of runner/) is honoured.
+        sample, proc = measured(lambda: subprocess.run(
+            [self.python, "-c", RSS_WRAPPER, *argv], env=env, capture_output=True, text=True,
+            timeout=3600, check=False, cwd=self.work))
+        if proc.returncode != 0:
+            raise BenchError(f"db-backup {shlex.join(argv)} exited {proc.returncode}:\n"
+                             f"{tail(proc.stderr)}")
+        sample.rss_kib = int(rss_file.read_text()) if rss_file.exists() else None
+        rss_file.unlink(missing_ok=True)
+        return sample, proc.stdout.strip()
+
+    def helper(self, *argv: str) -> Sample:
+        sample, _ = measured(lambda: run([self.python, str(Path(__file__).resolve()), *argv],
+                                         env=self.db_backup_env(), timeout=3600))
+        return sample
+
+    def measure(self, key: str, name: str) -> Measure:
+        self.measures[key] = self.measures.get(key) or Measure(name)
+        return self.measures[key]
+
+    def verify(self, dbname: str, expected: dict[str, int], what: str) -> None:
+        got = self.cluster.counts(dbname)
+        if got != expected:
+            raise BenchError(f"{what}: restored database differs: {got} != {expected}")
+
+    def dump_stages(self, compression: str) -> list[list[str]]:
+        """What db-backup runs for a compression with this pg_dump (< 16: zstd is a pipe)."""
+        pg_dump = [self.cluster.tool("pg_dump"), "--format=custom", "--no-password"]
+        method, _, level = compression.partition(":")
+        if method == "zstd":
+            return [[*pg_dump, "--compress=0"], ["zstd", f"-{level}", "-T0", "-q", "-c"]]
+        return [[*pg_dump, f"--compress={level or 0}"]]
+
+    # -- backups --
+
+    def old_way(self, scale: int, dbname: str) -> Path:
+        """pg_dump -Fc (default compression: gzip level 6) to a file, then upload_file."""
+        path = self.work / f"old-s{scale}.dump"
+        dump = self.measure(f"s{scale}/old/dump", "old: pg_dump -Fc (gzip:6) -f FILE")
+        upload = self.measure(f"s{scale}/old/upload", "old: boto3 upload_file(FILE)")
+        total = self.measure(f"s{scale}/old", "old way: pg_dump -Fc to file + upload_file")
+        for attempt in range(self.repeat):
+            path.unlink(missing_ok=True)
+            self.cluster.settle()
+            d, _ = measured(lambda: run([self.cluster.tool("pg_dump"), "-Fc", "-f", str(path)],
+                                        env=self.cluster.env(dbname)))
+            u = self.helper("_upload", str(path), f"old-way/s{scale}/{attempt}.dump")
+            dump.samples.append(d)
+            upload.samples.append(u)
+            total.samples.append(Sample(d.wall + u.wall, d.cpu_tools + u.cpu_tools,
+                                        d.cpu_s3 + u.cpu_s3))
+            self.moto.delete_prefix(f"old-way/s{scale}/")
+            log(f"  old way: dump {d.wall:.1f}s + upload {u.wall:.1f}s = {d.wall + u.wall:.1f}s")
+        total.size = dump.size = path.stat().st_size
+        return path
+
+    def backup(self, scale: int, compression: str, repeat: int) -> Measure:
+        target = ident(scale, compression)
+        m = self.measure(f"s{scale}/backup/{compression}", f"db-backup backup ({compression})")
+        for _ in range(repeat):
+            self.cluster.settle()
+            sample, _out = self.db_backup(["backup", target, ENV_NAME])
+            m.samples.append(sample)
+            dumps = [(k, s) for k, s in self.moto.objects(f"{target}/") if k.endswith(".dump")]
+            m.size = dumps[-1][1]
+            # keep only the newest backup (and its manifest) in the in-memory S3
+            self.moto.delete_prefix(f"{target}/", keep=[dumps[-1][0], dumps[-1][0] + ".json"])
+            log(f"  db-backup {compression}: {sample.wall:.1f}s, {mib(m.size)}, "
+                f"rss {(sample.rss_kib or 0) / 1024:.0f} MB, cpu tools {sample.cpu_tools:.1f}s "
+                f"s3 {sample.cpu_s3:.1f}s")
+        return m
+
+    def backup_to_folder(self, scale: int) -> None:
+        """The default backup into a local folder: the engine without the S3 emulator."""
+        m = self.measure(f"s{scale}/backup-folder/{self.default}",
+                         f"db-backup backup ({self.default}) to a local folder")
+        store = self.work / "folder-store"
+        for _ in range(self.repeat):
+            shutil.rmtree(store, ignore_errors=True)
+            self.cluster.settle()
+            sample, _out = self.db_backup(["--targets", str(self.folder_targets_file), "backup",
+                                           ident(scale, self.default), ENV_NAME])
+            m.samples.append(sample)
+            m.size = sum(p.stat().st_size for p in store.rglob("*.dump"))
+            log(f"  db-backup {self.default} to a folder: {sample.wall:.1f}s")
+        shutil.rmtree(store, ignore_errors=True)
+
+    def startup(self, scale: int) -> None:
+        """Fixed cost of starting the CLI: interpreter, imports, targets.yaml (`db-backup targets`)."""
+        m = self.measure(f"s{scale}/startup", "db-backup targets (start-up cost)")
+        for _ in range(self.repeat):
+            sample, _out = self.db_backup(["targets"])
+            m.samples.append(sample)
+
+    def latest_key(self, scale: int, compression: str) -> str:
+        dumps = [k for k, _ in self.moto.objects(f"{ident(scale, compression)}/")
+                 if k.endswith(".dump")]
+        return dumps[-1]
+
+    def floor(self, scale: int, dbname: str, compression: str) -> None:
+        stages = self.dump_stages(compression)
+        tools = " | ".join(s[0].rsplit("/", 1)[-1] for s in stages)
+        dump = self.measure(f"s{scale}/floor-dump/{compression}",
+                            f"floor: {tools} ({compression}) > /dev/null")
+        upload = self.measure(f"s{scale}/floor-upload/{compression}",
+                              f"floor: upload_file of the finished {compression} dump")
+        local = self.work / f"floor-s{scale}.dump"
+        self.helper("_download", self.latest_key(scale, compression), str(local))
+        for attempt in range(self.repeat):
+            self.cluster.settle()
+            with open(os.devnull, "wb") as sink:
+                d, _ = measured(lambda sink=sink: run_pipeline(stages, self.cluster.env(dbname),
+                                                               sink))
+            dump.samples.append(d)
+            self.cluster.settle()
+            u = self.helper("_upload", str(local), f"floor/s{scale}/{attempt}.dump")
+            upload.samples.append(u)
+            self.moto.delete_prefix(f"floor/s{scale}/")
+            log(f"  floor {compression}: dump to /dev/null {d.wall:.1f}s, upload {u.wall:.1f}s")
+        dump.size = upload.size = local.stat().st_size
+        local.unlink(missing_ok=True)
+
+    # -- restores --
+
+    def restore_cli(self, scale: int, compression: str, mode: str, expected: dict[str, int],
+                    key: str, label: str, repeat: int) -> Measure:
+        m = self.measure(key, label)
+        dest = f"restored_s{scale}"
+        url = f"postgresql://postgres@127.0.0.1:{self.cluster.port}/{dest}"
+        extra = {"DB_BACKUP_RESTORE_MODE": mode, "PGPASSWORD": PG_PASSWORD}
+        for _ in range(repeat):
+            self.cluster.drop_db(dest)
+            self.cluster.settle()
+            sample, out = self.db_backup(
+                ["restore", ident(scale, compression), "--from", ENV_NAME, "--to-url", url], extra)
+            m.samples.append(sample)
+            # "... (125.7 MB, 9.6s, parallel -j2, sha256 verified)": the mode it chose
+            details = out.rsplit("(", 1)[-1].split(",")
+            m.note = details[2].strip() if len(details) > 2 else ""
+            self.verify(dest, expected, label)
+            self.cluster.drop_db(dest)
+            log(f"  {label}: {sample.wall:.1f}s ({m.note}), rss "
+                f"{(sample.rss_kib or 0) / 1024:.0f} MB")
+        return m
+
+    def restore_plain(self, key: str, label: str, dbname: str, expected: dict[str, int],
+                      stages_for: Callable[[str], list[list[str]]], source: Path | None = None
+                      ) -> Measure:
+        """CREATE DATABASE + a pg_restore pipeline, timed together (like db-backup's restore)."""
+        m = self.measure(key, label)
+        for _ in range(self.repeat):
+            self.cluster.drop_db(dbname)
+            self.cluster.settle()
+
+            def go() -> None:
+                self.cluster.create_db(dbname)
+                with contextlib.ExitStack() as stack:
+                    src = stack.enter_context(open(source, "rb")) if source else subprocess.DEVNULL
+                    run_pipeline(stages_for(dbname), self.cluster.env(dbname), subprocess.DEVNULL,
+                                 source=src)
+
+            sample, _ = measured(go)
+            m.samples.append(sample)
+            self.verify(dbname, expected, label)
+            self.cluster.drop_db(dbname)
+            log(f"  {label}: {sample.wall:.1f}s")
+        return m
+
+    def pg_restore(self, *extra: str) -> Callable[[str], list[list[str]]]:
+        def stages(dbname: str) -> list[list[str]]:
+            return [[self.cluster.tool("pg_restore"), "--no-password", "--exit-on-error",
+                     f"--dbname={dbname}", *extra]]
+        return stages
+
+    # -- a whole scale --
+
+    def scale(self, scale: int, full: bool) -> None:
+        dbname = f"bench_s{scale}"
+        log(f"scale {scale}: building {dbname} (pgbench -s {scale} + {self.args.text_rows:,} "
+            "text rows)")
+        info = make_database(self.cluster, dbname, scale, self.args.text_rows)
+        expected = info["counts"]
+        log(f"  database size {mib(info['size_bytes'])}, rows {expected}")
+        self.results["scales"][str(scale)] = {"database": info, "full": full}
+        # Warm-up (untimed), so every measurement sees the same warm page cache.
+        raw = self.work / "raw-size.dump"
+        run([self.cluster.tool("pg_dump"), "-Fc", "-Z0", "-f", str(raw)],
+            env=self.cluster.env(dbname))
+        info["raw_dump_bytes"] = raw.stat().st_size
+        raw.unlink()
+        log(f"  uncompressed custom dump: {mib(info['raw_dump_bytes'])}")
+        default = self.default
+        if full:
+            self.startup(scale)
+            old_dump = self.old_way(scale, dbname)
+            for compression in self.args.compressions:
+                self.backup(scale, compression, self.repeat)
+                if compression in self.args.floors:
+                    self.floor(scale, dbname, compression)
+                if compression != default:
+                    self.moto.delete_prefix(f"{ident(scale, compression)}/")
+            self.backup_to_folder(scale)
+            if not self.args.skip_restores:
+                self.restores_full(scale, expected, old_dump)
+            old_dump.unlink(missing_ok=True)
+        else:
+            # Other sizes: peak RSS of every command, and the two restore modes (one run each).
+            for compression in (default, "none"):
+                self.backup(scale, compression, 1)
+            self.moto.delete_prefix(f"{ident(scale, 'none')}/")
+            for mode in () if self.args.skip_restores else ("stream", "parallel", "auto"):
+                self.restore_cli(scale, default, mode, expected, f"s{scale}/restore/{mode}",
+                                 f"db-backup restore {default} ({mode})", self.args.repeat_other)
+        self.moto.delete_prefix(f"{ident(scale, default)}/")
+        self.cluster.drop_db(dbname)
+
+    def restores_full(self, scale: int, expected: dict[str, int], old_dump: Path) -> None:
+        default = self.default
+        scratch = f"plain_s{scale}"
+        self.restore_plain(f"s{scale}/restore/old-j1", "pg_restore -j1 of the old dump (gzip:6)",
+                           scratch, expected, self.pg_restore("--jobs=1", str(old_dump)))
+        for mode in ("stream", "parallel", "auto"):
+            self.restore_cli(scale, default, mode, expected, f"s{scale}/restore/{mode}",
+                             f"db-backup restore {default} ({mode})", self.repeat)
+        # The same (pipe-written) zstd:1 dump restored by plain tools.
+        zst = self.work / f"pipe-s{scale}.dump.zst"
+        raw = self.work / f"pipe-s{scale}.dump"
+        self.helper("_download", self.latest_key(scale, default), str(zst))
+        self.restore_plain(f"s{scale}/restore/plain-stream",
+                           f"zstd -dc | pg_restore (same {default} dump)", scratch, expected,
+                           lambda db: [["zstd", "-d", "-q", "-c"], *self.pg_restore()(db)],
+                           source=zst)
+        dec = self.measure(f"s{scale}/decompress", f"zstd -d of the {default} dump to a file")
+        for _ in range(self.repeat):
+            raw.unlink(missing_ok=True)
+            self.cluster.settle()
+            sample, _ = measured(lambda: run(["zstd", "-d", "-q", "-f", str(zst), "-o", str(raw)]))
+            dec.samples.append(sample)
+        dec.size = raw.stat().st_size
+        label = "pg_restore -j2 of that decompressed file (no data offsets)"
+        j2 = self.measure(f"s{scale}/restore/pipe-j2", label)
+        try:
+            self.restore_plain(f"s{scale}/restore/pipe-j2", label, scratch, expected,
+                               self.pg_restore("--jobs=2", str(raw)))
+            j2.note = "works: exit 0, same rows"
+        except BenchError as exc:
+            j2.note = f"FAILS: {str(exc).splitlines()[-1]}"
+            log(f"  pg_restore -j2 of the pipe-written archive failed: {exc}")
+        raw.unlink(missing_ok=True)
+        zst.unlink(missing_ok=True)
+        # Floors: the same data as a seekable, uncompressed archive with data offsets.
+        seek = self.work / f"seek-s{scale}.dump"
+        run([self.cluster.tool("pg_dump"), "-Fc", "-Z0", "-f", str(seek)],
+            env=self.cluster.env(f"bench_s{scale}"))
+        self.restore_plain(f"s{scale}/restore/seek-j1",
+                           "restore floor: pg_restore -j1 of a -Z0 dump file (no decompression)",
+                           scratch, expected, self.pg_restore("--jobs=1", str(seek)))
+        self.restore_plain(f"s{scale}/restore/seek-j2",
+                           "pg_restore -j2 of a -Z0 dump file written with -f (has offsets)",
+                           scratch, expected, self.pg_restore("--jobs=2", str(seek)))
+        seek.unlink(missing_ok=True)
+        if not self.args.skip_legacy:
+            # The old dump, stored the old way (no manifest), restored through db-backup.
+            legacy = ident(scale, "legacy")
+            self.helper("_upload", str(old_dump), f"{legacy}/{ENV_NAME}/2020-01-01_00-00-00.dump")
+            self.restore_cli(scale, "legacy", "auto", expected, f"s{scale}/restore/legacy",
+                             "db-backup restore of the old dump (legacy, auto)", self.repeat)
+            self.moto.delete_prefix(f"{legacy}/")
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = []
+    for index, row in enumerate([header, *rows]):
+        cells = [c.ljust(w) if i == 0 else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        out.append("  ".join(cells).rstrip())
+        if index == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and b == b and a == a else "-"
+
+
+def fmt_t(m: Measure | None, stat: str) -> str:
+    if m is None or not m.samples:
+        return "-"
+    shown = f"{m.value(stat):.2f}"
+    if len(m.samples) > 1:
+        shown += " [" + " ".join(f"{t:.1f}" for t in m.times) + "]"
+    return shown
+
+
+def fmt_cpu(m: Measure | None, stat: str, which: str) -> str:
+    sample = m.pick(stat) if m else None
+    return f"{getattr(sample, which):.1f}" if sample else "-"
+
+
+def fmt_rss(m: Measure | None) -> str:
+    return f"{m.rss_mb:.1f}" if m and m.rss_mb else "-"
+
+
+def floor_of(ms: dict[str, Measure], p: str, compression: str, stat: str) -> float:
+    fd = ms.get(f"{p}/floor-dump/{compression}")
+    fu = ms.get(f"{p}/floor-upload/{compression}")
+    return max(fd.value(stat), fu.value(stat)) if fd and fu else float("nan")
+
+
+def report(bench: Bench, scales: list[int]) -> list[Target]:
+    stat = bench.args.stat
+    ms = bench.measures
+    default = bench.default
+    p = f"s{scales[0]}"
+    print("\n" + "=" * 100)
+    for scale in scales:
+        info = bench.results["scales"][str(scale)]["database"]
+        print(f"scale {scale}: database {mib(info['size_bytes'])} (uncompressed custom dump "
+              f"{mib(info['raw_dump_bytes'])}); rows: "
+              + ", ".join(f"{k} {v:,}" for k, v in info["counts"].items()))
+    print(f"Times in seconds: the {stat} of {bench.repeat} run(s) at scale {scales[0]}, all runs in "
+          f"[brackets]; other scales: backups once, restores {bench.args.repeat_other}x.\nSizes in MiB. cpu tools = CPU s of the command and "
+          "its children (pg_dump, zstd, ...); cpu S3 = CPU s of the moto S3 emulator (same 2 "
+          "cores);\nthe PostgreSQL server's CPU is in neither. RSS = peak (VmHWM) of the db-backup "
+          "process itself, in MiB.")
+
+    old = ms[f"{p}/old"]
+    old_t, old_size = old.value(stat), old.size or 0
+    print(f"\nBACKUP at scale {scales[0]}: old way = pg_dump -Fc (gzip:6) to a file "
+          f"{fmt_t(ms[p + '/old/dump'], stat)}s + upload_file {fmt_t(ms[p + '/old/upload'], stat)}s")
+    rows = [["old way (gzip:6, file + upload_file)", fmt_t(old, stat), "1.00x", mib(old_size),
+             "1.00x", "-", "-", fmt_cpu(old, stat, "cpu_tools"), fmt_cpu(old, stat, "cpu_s3"), "-"]]
+    for compression in bench.args.compressions:
+        m = ms.get(f"{p}/backup/{compression}")
+        if m is None:
+            continue
+        floor = floor_of(ms, p, compression, stat)
+        label = f"db-backup {compression}" + (" (default)" if compression == default else "")
+        rows.append([label, fmt_t(m, stat), ratio(m.value(stat), old_t), mib(m.size or 0),
+                     ratio(m.size or 0, old_size), f"{floor:.2f}" if floor == floor else "-",
+                     ratio(m.value(stat), floor), fmt_cpu(m, stat, "cpu_tools"),
+                     fmt_cpu(m, stat, "cpu_s3"), fmt_rss(m)])
+    print(table(rows, ["backup", "time", "t/old", "size", "size/old", "floor", "t/floor",
+                       "cpu tools", "cpu S3", "RSS"]))
+    print("  floor = max(pipeline > /dev/null, upload_file of the finished dump), measured for: "
+          + ", ".join(bench.args.floors))
+
+    print(f"\nWHERE THE DEFAULT ({default}) BACKUP'S TIME GOES at scale {scales[0]}")
+    parts = [
+        (f"{p}/startup", "db-backup start-up (`db-backup targets`: interpreter, imports)"),
+        (f"{p}/floor-dump/{default}", f"floor 1: {ms[f'{p}/floor-dump/{default}'].name[7:]}"
+         if f"{p}/floor-dump/{default}" in ms else ""),
+        (f"{p}/floor-upload/{default}", "floor 2: upload_file of the finished dump to moto"),
+        (f"{p}/backup-folder/{default}", "db-backup to a local folder (no S3 emulator)"),
+        (f"{p}/backup/{default}", "db-backup to S3 (moto)"),
+    ]
+    floor = floor_of(ms, p, default, stat)
+    drows = [[label, fmt_t(ms.get(k), stat), ratio(ms[k].value(stat), floor) if k in ms else "-",
+              fmt_cpu(ms.get(k), stat, "cpu_tools"), fmt_cpu(ms.get(k), stat, "cpu_s3")]
+             for k, label in parts if k in ms]
+    print(table(drows, ["step", "time", "t/floor", "cpu tools", "cpu S3"]))
+
+    restore_report(bench, scales)
+    rss_report(bench, scales)
+    return check_targets(bench, scales, floor)
+
+
+def restore_report(bench: Bench, scales: list[int]) -> None:
+    stat = bench.args.stat
+    ms = bench.measures
+    p = f"s{scales[0]}"
+    if f"{p}/restore/old-j1" not in ms:
+        return
+    print(f"\nRESTORE at scale {scales[0]} (each into a fresh database, CREATE DATABASE included; "
+          "rows checked after each)")
+    old_r = ms[f"{p}/restore/old-j1"].value(stat)
+    plain_stream = ms.get(f"{p}/restore/plain-stream")
+    dec = ms.get(f"{p}/decompress")
+    j2 = ms.get(f"{p}/restore/pipe-j2")
+    plain_parallel = dec.value(stat) + j2.value(stat) if dec and j2 and j2.samples else float("nan")
+    rrows = []
+    for key in ("old-j1", "stream", "parallel", "auto", "legacy", "plain-stream", "pipe-j2",
+                "seek-j1", "seek-j2"):
+        m = ms.get(f"{p}/restore/{key}")
+        if m is None or not m.samples:
+            continue
+        same = {"stream": plain_stream.value(stat) if plain_stream else float("nan"),
+                "parallel": plain_parallel, "legacy": old_r}.get(key, float("nan"))
+        rrows.append([m.name, fmt_t(m, stat), ratio(m.value(stat), old_r),
+                      ratio(m.value(stat), same), fmt_cpu(m, stat, "cpu_tools"), fmt_rss(m),
+                      m.note])
+    if dec:
+        rrows.append([dec.name, fmt_t(dec, stat), "-", "-", fmt_cpu(dec, stat, "cpu_tools"), "-",
+                      f"{mib(dec.size or 0)} file"])
+    print(table(rrows, ["restore", "time", "t/old -j1", "t/plain", "cpu tools", "RSS", "note"]))
+    print("  t/plain = db-backup vs plain tools on the same dump: stream vs `zstd -dc | pg_restore`;"
+          " parallel vs `zstd -d` + `pg_restore -j2`;\n  legacy vs `pg_restore -j1` of the same "
+          "file. note = the mode db-backup used (auto applies the engine's own rule)")
+
+
+def rss_report(bench: Bench, scales: list[int]) -> None:
+    stat = bench.args.stat
+    ms = bench.measures
+    default = bench.default
+    print("\nPEAK RSS of the db-backup process (VmHWM, MiB)")
+    rss_rows = []
+    for scale in scales:
+        for key, m in ms.items():
+            if key.startswith(f"s{scale}/") and m.rss_mb:
+                rss_rows.append([f"scale {scale}", m.name, fmt_t(m, stat), fmt_rss(m)])
+    print(table(rss_rows, ["scale", "command", "time", "peak RSS"]))
+
+    mode_rows = []
+    for scale in scales:
+        s = ms.get(f"s{scale}/restore/stream")
+        par = ms.get(f"s{scale}/restore/parallel")
+        auto = ms.get(f"s{scale}/restore/auto")
+        b = ms.get(f"s{scale}/backup/{default}")
+        raw = bench.results["scales"][str(scale)]["database"]["raw_dump_bytes"]
+        if s and par and b:
+            mode_rows.append([f"scale {scale}", mib(b.size or 0), mib(raw), fmt_t(s, stat),
+                              fmt_t(par, stat), ratio(par.value(stat), s.value(stat)),
+                              fmt_t(auto, stat), auto.note if auto else "-"])
+    if mode_rows:
+        print(f"\nRESTORE MODES across sizes (db-backup, {default} backups)")
+        print(table(mode_rows, ["scale", "stored", "uncompressed", "stream", "parallel -j",
+                                "par/stream", "auto", "auto picked"]))
+
+
+def check_targets(bench: Bench, scales: list[int], floor: float) -> list[Target]:
+    stat = bench.args.stat
+    ms = bench.measures
+    default = bench.default
+    p = f"s{scales[0]}"
+    old = ms[f"{p}/old"]
+    old_t, old_size = old.value(stat), old.size or 0
+    new = ms[f"{p}/backup/{default}"]
+    new_t = new.value(stat)
+    targets = [Target("issue 2", f"default ({default}) backup time vs old way", new_t / old_t, 0.85)]
+    if floor == floor:
+        targets.append(Target("issue 2", f"default backup time vs pipeline floor ({floor:.2f}s)",
+                              new_t / floor, 1.15))
+    targets.append(Target("issue 6", f"default ({default}) backup time vs old way", new_t / old_t,
+                          0.25))
+    targets.append(Target("issue 6", f"default ({default}) backup size vs old way",
+                          (new.size or 0) / old_size, 1.0))
+    old_r = ms[f"{p}/restore/old-j1"].value(stat) if f"{p}/restore/old-j1" in ms else 0.0
+    for mode in ("stream", "parallel", "auto"):
+        m = ms.get(f"{p}/restore/{mode}")
+        if m and m.samples and old_r:
+            picked = f" = {m.note}" if mode == "auto" else ""
+            targets.append(Target("issue 6", f"restore of a default backup ({mode}{picked}) vs "
+                                  "pg_restore -j1 of the old dump", m.value(stat) / old_r, 0.8))
+    for scale in scales:
+        peaks = [m.rss_mb for k, m in ms.items() if k.startswith(f"s{scale}/") and m.rss_mb]
+        db_mb = bench.results["scales"][str(scale)]["database"]["size_bytes"] / (1 << 20)
+        if peaks:
+            targets.append(Target("issues 2+6", f"peak RSS of db-backup, all commands, scale {scale} "
+                                  f"({db_mb:,.0f} MiB database)", max(peaks), RSS_LIMIT_MB,
+                                  unit="MB"))
+    print("\nTARGETS")
+    for t in targets:
+        print(t.line())
+    recommend(bench, scales)
+    return targets
+
+
+def recommend(bench: Bench, scales: list[int]) -> None:
+    stat = bench.args.stat
+    ms = bench.measures
+    p = f"s{scales[0]}"
+    j2, dec = ms.get(f"{p}/restore/pipe-j2"), ms.get(f"{p}/decompress")
+    ps, seek = ms.get(f"{p}/restore/plain-stream"), ms.get(f"{p}/restore/seek-j2")
+    if j2 and dec and ps:
+        print("\nPG_RESTORE -j2 ON A PIPE-WRITTEN ARCHIVE (pg_dump -Fc -Z0 | zstd: no data offsets)")
+        if j2.samples:
+            total = dec.value(stat) + j2.value(stat)
+            print(f"  {j2.note}. zstd -d to a file {dec.value(stat):.2f}s + pg_restore -j2 "
+                  f"{j2.value(stat):.2f}s = {total:.2f}s, versus streaming "
+                  f"(zstd -dc | pg_restore) {ps.value(stat):.2f}s: {ratio(total, ps.value(stat))}")
+            if seek and seek.samples:
+                print(f"  the same data with data offsets (pg_dump -f FILE): pg_restore -j2 "
+                      f"{seek.value(stat):.2f}s; missing offsets cost "
+                      f"{ratio(j2.value(stat), seek.value(stat))}")
+        else:
+            print(f"  {j2.note}")
+    rows = []
+    auto_picks: dict[int, str] = {}
+    for scale in scales:
+        s, par = ms.get(f"s{scale}/restore/stream"), ms.get(f"s{scale}/restore/parallel")
+        b = ms.get(f"s{scale}/backup/{bench.default}")
+        if s and par and b and s.samples and par.samples:
+            rows.append((scale, b.size or 0, s.value(stat), par.value(stat)))
+            auto = ms.get(f"s{scale}/restore/auto")
+            if auto and auto.samples:
+                auto_picks[scale] = auto.note
+    if rows:
+        print("\nRESTORE MODE DATA (db-backup, both modes, same backup)")
+    for scale, size, st, pa in rows:
+        faster = "parallel" if pa < st else "stream"
+        raw = bench.results["scales"][str(scale)]["database"]["raw_dump_bytes"]
+        print(f"  scale {scale}: {mib(size)} stored, {mib(raw)} uncompressed: stream {st:.2f}s, "
+              f"parallel -j{bench.cores} {pa:.2f}s: {faster} faster by "
+              f"{abs(st - pa) / max(st, pa):.0%}; auto picked {auto_picks.get(scale, '-')}")
+    if rows:
+        wins = [pa < st * 0.95 for _scale, _size, st, pa in rows]
+        losses = [pa > st * 1.05 for _scale, _size, st, pa in rows]
+        if all(wins):
+            verdict = "parallel is >5% faster at every measured size: keep auto"
+        elif any(losses):
+            verdict = "parallel is >5% slower somewhere: prefer stream at those sizes"
+        else:
+            verdict = "within +-5% at every measured size: the mode hardly matters here"
+        print(f"  {verdict} ({bench.cores} cores, database server on the same cores).")
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / (1 << 20):.0f} GB RAM"
+    cores = len(os.sched_getaffinity(0))
+    return f"{cores} cores ({cpu}){mem}, {platform.system()} {platform.release()}"
+
+
+def versions(bindir: Path) -> str:
+    out = []
+    for argv in ([str(bindir / "pg_dump"), "--version"], ["zstd", "--version"]):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out.append(subprocess.run(argv, capture_output=True, text=True, check=False,
+                                      timeout=30).stdout.strip().strip("*").strip())
+    with contextlib.suppress(Exception):
+        import boto3
+        import moto
+
+        out.append(f"boto3 {boto3.__version__}, moto {moto.__version__}, "
+                   f"Python {platform.python_version()}")
+    return "; ".join(out)
+
+
+def engine_default_compression() -> str:
+    """The compression a target gets when targets.yaml names none, asked from the engine."""
+    code = ("from runner.compression import parse_compression\n"
+            "from runner.targets import DefaultsModel\n"
+            "print(parse_compression(DefaultsModel.model_fields['compression'].default))")
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([venv_python(), "-c", code], capture_output=True, text=True,
+                             check=False, timeout=60, cwd=tempfile.gettempdir()).stdout.strip()
+        if out:
+            return out
+    return FALLBACK_DEFAULT
+
+
+def runner_location() -> str:
+    """Where the db-backup children import `runner` from (PYTHONPATH can point elsewhere)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([venv_python(), "-c", "import runner; print(runner.__file__)"],
+                             capture_output=True, text=True, check=False, timeout=60,
+                             cwd=tempfile.gettempdir()).stdout
+        return str(Path(out.strip()).parent) if out.strip() else "unknown"
+    return "unknown"
+
+
+def git_head() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=False, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "runner"],
+                               capture_output=True, text=True, check=False,
+                               timeout=10).stdout.strip()
+        return head + (" + uncommitted runner/ changes" if dirty else "")
+    return "unknown"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="db-backup versus the old system's way: backup, restore, peak RSS "
+                    "(issues 2 and 6). See bench/README.md.")
+    parser.add_argument("--scales", default="20", help="pgbench scales, comma-separated. The first "
+                        "gets the full benchmark; the others show peak RSS and the "
+                        "restore modes at another size. Default 20; e.g. 20,60")
+    parser.add_argument("--scale", type=int, help="shorthand for --scales N")
+    parser.add_argument("--text-rows", type=int, default=3_000_000,
+                        help="rows of random text (bench_docs) at every scale; default 3,000,000 "
+                             "(with scale 20: a ~750 MB database)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each timed step at the first scale (default 1)")
+    parser.add_argument("--repeat-other", type=int, default=1,
+                        help="runs of each restore mode at the other scales (default 1; backups "
+                             "there run once, for peak RSS)")
+    parser.add_argument("--stat", choices=("best", "median"), default="best",
+                        help="which of the repeated runs is reported (default best)")
+    parser.add_argument("--compressions", default=",".join(COMPRESSIONS),
+                        help=f"db-backup compressions to measure (default {','.join(COMPRESSIONS)})")
+    parser.add_argument("--floors", default="default",
+                        help="compressions whose pipeline floor is measured: a list, 'default' "
+                             "(the engine's default compression) or 'all'; default: default")
+    parser.add_argument("--skip-restores", action="store_true",
+                        help="backups (and their peak RSS) only; no restore measurements")
+    parser.add_argument("--skip-legacy", action="store_true",
+                        help="skip restoring the old dump through db-backup")
+    parser.add_argument("--pg-bindir", help="PostgreSQL bin directory (default: the newest "
+                        "/usr/lib/postgresql/*/bin)")
+    parser.add_argument("--workdir", help="where dump files go (default: a new temp dir)")
+    parser.add_argument("--json", dest="json_out", help="also write every number to this file")
+    args = parser.parse_args(argv)
+    args.scales = [args.scale] if args.scale else [int(s) for s in args.scales.split(",") if s]
+    args.compressions = [c.strip() for c in args.compressions.split(",") if c.strip()]
+    if args.repeat < 1 or args.repeat_other < 1 or not args.scales:
+        parser.error("--repeat must be >= 1 and --scales must name at least one scale")
+    return args
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(f"interrupted by {signal.Signals(signum).name}")
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["_upload"]:
+        helper_upload(argv[1], argv[2])
+        return 0
+    if argv[:1] == ["_download"]:
+        helper_download(argv[1], argv[2])
+        return 0
+    args = parse_args(argv)
+    args.default = engine_default_compression()
+    if args.default not in args.compressions:
+        args.compressions.insert(0, args.default)
+    floors = args.compressions if args.floors == "all" else args.floors.split(",")
+    floors = [args.default if c.strip() == "default" else c.strip() for c in floors]
+    args.floors = [c for c in args.compressions if c in floors]
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    for tool in ("zstd", "runuser" if os.geteuid() == 0 else "true"):
+        if not shutil.which(tool):
+            raise BenchError(f"{tool} is not installed")
+    started = time.perf_counter()
+    bindir = pg_bindir(args.pg_bindir)
+    print("db-backup benchmark (issues 2 and 6)")
+    print(f"date:     {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
+    print(f"command:  {shlex.join(['.venv/bin/python', *sys.argv])}")
+    print(f"machine:  {machine()}")
+    print(f"versions: {versions(bindir)}")
+    tuning = {k: v for k, v in os.environ.items() if k.startswith("DB_BACKUP_")}
+    print(f"engine:   runner imported from {runner_location()} (repo git {git_head()}); "
+          f"default compression {args.default}; DB_BACKUP_* set: {tuning or 'none'}")
+    print(flush=True)
+    work = Path(tempfile.mkdtemp(prefix="dbbackup-bench-", dir=args.workdir))
+    cluster = Cluster(bindir)
+    moto = Moto()
+    code = 1
+    try:
+        cluster.start()
+        moto.start()
+        log(f"cluster on 127.0.0.1:{cluster.port} ({cluster.root}), moto S3 on {moto.endpoint}")
+        bench = Bench(args, cluster, moto, work)
+        bench.write_targets(args.scales)
+        for index, scale in enumerate(args.scales):
+            bench.scale(scale, full=index == 0)
+        targets = report(bench, args.scales)
+        print(f"\ntotal benchmark time {time.perf_counter() - started:.0f}s")
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps({
+                "args": vars(args), "results": bench.results,
+                "measures": {k: m.as_json(args.stat) for k, m in bench.measures.items()},
+                "targets": [{"issue": t.issue, "text": t.text, "value": t.value,
+                             "limit": t.limit, "ok": t.ok} for t in targets],
+            }, indent=2, default=str))
+        code = 0 if all(t.ok for t in targets) else 3
+    finally:
+        moto.stop()
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        sys.exit(1)
