@@ -7,6 +7,7 @@ import logging
 import re
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 
 from . import github, jobs, remote
@@ -70,7 +72,7 @@ def main_callback(
         level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr, force=True,
         format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ",
     )
-    logging.Formatter.converter = __import__("time").gmtime
+    logging.Formatter.converter = time.gmtime
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings()
@@ -314,10 +316,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         typer.echo("error: cancelled by SIGINT", err=True)
         code = ExitCode.CANCELLED
-    except __import__("click").exceptions.Abort:
+    except click.exceptions.Abort:
         typer.echo("error: cancelled", err=True)
         code = ExitCode.CANCELLED
-    except __import__("click").exceptions.ClickException as exc:
+    except click.exceptions.ClickException as exc:
         exc.show()
         code = ExitCode.BAD_INPUT
     except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def test_legacy_s3_dump_restores_by_id(pg: PgCluster, dbname: str, env: dict[str
     fill_rich(pg, dbname)
     dump = subprocess.run(
         [str(pg.bindir / "pg_dump"), "-Fc", "-h", pg.host, "-p", str(pg.port), "-U", pg.user, dbname],
-        env={**__import__("os").environ, "PGPASSWORD": pg.password}, capture_output=True, check=True, timeout=120,
+        env={**os.environ, "PGPASSWORD": pg.password}, capture_output=True, check=True, timeout=120,
     ).stdout
     boto3.client("s3", region_name="us-east-1").put_object(Bucket=BUCKET, Key="nightly/app/production/2022-02-02_02-02-02.dump", Body=dump)
     _ssm_layout(pg, dbname)

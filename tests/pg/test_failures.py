@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def test_legacy_dump_restores_by_id_and_as_fallback(pg: PgCluster, dbname: str, 
     # The old system: plain pg_dump -Fc (default gzip) under {identifier}/{env}/{timestamp}.dump, no manifest.
     subprocess.run(
         [str(pg.bindir / "pg_dump"), "-Fc", "-h", pg.host, "-p", str(pg.port), "-U", pg.user, "-f", str(folder / "2021-03-04_05-06-07.dump"), dbname],
-        env={**__import__("os").environ, "PGPASSWORD": pg.password}, check=True, timeout=120,
+        env={**os.environ, "PGPASSWORD": pg.password}, check=True, timeout=120,
     )
     listed = run_cli("list", "app", "production", "--json", env=env)
     assert json.loads(listed.stdout)[0]["status"] == "legacy"
