@@ -18,7 +18,7 @@ from .targets import EcsConfig
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
-    from mypy_boto3_ecs.type_defs import RunTaskRequestTypeDef, RunTaskResponseTypeDef, TaskTypeDef
+    from mypy_boto3_ecs.type_defs import RunTaskRequestTypeDef, RunTaskResponseTypeDef, TaskOverrideTypeDef, TaskTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class TaskRequest:
     started_by: str
     tags: tuple[tuple[str, str], ...]
     client_token: str
+    task_role_arn: str | None = None  # overrides the task definition's role; an ARN, not a secret
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,26 @@ def tag_value(text: str) -> str:
     return _TAG_VALUE_BAD.sub("_", text)[:256]
 
 
+def task_role_for(config: EcsConfig, action: str, dest_protected: bool) -> str | None:
+    """The task role override: restores into unprotected environments run as the non-production
+    task role (which cannot read production credentials) when one is configured; backups and
+    protected restores keep the task definition's role."""
+    if action == "restore" and not dest_protected and config.nonproduction_task_role_arn:
+        return config.nonproduction_task_role_arn
+    return None
+
+
 def run_task_params(config: EcsConfig, request: TaskRequest, attempt: int) -> RunTaskRequestTypeDef:
     """The run_task request: Fargate, awsvpc, and a command override; nothing secret goes in."""
+    overrides: TaskOverrideTypeDef = {
+        "containerOverrides": [{
+            "name": config.container,
+            "command": list(request.command),
+            "environment": [{"name": k, "value": v} for k, v in request.environment],
+        }]
+    }
+    if request.task_role_arn:
+        overrides["taskRoleArn"] = request.task_role_arn
     return {
         "cluster": config.cluster,
         "taskDefinition": config.task_definition,
@@ -121,13 +140,7 @@ def run_task_params(config: EcsConfig, request: TaskRequest, attempt: int) -> Ru
                 "assignPublicIp": "ENABLED" if config.assign_public_ip else "DISABLED",
             }
         },
-        "overrides": {
-            "containerOverrides": [{
-                "name": config.container,
-                "command": list(request.command),
-                "environment": [{"name": k, "value": v} for k, v in request.environment],
-            }]
-        },
+        "overrides": overrides,
         "startedBy": request.started_by,
         "tags": [{"key": k, "value": v} for k, v in request.tags],
         "enableECSManagedTags": True,

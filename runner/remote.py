@@ -89,6 +89,7 @@ def task_request(job: RemoteJob, request_id: str, gh: GithubEnv, environ: Mappin
         started_by=ecs.started_by(started_by),
         tags=tuple((key, ecs.tag_value(value)) for key, value in tags),
         client_token=request_id,
+        task_role_arn=ecs.task_role_for(job.target.ecs, job.action, job.target.protected) if job.target.ecs else None,
     )
 
 

@@ -31,6 +31,9 @@ class EcsModel(_Strict):
     log_group: str | None = None
     log_stream_prefix: str = "ecs"
     platform_version: str = "LATEST"
+    # Task role for restores into unprotected environments (the stack's NonProductionTaskRoleArn);
+    # unset, every task runs as the task definition's role.
+    nonproduction_task_role_arn: str | None = None
 
 
 class DatabaseModel(_Strict):
@@ -118,6 +121,7 @@ class EcsConfig:
     log_group: str | None
     log_stream_prefix: str
     platform_version: str
+    nonproduction_task_role_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,7 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path) -> Registry:
             log_group=e.log_group,
             log_stream_prefix=e.log_stream_prefix,
             platform_version=e.platform_version,
+            nonproduction_task_role_arn=e.nonproduction_task_role_arn,
         )
     storage = defaults.storage
     if storage.startswith("file://"):

@@ -610,11 +610,8 @@ def test_github_roles_can_only_drive_this_task(stack: Stack) -> None:
     assert tag["Resource"] == tasks
     assert tag["Condition"] == {"StringEquals": {"ecs:CreateAction": "RunTask"}}
 
-    (passrole,) = by_action["iam:PassRole"]
-    assert sorted(passrole["Resource"]) == sorted(
-        f"arn:aws:iam::{ACCOUNT}:role/{stack._physical(r)}" for r in ("TaskRole", "TaskExecutionRole")
-    )
-    assert passrole["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+    # iam:PassRole is not shared: each role gets its own (test_each_github_role_passes_only_its_task_roles).
+    assert "iam:PassRole" not in by_action
 
     log_group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/ecs/db-backup:*"
     for action in ("logs:GetLogEvents", "logs:FilterLogEvents", "logs:DescribeLogStreams"):
@@ -628,7 +625,6 @@ def test_github_roles_can_only_drive_this_task(stack: Stack) -> None:
         "ecs:StopTask",
         "ecs:DescribeTasks",
         "ecs:TagResource",
-        "iam:PassRole",
         "logs:GetLogEvents",
         "logs:FilterLogEvents",
         "logs:DescribeLogStreams",
@@ -637,6 +633,108 @@ def test_github_roles_can_only_drive_this_task(stack: Stack) -> None:
     if stack.params["KmsKeyArn"]:
         expected.add("kms:Decrypt")
     assert set(by_action) == expected
+
+
+# --------------------------------------------------------------------------- permission evaluation
+
+
+def role_statements(stack: Stack, role: str) -> list[dict[str, Any]]:
+    """Every permissions statement of `role`: its inline policies and the managed policies attached to it."""
+    physical = stack._physical(role)
+    found = [stmt for policy in stack.resource(role).get("Policies", []) for stmt in policy["PolicyDocument"]["Statement"]]
+    for res in stack.resources().values():
+        if res["Type"] == "AWS::IAM::ManagedPolicy" and physical in res.get("Roles", []):
+            found += res["PolicyDocument"]["Statement"]
+    return found
+
+
+def permits(statements: list[dict[str, Any]], action: str, resource: str, context: dict[str, str] | None = None) -> bool:
+    """IAM's verdict for one request: an explicit Deny wins, otherwise any matching Allow (implicit deny)."""
+    context = context or {}
+    allowed = False
+    for stmt in statements:
+        if not any(_glob(a.lower()).fullmatch(action.lower()) for a in as_list(stmt["Action"])):
+            continue
+        if not any(_glob(r).fullmatch(resource) for r in as_list(stmt["Resource"])):
+            continue
+        holds = all(
+            _condition_holds(op, context.get(key), expected)
+            for op, block in stmt.get("Condition", {}).items()
+            for key, expected in block.items()
+        )
+        if holds and stmt["Effect"] == "Deny":
+            return False
+        allowed = allowed or (holds and stmt["Effect"] == "Allow")
+    return allowed
+
+
+def parameter_arn(name: str) -> str:
+    return f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{name}"
+
+
+SSM_READS = ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath")
+
+
+def test_nonproduction_task_role_explicitly_denies_production_parameters(stack: Stack) -> None:
+    nonprod = stack.statements("NonProductionTaskRole")
+    main = stack.statements("TaskRole")
+    production = [f"/{ident}/production/db/backup/{leaf}" for ident in ("curation", "chipmunk", "mati") for leaf in ("host", "password")]
+    for name in production:
+        for action in SSM_READS:
+            assert not permits(nonprod, action, parameter_arn(name)), (action, name)
+        # Backups and production restores still read them (as before).
+        assert permits(main, "ssm:GetParameter", parameter_arn(name)), name
+    # The restriction is an explicit Deny, so no prefix granted now or later can widen it.
+    denies = [s for s in nonprod if s["Effect"] == "Deny"]
+    assert len(denies) == 1
+    assert sorted(as_list(denies[0]["Action"])) == sorted(SSM_READS)
+    assert as_list(denies[0]["Resource"]) == [parameter_arn("/*/production/*")]
+    assert "Condition" not in denies[0]
+    # Other environments remain readable.
+    for env in ("beta", "alpha", "dev"):
+        assert permits(nonprod, "ssm:GetParameter", parameter_arn(f"/curation/{env}/db/backup/password")), env
+        assert permits(nonprod, "ssm:GetParameters", parameter_arn(f"/mati/{env}/db/backup/host")), env
+
+
+def test_nonproduction_task_role_otherwise_has_the_task_roles_permissions(stack: Stack) -> None:
+    def allows(owner: str) -> list[dict[str, Any]]:
+        return [s for s in stack.statements(owner) if s["Effect"] == "Allow"]
+
+    assert allows("NonProductionTaskRole") == allows("TaskRole")
+    assert [s for s in stack.statements("TaskRole") if s["Effect"] == "Deny"] == []
+    for action, resource in (("s3:PutObject", f"arn:aws:s3:::{BUCKET}/curation/beta/x.dump"),
+                             ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/curation/production/x.dump")):
+        assert permits(stack.statements("NonProductionTaskRole"), action, resource), action
+
+
+PASSABLE = {
+    "BackupRole": {"TaskRole", "TaskExecutionRole"},
+    "RestoreProductionRole": {"TaskRole", "TaskExecutionRole"},
+    "RestoreRole": {"NonProductionTaskRole", "TaskExecutionRole"},
+    "ImagePushRole": set(),
+}
+
+
+@pytest.mark.parametrize("role", list(PASSABLE))
+def test_each_github_role_passes_only_its_task_roles(stack: Stack, role: str) -> None:
+    statements = role_statements(stack, role)
+    to_ecs = {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+    for candidate in ("TaskRole", "NonProductionTaskRole", "TaskExecutionRole"):
+        arn = f"arn:aws:iam::{ACCOUNT}:role/{stack._physical(candidate)}"
+        assert permits(statements, "iam:PassRole", arn, to_ecs) == (candidate in PASSABLE[role]), (role, candidate)
+        # ...and only to ECS tasks.
+        assert not permits(statements, "iam:PassRole", arn, {"iam:PassedToService": "lambda.amazonaws.com"}), (role, candidate)
+        assert not permits(statements, "iam:PassRole", arn), (role, candidate)
+
+
+def test_restore_role_cannot_pass_the_main_task_role(stack: Stack) -> None:
+    # The gap this closes: a job in environment beta starting `restore --to production` as TaskRole.
+    task_role = f"arn:aws:iam::{ACCOUNT}:role/{stack._physical('TaskRole')}"
+    to_ecs = {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+    assert not permits(role_statements(stack, "RestoreRole"), "iam:PassRole", task_role, to_ecs)
+    nonprod = f"arn:aws:iam::{ACCOUNT}:role/{stack._physical('NonProductionTaskRole')}"
+    for role in ("BackupRole", "RestoreProductionRole"):
+        assert not permits(role_statements(stack, role), "iam:PassRole", nonprod, to_ecs), role
 
 
 def test_image_push_role_pushes_only_to_its_repository(stack: Stack) -> None:
@@ -650,12 +748,13 @@ def test_image_push_role_pushes_only_to_its_repository(stack: Stack) -> None:
 
 
 def test_task_roles_are_assumable_only_by_ecs_tasks(stack: Stack) -> None:
-    for role in ("TaskRole", "TaskExecutionRole"):
+    for role in ("TaskRole", "NonProductionTaskRole", "TaskExecutionRole"):
         (stmt,) = stack.resource(role)["AssumeRolePolicyDocument"]["Statement"]
         assert stmt["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
         assert stmt["Action"] == "sts:AssumeRole"
-    (stmt,) = stack.resource("TaskRole")["AssumeRolePolicyDocument"]["Statement"]
-    assert stmt["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+    for role in ("TaskRole", "NonProductionTaskRole"):
+        (stmt,) = stack.resource(role)["AssumeRolePolicyDocument"]["Statement"]
+        assert stmt["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
 
 
 def test_execution_role_writes_only_this_log_group_and_pulls_only_this_repository(stack: Stack) -> None:
@@ -895,15 +994,29 @@ def test_template_deploys_on_moto_with_the_runner_default_names(aws: Any, scenar
             "security_groups": [group_id],
             "assign_public_ip": False,
             "log_group": "/ecs/db-backup",
+            "nonproduction_task_role_arn": outputs["NonProductionTaskRoleArn"],
         },
     }
     roles = {}
-    for key in ("BackupRoleArn", "RestoreRoleArn", "RestoreProductionRoleArn", "ImagePushRoleArn", "TaskRoleArn"):
+    for key in ("BackupRoleArn", "RestoreRoleArn", "RestoreProductionRoleArn", "ImagePushRoleArn", "TaskRoleArn",
+                "NonProductionTaskRoleArn"):
         roles[key] = iam.get_role(RoleName=outputs[key].rsplit("/", 1)[1])["Role"]
         assert roles[key]["Arn"] == outputs[key]
-    for key in ("BackupRoleArn", "RestoreRoleArn", "RestoreProductionRoleArn"):
+    exec_role = [r["Arn"] for r in iam.list_roles()["Roles"] if "TaskExecutionRole" in r["RoleName"]]
+    pass_policies = {
+        "BackupRoleArn": ("PassTaskRolePolicy", {outputs["TaskRoleArn"], *exec_role}),
+        "RestoreProductionRoleArn": ("PassTaskRolePolicy", {outputs["TaskRoleArn"], *exec_role}),
+        "RestoreRoleArn": ("PassNonProductionTaskRolePolicy", {outputs["NonProductionTaskRoleArn"], *exec_role}),
+    }
+    for key, (pass_policy, passable) in pass_policies.items():
         attached = iam.list_attached_role_policies(RoleName=roles[key]["RoleName"])["AttachedPolicies"]
-        assert len(attached) == 1 and "ControlPlanePolicy" in attached[0]["PolicyName"], attached
+        names = sorted(p["PolicyName"] for p in attached)
+        assert len(names) == 2 and "ControlPlanePolicy" in names[0] + names[1], names
+        (passing,) = [p for p in attached if pass_policy in p["PolicyName"]]
+        version = iam.get_policy(PolicyArn=passing["PolicyArn"])["Policy"]["DefaultVersionId"]
+        doc = _policy_document(iam.get_policy_version(PolicyArn=passing["PolicyArn"], VersionId=version)["PolicyVersion"]["Document"])
+        (stmt,) = doc["Statement"]
+        assert stmt["Action"] == "iam:PassRole" and set(as_list(stmt["Resource"])) == passable, (key, stmt)
     assert iam.list_attached_role_policies(RoleName=roles["ImagePushRoleArn"]["RoleName"])["AttachedPolicies"] == []
     for key in ("BackupRoleArn", "RestoreRoleArn", "RestoreProductionRoleArn", "ImagePushRoleArn"):
         trust = _policy_document(roles[key]["AssumeRolePolicyDocument"])
@@ -914,6 +1027,12 @@ def test_template_deploys_on_moto_with_the_runner_default_names(aws: Any, scenar
     ssm_doc = _policy_document(iam.get_role_policy(RoleName=task_role, PolicyName="ssm-parameters")["PolicyDocument"])
     (ssm_stmt,) = [s for s in ssm_doc["Statement"] if s["Sid"] == "ReadDatabaseParameters"]
     assert as_list(ssm_stmt["Resource"]) == [ssm_arn(p) for p in prefixes[:10]]
+    nonprod_role = roles["NonProductionTaskRoleArn"]["RoleName"]
+    nonprod_doc = _policy_document(iam.get_role_policy(RoleName=nonprod_role, PolicyName="ssm-parameters")["PolicyDocument"])
+    statements = {s["Sid"]: s for s in nonprod_doc["Statement"]}
+    assert as_list(statements["ReadDatabaseParameters"]["Resource"]) == [ssm_arn(p) for p in prefixes[:10]]
+    deny = statements["DenyProductionParameters"]
+    assert deny["Effect"] == "Deny" and as_list(deny["Resource"]) == [parameter_arn("/*/production/*")]
 
     s3 = boto3.client("s3")
     encryption = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]

@@ -1,0 +1,99 @@
+"""Which task role a run_task request asks for: restores into unprotected environments run as
+the non-production task role (no production SSM reads); backups and protected restores keep the
+task definition's role."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from runner import ecs, remote
+from runner.settings import GithubEnv
+from runner.storage import LocalStore
+from runner.targets import Registry, parse_registry
+from tests.unit.test_ecs_executor import FAST, FakeAws, FakeClock, FakeEcs, FakeLogs, container, services, task, write_manifest
+
+NONPROD_ROLE = "arn:aws:iam::123456789012:role/db-backup-NonProductionTaskRole-ABC123"
+
+TARGETS = """
+version: 1
+defaults:
+  storage: file://{storage}
+  region: eu-west-1
+  ecs:
+    cluster: db-backup
+    task_definition: db-backup
+    subnets: [subnet-a]
+    {role}
+environments: {{production: {{protected: true}}, staging: {{protected: true}}, beta: {{}}}}
+targets:
+  - {{identifier: curation, env: production}}
+  - {{identifier: curation, env: staging}}
+  - {{identifier: curation, env: beta}}
+"""
+
+
+def registry(tmp_path: Path, role: str | None = NONPROD_ROLE) -> Registry:
+    line = f"nonproduction_task_role_arn: {role}" if role else ""
+    return parse_registry(TARGETS.format(storage=tmp_path / "store", role=line))
+
+
+def restore_job(reg: Registry, source: str, dest: str) -> remote.RemoteJob:
+    argv = ("restore", "curation", "--from", source, "--to", dest, "--backup", "latest")
+    if reg.get("curation", dest).protected:
+        argv += ("--confirm", dest)
+    return remote.RemoteJob(action="restore", target=reg.get("curation", dest), argv=argv,
+                            source=reg.get("curation", source), backup="latest")
+
+
+def params_for(job: remote.RemoteJob) -> dict[str, object]:
+    assert job.target.ecs is not None
+    request = remote.task_request(job, "req1", GithubEnv(), {})
+    return dict(ecs.run_task_params(job.target.ecs, request, attempt=1)["overrides"])
+
+
+def test_the_setting_is_read_from_targets_yaml(tmp_path: Path) -> None:
+    ecs_config = registry(tmp_path).get("curation", "beta").ecs
+    assert ecs_config is not None and ecs_config.nonproduction_task_role_arn == NONPROD_ROLE
+    unset = registry(tmp_path, role=None).get("curation", "beta").ecs
+    assert unset is not None and unset.nonproduction_task_role_arn is None
+
+
+def test_restore_into_an_unprotected_environment_runs_as_the_nonproduction_role(tmp_path: Path) -> None:
+    overrides = params_for(restore_job(registry(tmp_path), "production", "beta"))
+    assert overrides["taskRoleArn"] == NONPROD_ROLE
+    assert "executionRoleArn" not in overrides
+
+
+@pytest.mark.parametrize("dest", ["production", "staging"])
+def test_restore_into_a_protected_environment_keeps_the_task_definition_role(tmp_path: Path, dest: str) -> None:
+    overrides = params_for(restore_job(registry(tmp_path), "production", dest))
+    assert "taskRoleArn" not in overrides
+
+
+@pytest.mark.parametrize("env", ["production", "beta"])
+def test_backups_keep_the_task_definition_role(tmp_path: Path, env: str) -> None:
+    reg = registry(tmp_path)
+    job = remote.RemoteJob(action="backup", target=reg.get("curation", env), argv=("backup", "curation", env))
+    assert "taskRoleArn" not in params_for(job)
+
+
+def test_without_the_setting_nothing_is_overridden(tmp_path: Path) -> None:
+    overrides = params_for(restore_job(registry(tmp_path, role=None), "production", "beta"))
+    assert "taskRoleArn" not in overrides
+
+
+def test_the_override_reaches_run_task(tmp_path: Path) -> None:
+    clock = FakeClock()
+    write_manifest(LocalStore(tmp_path / "store"), "curation", "production", datetime(2024, 5, 1, 1, 0, tzinfo=UTC), None)
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))])
+    job = restore_job(registry(tmp_path), "production", "beta")
+    remote.run(job, services(clock, FakeAws(fake, FakeLogs(clock, []))), GithubEnv(), timeout_s=3600, policy=FAST,
+               out=io.StringIO())
+    (call,) = fake.run_calls
+    assert call["overrides"]["taskRoleArn"] == NONPROD_ROLE
+    assert call["overrides"]["containerOverrides"][0]["command"][:6] == [
+        "restore", "curation", "--from", "production", "--to", "beta"]
