@@ -69,7 +69,8 @@ def _free_id(store: BackupStore, target: Target, now: datetime) -> str:
     for seq in itertools.count(1):
         backup_id = make_id(now, seq)
         key = store.key(target.identifier, target.env, backup_id)
-        if not store.exists(key) and not store.exists(key + ".json"):
+        # One listing answers for the dump and its manifest (both start with the dump's key).
+        if not store.list_keys(key):
             return backup_id
     raise AssertionError("unreachable")
 
@@ -175,6 +176,12 @@ def _peek(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
     return first, itertools.chain([first], chunks)
 
 
+def _open_dump(store: BackupStore, entry: BackupEntry) -> tuple[Iterator[bytes], tuple[str, ...] | None]:
+    """The stored bytes, and the decompressor their first bytes call for."""
+    head, chunks = _peek(store.read(entry.key))
+    return chunks, _decompressor(sniff(head), store.uri(entry.key))
+
+
 def _decompressor(kind: str, where: str) -> tuple[str, ...] | None:
     if kind == "custom":
         return None
@@ -210,8 +217,7 @@ def _download(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connec
     """Copy the dump into a seekable local file (decompressed), hashing the stored bytes."""
     digest = hashlib.sha256()
     size = 0
-    head, chunks = _peek(store.read(entry.key))
-    decompress = _decompressor(sniff(head), store.uri(entry.key))
+    chunks, decompress = _open_dump(store, entry)
     path = folder / "restore.dump"
     with path.open("wb") as out, postgres.libpq_env(conn) as env:
         proc = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=out, env=env) if decompress else None
@@ -291,8 +297,7 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
                 if parallel:
                     postgres.run_restore_file(conn, postgres.pg_restore_argv(pg_restore, fresh, ignore_privileges, jobs, path))
                 else:
-                    head, chunks = _peek(store.read(entry.key))
-                    decompress = _decompressor(sniff(head), where)
+                    chunks, decompress = _open_dump(store, entry)
                     counted = _Counter(chunks)
                     actual = postgres.restore_stream(
                         conn, postgres.pg_restore_argv(pg_restore, fresh, ignore_privileges, 1, None), counted, decompress

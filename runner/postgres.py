@@ -249,13 +249,6 @@ def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
             raise
 
 
-@dataclass(frozen=True)
-class RestoreInput:
-    """Where pg_restore reads from: a pipe fed chunk by chunk, or a seekable file for -j."""
-
-    path: Path | None
-
-
 def pg_restore_argv(pg_restore: str, dbname: str, ignore_privileges: bool, jobs: int, path: Path | None) -> list[str]:
     argv = [pg_restore, "--no-password", "--exit-on-error", f"--dbname={_conninfo_dbname(dbname)}"]
     if ignore_privileges:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .github import task_url
 from .targets import Registry
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def task_console_url(task_arn: str) -> str | None:
     if len(pieces) != 3 or pieces[0] != "task":
         return None
     _, cluster, task_id = pieces
-    return f"https://{region}.console.aws.amazon.com/ecs/v2/clusters/{cluster}/tasks/{task_id}?region={region}"
+    return task_url(region, cluster, task_id)
 
 
 def _row(data: dict[str, Any], where: Path) -> Row | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -153,8 +152,6 @@ class BackupStore(Protocol):
 
     def uri(self, key: str) -> str: ...
 
-    def exists(self, key: str) -> bool: ...
-
     def start_upload(self, key: str, storage_class: str) -> Upload: ...
 
     def put_manifest(self, manifest: Manifest) -> None: ...
@@ -273,9 +270,6 @@ class LocalStore:
 
     def uri(self, key: str) -> str:
         return str(self.root / key)
-
-    def exists(self, key: str) -> bool:
-        return (self.root / key).exists()
 
     def start_upload(self, key: str, storage_class: str) -> Upload:
         return _FileUpload(self.root / key)
@@ -439,9 +433,6 @@ class S3Store:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def exists(self, key: str) -> bool:
-        return any(found == key for found, _ in self.list_keys(key))
-
     def start_upload(self, key: str, storage_class: str) -> Upload:
         return _S3Upload(self._client, self.bucket, key, storage_class, self._part_size, self._parallel)
 
@@ -496,15 +487,6 @@ def open_store(url: str, s3: Callable[[], S3Client], part_size_mb: int = 16, par
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     prefix = prefix.strip("/")
     return S3Store(s3(), bucket, f"{prefix}/" if prefix else "", part_size_mb << 20, parallel)
-
-
-def sha256_of(chunks: Iterator[bytes]) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in chunks:
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def entry_to_json(entry: BackupEntry) -> dict[str, Any]:

@@ -309,15 +309,20 @@ def _condition_holds(operator: str, actual: str | None, expected: Any) -> bool:
 def can_assume(stack: Stack, role: str, sub: str, aud: str = "sts.amazonaws.com") -> bool:
     """Would STS let a GitHub OIDC token with these claims assume the role?"""
     provider = stack.params["OidcProviderArn"] or stack._physical("GitHubOidcProvider")
-    claims = {SUB: sub, AUD: aud}
+    matching = [
+        stmt for stmt in stack.resource(role)["AssumeRolePolicyDocument"]["Statement"]
+        if "sts:AssumeRoleWithWebIdentity" in as_list(stmt["Action"])
+        and provider in as_list(stmt["Principal"].get("Federated", []))
+    ]
+    return _verdict(matching, {SUB: sub, AUD: aud})
+
+
+def _verdict(statements: list[dict[str, Any]], context: dict[str, str]) -> bool:
+    """IAM's evaluation of statements that match the request: an explicit Deny wins, else any Allow."""
     allowed = False
-    for stmt in stack.resource(role)["AssumeRolePolicyDocument"]["Statement"]:
-        if "sts:AssumeRoleWithWebIdentity" not in as_list(stmt["Action"]):
-            continue
-        if provider not in as_list(stmt["Principal"].get("Federated", [])):
-            continue
+    for stmt in statements:
         holds = all(
-            _condition_holds(op, claims.get(key), expected)
+            _condition_holds(op, context.get(key), expected)
             for op, block in stmt.get("Condition", {}).items()
             for key, expected in block.items()
         )
@@ -650,22 +655,12 @@ def role_statements(stack: Stack, role: str) -> list[dict[str, Any]]:
 
 def permits(statements: list[dict[str, Any]], action: str, resource: str, context: dict[str, str] | None = None) -> bool:
     """IAM's verdict for one request: an explicit Deny wins, otherwise any matching Allow (implicit deny)."""
-    context = context or {}
-    allowed = False
-    for stmt in statements:
-        if not any(_glob(a.lower()).fullmatch(action.lower()) for a in as_list(stmt["Action"])):
-            continue
-        if not any(_glob(r).fullmatch(resource) for r in as_list(stmt["Resource"])):
-            continue
-        holds = all(
-            _condition_holds(op, context.get(key), expected)
-            for op, block in stmt.get("Condition", {}).items()
-            for key, expected in block.items()
-        )
-        if holds and stmt["Effect"] == "Deny":
-            return False
-        allowed = allowed or (holds and stmt["Effect"] == "Allow")
-    return allowed
+    matching = [
+        stmt for stmt in statements
+        if any(_glob(a.lower()).fullmatch(action.lower()) for a in as_list(stmt["Action"]))
+        and any(_glob(r).fullmatch(resource) for r in as_list(stmt["Resource"]))
+    ]
+    return _verdict(matching, context or {})
 
 
 def parameter_arn(name: str) -> str:

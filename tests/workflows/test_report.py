@@ -79,6 +79,9 @@ def test_unreadable_file_is_reported_and_fails(tmp_path: Path) -> None:
 
 
 def test_task_console_url() -> None:
+    # The same link as the job summary's (github.task_url): one builder, China/GovCloud consoles included.
     assert task_console_url(ARN) == ("https://us-east-1.console.aws.amazon.com/ecs/v2/clusters/db-backup/tasks/"
-                                     "0123abcd?region=us-east-1")
+                                     "0123abcd/configuration?region=us-east-1")
+    assert task_console_url("arn:aws-cn:ecs:cn-north-1:123456789012:task/db-backup/0123abcd") == (
+        "https://cn-north-1.console.amazonaws.cn/ecs/v2/clusters/db-backup/tasks/0123abcd/configuration?region=cn-north-1")
     assert task_console_url("not-an-arn") is None
