@@ -59,6 +59,10 @@ class NoBackup(BadInput):
     pass
 
 
+class ArchiveLayoutUnknown(DbBackupError):
+    """A dump's layout is not one db-backup can index; pg_restore still reads it, only slower."""
+
+
 class InfraError(DbBackupError):
     """AWS denied or failed, a task could not start, storage unreachable."""
 

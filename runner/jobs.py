@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from . import __version__, postgres
+from . import __version__, archive, postgres
 from .aws import AwsClients
 from .clock import Clock
 from .compression import sniff
@@ -241,11 +241,11 @@ LEGACY_PARALLEL_MIN_BYTES = 64 << 20
 
 
 def _worth_parallel(entry: BackupEntry, settings: Settings) -> bool:
-    """Measured (bench/RESULTS.md): -j pays off for big dumps; pipe-written ones lack data offsets.
+    """Measured (bench/RESULTS.md): -j pays off for big dumps, once each table's data can be sought.
 
-    Old-system dumps were written to files, so pg_restore can seek straight to each table: with two
-    cores -j2 beat -j1 already at 120 MB. Dumps streamed by db-backup have no offsets, so each worker
-    scans for its data: -j2 lost to streaming at 519 MB of archive and won at 912 MB.
+    Old-system dumps were written to files and carry data offsets: with two cores -j2 beat -j1
+    already at 120 MB. Dumps streamed by db-backup get their offsets written after the download
+    (runner/archive.py); the threshold is on the uncompressed size, which is the restore's work.
     """
     if entry.manifest is None:
         return entry.size_bytes >= LEGACY_PARALLEL_MIN_BYTES
@@ -289,6 +289,7 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
             # Verify before touching any database: a damaged download changes nothing.
             path, actual, size = _download(store, entry, Path(work), conn)
             _check_digest(entry, actual, size, where)
+            archive.fill_offsets(path)
         with postgres.connect(admin_conn) as admin:
             like = postgres.database_info(admin, conn.dbname)
             postgres.drop_database(admin, fresh)  # a leftover of an interrupted restore

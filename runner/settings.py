@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     restore_mode: str = Field(default="auto", pattern="^(auto|stream|parallel)$")
     restore_jobs: int = Field(default=0, ge=0, le=64)  # 0 = number of available cores
     # auto: a db-backup dump whose uncompressed size reaches this restores with -j (bench/RESULTS.md).
-    parallel_threshold_mb: int = Field(default=768, ge=0)
+    parallel_threshold_mb: int = Field(default=256, ge=0)
     work_dir: Path | None = None  # where a restore may put a seekable copy; default: system temp
     swap_wait_s: float = Field(default=30.0, gt=0)
 

@@ -15,6 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from runner import archive
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -303,3 +305,15 @@ def backup_with_database_dropped_mid_dump(pg: PgCluster, dbname: str, env: dict[
             proc.kill()
             proc.communicate(timeout=30)
     return proc.returncode, err
+
+
+def offsets_in(path: Path) -> dict[int, tuple[int, int]]:
+    """Each TOC entry's data offset field: (state, position)."""
+    with path.open("rb") as f:
+        toc = archive.read_toc(f)
+        result = {}
+        for entry in toc.entries:
+            f.seek(entry.offset_field)
+            raw = f.read(1 + toc.off_size)
+            result[entry.dump_id] = (raw[0], int.from_bytes(raw[1:], "little"))
+        return result

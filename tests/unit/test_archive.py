@@ -1,0 +1,149 @@
+"""Data offsets written into hand-built custom-format archives of every version pg_restore 15-17 reads.
+
+The layout follows PostgreSQL's WriteHead/WriteToc/_StartData; tests/pg/test_archive.py checks the
+same code against real pg_dump output (only version 1.14 exists on this machine).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runner import archive
+from tests.conftest import offsets_in
+
+
+def w_int(value: int) -> bytes:
+    return bytes([1 if value < 0 else 0]) + abs(value).to_bytes(4, "little")
+
+
+def w_str(text: str | None) -> bytes:
+    if text is None:
+        return w_int(-1)
+    raw = text.encode()
+    return w_int(len(raw)) + raw
+
+
+@dataclass
+class Built:
+    data: bytes
+    offsets: dict[int, int]  # dumpId -> where its block starts
+    offset_fields: dict[int, int]  # dumpId -> where its offset flag byte is
+
+
+def build(version: tuple[int, int, int], blocks: list[tuple[int, int, list[bytes]]], compression: int = 0,
+          schema_only: tuple[int, ...] = (1, 2)) -> Built:
+    """An archive as pg_dump writes it to a pipe: entries without data, then (dumpId, type, chunks) blocks."""
+    head = b"PGDMP" + bytes(version) + bytes([4, 8, 1])
+    head += bytes([compression]) if version[:2] >= (1, 15) else w_int(compression)
+    head += b"".join(w_int(v) for v in (5, 4, 3, 2, 1, 126, 0)) + w_str("app") + w_str("15.4") + w_str("15.4")
+    ids = [*schema_only, *(b[0] for b in blocks)]
+    toc, fields = w_int(len(ids)), {}
+    for dump_id in ids:
+        has_data = dump_id not in schema_only
+        desc = "TABLE" if not has_data else "TABLE DATA"
+        toc += w_int(dump_id) + w_int(int(has_data)) + w_str("1259") + w_str(str(16000 + dump_id))
+        toc += w_str(f"t{dump_id}") + w_str(desc) + w_int(2 if has_data else 1)
+        toc += w_str("CREATE TABLE t (x text);" if not has_data else "") + w_str("") + w_str("COPY t (x) FROM stdin;\n")
+        toc += w_str("public") + w_str("")
+        if version[:2] >= (1, 14):
+            toc += w_str("heap")
+        if version[:2] >= (1, 16):
+            toc += w_int(ord("r"))
+        toc += w_str("app") + w_str("false") + (w_str("1") if has_data else b"") + w_str(None)  # dependencies
+        fields[dump_id] = len(head) + len(toc)
+        toc += bytes([archive.OFFSET_NOT_SET if has_data else archive.NO_DATA]) + bytes(8)
+    data, offsets = b"", {}
+    start = len(head) + len(toc)
+    for dump_id, kind, chunks in blocks:
+        offsets[dump_id] = start + len(data)
+        data += bytes([kind]) + w_int(dump_id)
+        if kind == archive.BLK_DATA:
+            data += b"".join(w_int(len(c)) + c for c in chunks) + w_int(0)
+        else:  # each chunk stands for one large object: its OID, its data, an end marker; then OID 0
+            data += b"".join(w_int(900 + i) + w_int(len(c)) + c + w_int(0) for i, c in enumerate(chunks)) + w_int(0)
+    return Built(head + toc + data, offsets, fields)
+
+
+ROWS = [b"1\thello\n", b"2\t\\N\n", b"3\t\x01\x02 control bytes survive COPY text\n"]
+
+
+@pytest.mark.parametrize("version", [(1, 12, 0), (1, 13, 0), (1, 14, 0), (1, 15, 0), (1, 16, 0)])
+def test_offsets_are_written_where_pg_dump_would_have(tmp_path: Path, version: tuple[int, int, int]) -> None:
+    built = build(version, [(3, archive.BLK_DATA, ROWS * 50), (4, archive.BLK_DATA, []), (5, archive.BLK_DATA, ROWS)])
+    path = tmp_path / "a.dump"
+    path.write_bytes(built.data)
+
+    assert archive.fill_offsets(path) == 3
+
+    found = offsets_in(path)
+    assert {i: found[i] for i in built.offsets} == {i: (archive.OFFSET_SET, o) for i, o in built.offsets.items()}
+    assert found[1] == found[2] == (archive.NO_DATA, 0)
+    after = path.read_bytes()
+    changed = [i for i, (a, b) in enumerate(zip(built.data, after, strict=True)) if a != b]
+    assert changed and all(any(f <= i <= f + 8 for f in built.offset_fields.values()) for i in changed)
+
+
+def test_a_row_of_exactly_16_mib_does_not_end_its_block(tmp_path: Path) -> None:
+    # Its chunk header is 00 00 00 00 01: the longest NUL run a non-final chunk header can have.
+    huge = b"x" * (1 << 24)
+    built = build((1, 14, 0), [(3, archive.BLK_DATA, [ROWS[0], huge, ROWS[1]]), (4, archive.BLK_DATA, ROWS)])
+    assert b"\0\0\0\0\x01" in built.data
+    path = tmp_path / "a.dump"
+    path.write_bytes(built.data)
+
+    assert archive.fill_offsets(path) == 2
+    assert offsets_in(path)[4] == (archive.OFFSET_SET, built.offsets[4])
+
+
+def test_large_objects_and_compressed_chunks_are_walked_not_searched(tmp_path: Path) -> None:
+    # Binary bytes that look like an end marker followed by another block's header.
+    decoy = b"\0\0\0\0\0" + bytes([archive.BLK_DATA]) + w_int(4) + b"\0" * 40
+    built = build((1, 16, 0), [(3, archive.BLK_BLOBS, [decoy, b"\xff" * 100]), (4, archive.BLK_DATA, ROWS)])
+    path = tmp_path / "blobs.dump"
+    path.write_bytes(built.data)
+    assert archive.fill_offsets(path) == 2
+    assert offsets_in(path)[4] == (archive.OFFSET_SET, built.offsets[4])
+
+    gz = build((1, 14, 0), [(3, archive.BLK_DATA, [decoy, decoy]), (4, archive.BLK_DATA, [decoy])], compression=6)
+    path = tmp_path / "gzip.dump"
+    path.write_bytes(gz.data)
+    assert archive.fill_offsets(path) == 2
+    assert offsets_in(path)[4] == (archive.OFFSET_SET, gz.offsets[4])
+
+
+def test_archives_with_offsets_are_left_alone(tmp_path: Path) -> None:
+    built = build((1, 14, 0), [(3, archive.BLK_DATA, ROWS)])
+    path = tmp_path / "a.dump"
+    path.write_bytes(built.data)
+    archive.fill_offsets(path)
+    once = path.read_bytes()
+    assert archive.fill_offsets(path) == 0
+    assert path.read_bytes() == once
+
+
+@pytest.mark.parametrize("damage", ["truncated", "unknown version", "bad block type", "stray block", "not an archive"])
+def test_anything_unexpected_leaves_the_file_unchanged(tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    built = build((1, 14, 0), [(3, archive.BLK_DATA, ROWS * 10), (4, archive.BLK_DATA, ROWS)])
+    data = bytearray(built.data)
+    if damage == "truncated":
+        data = data[:-3]
+    elif damage == "unknown version":
+        data[6] = 17
+    elif damage == "bad block type":
+        data[built.offsets[4]] = 7
+    elif damage == "stray block":
+        data[built.offsets[4] + 2] = 99  # a block whose dumpId no TOC entry has
+    else:
+        data = bytearray(b"SELECT 1;\n" * 100)
+    path = tmp_path / "a.dump"
+    path.write_bytes(bytes(data))
+
+    with caplog.at_level(logging.WARNING, logger="runner.archive"):
+        assert archive.fill_offsets(path) == 0
+
+    assert path.read_bytes() == bytes(data)
+    assert "data offsets not written" in caplog.text and "pg_restore -j will scan" in caplog.text
