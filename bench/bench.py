@@ -2,8 +2,9 @@
 """Benchmark of db-backup against the old system's way (issues 2 and 6). Not a test.
 
 One run starts its own throwaway PostgreSQL cluster and an in-process moto S3 server, builds a
-pgbench database plus a table of realistic, partly compressible text at each requested scale,
-and measures, in the same run and on the same data:
+pgbench database plus a table of text at each requested scale (``--data issue``, the default:
+random md5 hex, the data of the issue's reference table; ``--data mixed``: realistic, partly
+compressible rows), and measures, in the same run and on the same data:
 
 * backup: db-backup (the CLI as a subprocess) to S3 for each compression choice, versus the old
   way (``pg_dump -Fc`` with its default gzip to a file, then boto3 ``upload_file``), versus the
@@ -56,6 +57,7 @@ COMPRESSIONS = ("zstd:1", "zstd:3", "gzip:1", "gzip:6", "none")
 FALLBACK_DEFAULT = "zstd:1"  # if the engine cannot be asked for its default
 RSS_LIMIT_MB = 150.0
 CHECK_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "bench_docs")
+DATA_PROFILES = ("issue", "mixed")  # how bench_docs is filled (--data); the first is the default
 
 # Runs the db-backup console entry point and, at exit, writes the process's own peak RSS
 # (VmHWM of /proc/self/status, KiB) to $BENCH_RSS_FILE. VmHWM belongs to the process's own
@@ -268,8 +270,23 @@ def vocabulary(size: int = 2000, seed: int = 20) -> list[str]:
     return ordered
 
 
-# Rows of realistic, partly compressible data: Zipf-ish words from a fixed vocabulary, numbers,
-# md5 hex (incompressible-ish) in half the rows, timestamps and a small jsonb document.
+# --data issue: the data the issue's reference table was measured on ("pgbench scale 20 plus
+# 3 million rows of random text"): 128 random hex characters per row. At scale 20 + 3,000,000
+# rows it reproduces the issue's old-way numbers (gzip dump 238 MB vs 241 MB, uncompressed
+# dump 629 MB vs 646 MB, pg_dump -Z0 to /dev/null 2.0 s vs 2.1 s).
+ISSUE_TABLE = """
+CREATE TABLE bench_docs (
+    id bigint NOT NULL,
+    body text NOT NULL
+)"""
+ISSUE_INSERT = """
+INSERT INTO bench_docs
+SELECT g, md5(random()::text) || md5(random()::text) || md5(random()::text) || md5(random()::text)
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) g"""
+
+# --data mixed: rows of realistic, partly compressible data: Zipf-ish words from a fixed
+# vocabulary, numbers, md5 hex (incompressible-ish) in half the rows, timestamps and a small
+# jsonb document. More compressible than `issue`, and dearer for the server to COPY out.
 DOCS_TABLE = """
 CREATE TABLE bench_docs (
     id bigint NOT NULL,
@@ -294,26 +311,31 @@ FROM generate_series(%(first)s::bigint, %(last)s::bigint) g,
      (SELECT %(words)s::text[] AS a, %(n)s::int AS n) v"""
 
 
-def make_database(cluster: Cluster, dbname: str, scale: int, text_rows: int) -> dict[str, Any]:
+def make_database(cluster: Cluster, dbname: str, scale: int, text_rows: int,
+                  data: str) -> dict[str, Any]:
+    """pgbench -i -s SCALE, plus bench_docs filled as the data profile `data` says."""
+    if data not in DATA_PROFILES:
+        raise BenchError(f"unknown data profile {data!r}; expected one of {DATA_PROFILES}")
     cluster.create_db(dbname)
     sample, _ = measured(lambda: run([cluster.tool("pgbench"), "-i", "-s", str(scale), "-q"],
                                      env=cluster.env(dbname), timeout=3600))
     log(f"  pgbench -i -s {scale}: {sample.wall:.1f}s")
     started = time.perf_counter()
-    cluster.execute(DOCS_TABLE, dbname)
+    cluster.execute(ISSUE_TABLE if data == "issue" else DOCS_TABLE, dbname)
     if text_rows > 0:
-        words = vocabulary()
+        words = vocabulary() if data == "mixed" else []
         workers = max(1, min(4, os.cpu_count() or 1))
         bounds = [text_rows * i // workers for i in range(workers + 1)]
         errors: list[BaseException] = []
 
         def insert(part: int) -> None:
+            params: dict[str, Any] = {"first": bounds[part] + 1, "last": bounds[part + 1]}
+            if data == "mixed":
+                params.update(words=words, n=len(words))
             try:
                 with cluster.connect(dbname) as conn:
                     conn.execute("SELECT setseed(%s)", (0.42 + part / 100,))
-                    conn.execute(DOCS_INSERT, {"first": bounds[part] + 1,
-                                               "last": bounds[part + 1], "words": words,
-                                               "n": len(words)})
+                    conn.execute(ISSUE_INSERT if data == "issue" else DOCS_INSERT, params)
             except BaseException as exc:
                 errors.append(exc)
 
@@ -326,7 +348,7 @@ def make_database(cluster: Cluster, dbname: str, scale: int, text_rows: int) -> 
             raise errors[0]
     cluster.execute("ALTER TABLE bench_docs ADD PRIMARY KEY (id)", dbname)
     cluster.execute("VACUUM ANALYZE bench_docs", dbname)
-    log(f"  bench_docs ({text_rows:,} rows): {time.perf_counter() - started:.1f}s")
+    log(f"  bench_docs ({text_rows:,} rows, {data} data): {time.perf_counter() - started:.1f}s")
     size = int(cluster.execute(f"SELECT pg_database_size('{dbname}')")[0][0])
     return {"size_bytes": size, "counts": cluster.counts(dbname)}
 
@@ -711,8 +733,8 @@ class Bench:
     def scale(self, scale: int, full: bool) -> None:
         dbname = f"bench_s{scale}"
         log(f"scale {scale}: building {dbname} (pgbench -s {scale} + {self.args.text_rows:,} "
-            "text rows)")
-        info = make_database(self.cluster, dbname, scale, self.args.text_rows)
+            f"text rows, --data {self.args.data})")
+        info = make_database(self.cluster, dbname, scale, self.args.text_rows, self.args.data)
         expected = info["counts"]
         log(f"  database size {mib(info['size_bytes'])}, rows {expected}")
         self.results["scales"][str(scale)] = {"database": info, "full": full}
@@ -853,8 +875,8 @@ def report(bench: Bench, scales: list[int]) -> list[Target]:
     print("\n" + "=" * 100)
     for scale in scales:
         info = bench.results["scales"][str(scale)]["database"]
-        print(f"scale {scale}: database {mib(info['size_bytes'])} (uncompressed custom dump "
-              f"{mib(info['raw_dump_bytes'])}); rows: "
+        print(f"scale {scale} ({bench.args.data} data): database {mib(info['size_bytes'])} "
+              f"(uncompressed custom dump {mib(info['raw_dump_bytes'])}); rows: "
               + ", ".join(f"{k} {v:,}" for k, v in info["counts"].items()))
     print(f"Times in seconds: the {stat} of {bench.repeat} run(s) at scale {scales[0]}, all runs in "
           f"[brackets]; other scales: backups once, restores {bench.args.repeat_other}x.\nSizes in MiB. cpu tools = CPU s of the command and "
@@ -1129,8 +1151,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "restore modes at another size. Default 20; e.g. 20,60")
     parser.add_argument("--scale", type=int, help="shorthand for --scales N")
     parser.add_argument("--text-rows", type=int, default=3_000_000,
-                        help="rows of random text (bench_docs) at every scale; default 3,000,000 "
-                             "(with scale 20: a ~750 MB database)")
+                        help="rows of text (bench_docs, see --data) at every scale; default "
+                             "3,000,000, as in the issue's reference table")
+    parser.add_argument("--data", choices=DATA_PROFILES, default=DATA_PROFILES[0],
+                        help="how bench_docs is filled: 'issue' (default) = id + 128 random hex "
+                             "characters per row, the data of the issue's reference table "
+                             "(pgbench scale 20 + 3 M rows of random text); 'mixed' = words, "
+                             "timestamptz, jsonb and md5 in half the rows: more compressible, "
+                             "dearer for the server to COPY")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each timed step at the first scale (default 1)")
     parser.add_argument("--repeat-other", type=int, default=1,
@@ -1192,6 +1220,8 @@ def main(argv: list[str]) -> int:
     tuning = {k: v for k, v in os.environ.items() if k.startswith("DB_BACKUP_")}
     print(f"engine:   runner imported from {runner_location()} (repo git {git_head()}); "
           f"default compression {args.default}; DB_BACKUP_* set: {tuning or 'none'}")
+    print(f"data:     --data {args.data}, pgbench scales {','.join(map(str, args.scales))} + "
+          f"{args.text_rows:,} bench_docs rows each")
     print(flush=True)
     work = Path(tempfile.mkdtemp(prefix="dbbackup-bench-", dir=args.workdir))
     cluster = Cluster(bindir)
