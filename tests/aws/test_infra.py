@@ -691,15 +691,27 @@ def test_nonproduction_task_role_explicitly_denies_production_parameters(stack: 
         assert permits(nonprod, "ssm:GetParameters", parameter_arn(f"/mati/{env}/db/backup/host")), env
 
 
-def test_nonproduction_task_role_otherwise_has_the_task_roles_permissions(stack: Stack) -> None:
+def test_nonproduction_task_role_reads_the_bucket_and_writes_nothing(stack: Stack) -> None:
     def allows(owner: str) -> list[dict[str, Any]]:
         return [s for s in stack.statements(owner) if s["Effect"] == "Allow"]
 
-    assert allows("NonProductionTaskRole") == allows("TaskRole")
-    assert [s for s in stack.statements("TaskRole") if s["Effect"] == "Deny"] == []
-    for action, resource in (("s3:PutObject", f"arn:aws:s3:::{BUCKET}/curation/beta/x.dump"),
-                             ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/curation/production/x.dump")):
-        assert permits(stack.statements("NonProductionTaskRole"), action, resource), action
+    nonprod, main = stack.statements("NonProductionTaskRole"), stack.statements("TaskRole")
+    # The same SSM grants as the task role (minus production, by the Deny above)...
+    ssm = [s for s in allows("TaskRole") if any(a.startswith("ssm:") for a in as_list(s["Action"]))
+           or "kms:ViaService" in s.get("Condition", {}).get("StringEquals", {})]
+    assert ssm and all(s in allows("NonProductionTaskRole") for s in ssm)
+    assert [s for s in main if s["Effect"] == "Deny"] == []
+    # ...and read-only S3: a restore reads any environment's dumps, and writes none.
+    for env in ("production", "beta"):
+        key = f"arn:aws:s3:::{BUCKET}/curation/{env}/2026-01-01_00-00-00.dump"
+        assert permits(nonprod, "s3:GetObject", key), env
+        assert permits(main, "s3:PutObject", key), env
+        for action in ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:PutObjectAcl", "s3:CopyObject"):
+            assert not permits(nonprod, action, key), (action, env)
+            assert not permits(nonprod, action, key + ".json"), (action, env)
+    assert permits(nonprod, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}")
+    written = {a for s in allows("NonProductionTaskRole") for a in as_list(s["Action"]) if a.startswith("s3:")}
+    assert written == {"s3:GetObject", "s3:ListBucket"}
 
 
 PASSABLE = {
