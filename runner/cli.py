@@ -23,6 +23,7 @@ from .aws import AwsClients
 from .clock import SystemClock
 from .credentials import parse_url
 from .errors import BadInput, Cancelled, DbBackupError, ExitCode, JobFailed, StaleBackups, TargetsInvalid
+from .humanize import human_size
 from .settings import GithubEnv, Settings
 from .storage import entry_to_json, list_backups
 from .targets import Registry, Target, load_registry
@@ -136,7 +137,7 @@ def list_cmd(
         typer.echo(f"no backups for {target.name} in {store.url}")
         return
     _table(
-        [[e.id, e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"), jobs.human_size(e.size_bytes),
+        [[e.id, e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"), human_size(e.size_bytes),
           (e.sha256 or "-")[:16], e.status] for e in entries],
         ["ID", "CREATED", "SIZE", "SHA256", "STATUS"],
     )
@@ -166,7 +167,7 @@ def backup(
         return
     result = jobs.backup(target, state.services(), request_id=request_id)
     m = result.manifest
-    typer.echo(f"backup {m.id} of {target.name}: {result.uri} ({jobs.human_size(m.size_bytes)}, {m.compression}, "
+    typer.echo(f"backup {m.id} of {target.name}: {result.uri} ({human_size(m.size_bytes)}, {m.compression}, "
                f"{m.duration_s:.1f}s, sha256 {m.sha256})")
     remote.publish_local_backup(target, result, GithubEnv())
 
@@ -200,7 +201,7 @@ def restore(
     result = jobs.restore(plan, state.services())
     kept = f"; previous database kept as {result.previous}" if result.previous else ""
     typer.echo(f"restored {result.source} backup {result.backup_id} into {result.dest} "
-               f"({jobs.human_size(result.size_bytes)}, {result.duration_s:.1f}s, {result.mode}, "
+               f"({human_size(result.size_bytes)}, {result.duration_s:.1f}s, {result.mode}, "
                f"{'sha256 verified' if result.verified else 'legacy dump, no checksum'}){kept}")
     remote.publish_local_restore(result, GithubEnv())
 

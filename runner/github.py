@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote
 
-from .jobs import human_size
+from .humanize import human_duration, human_size
 from .settings import GithubEnv
 
 # Values of the `result` output; workflows and the composite action compare against these.
@@ -80,15 +80,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return self.result in (SUCCESS, STARTED)
-
-
-def human_duration(seconds: float) -> str:
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m {secs:02d}s"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
 def _facts(report: Report) -> list[tuple[str, str]]:

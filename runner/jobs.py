@@ -21,6 +21,7 @@ from .clock import Clock
 from .compression import sniff
 from .credentials import Connection, Resolver
 from .errors import BadInput, JobFailed, NoBackup, RestoreRefused
+from .humanize import human_size
 from .settings import Settings
 from .storage import BackupEntry, BackupStore, Manifest, make_id, open_store, resolve_backup
 from .targets import Registry, Target
@@ -45,15 +46,6 @@ class Services:
 
     def resolver(self, target: Target) -> Resolver:
         return Resolver(lambda: self.aws.ssm(target.region), on_secret=self.on_secret)
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 # --- backup -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 from . import ecs, github
 from .errors import BadInput, Cancelled, DbBackupError, JobFailed, TimedOut
 from .github import CANCELLED, FAILURE, STARTED, SUCCESS, TIMED_OUT, Report
+from .humanize import human_duration
 from .jobs import BackupResult, RestoreResult, Services, new_request_id
 from .logs import DEFAULT_LOG_GROUP, LogTail, stream_name
 from .settings import GithubEnv
@@ -243,7 +244,7 @@ class _Run:
             error: DbBackupError = Cancelled(f"{reason}{note}")
             result = CANCELLED
         elif isinstance(exc, TimedOut):
-            limit = github.human_duration(self.timeout_s)
+            limit = human_duration(self.timeout_s)
             note = self._stop_and_wait(f"db-backup runner: timed out after {limit}{self._run_note()}")
             error = TimedOut(f"{self.job.action} of {self.job.target.name} did not finish within {limit}{note}")
             result = TIMED_OUT

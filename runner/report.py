@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .github import task_url
+from .humanize import human_duration, human_size
 from .targets import Registry
 
 log = logging.getLogger(__name__)
@@ -108,27 +109,11 @@ def read_results(results_dir: Path) -> tuple[dict[tuple[str, str], Row], list[st
 
 
 def _size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover
+    return "-" if size is None else human_size(size)
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    total = round(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
+    return "-" if seconds is None else human_duration(seconds)
 
 
 def _cell(text: str) -> str:

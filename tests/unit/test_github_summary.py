@@ -96,7 +96,7 @@ def test_publish_outside_github_prints_only_text(tmp_path: Path) -> None:
     out = io.StringIO()
     github.publish(SUCCESS, GithubEnv(), out)
     assert "::" not in out.getvalue().replace("https://", "")
-    assert re.search(r"^Size +1\.1 GB \(1,234,567,890 bytes\)$", out.getvalue(), re.MULTILINE)
+    assert re.search(r"^Size +1\.1 GiB \(1,234,567,890 bytes\)$", out.getvalue(), re.MULTILINE)
 
 
 @pytest.mark.parametrize(("message", "expected"), [
