@@ -194,6 +194,18 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+MIN_RESTORE_JOBS = 2
+
+
+def restore_jobs(settings: Settings) -> int:
+    """pg_restore -j. Its workers mostly wait on the database server, so a one-core client runs two.
+
+    Measured (bench/RESULTS.md): pg_restore pinned to one core, the server free on two: -j2 took
+    0.71x the time of -j1. A Fargate task of 1 vCPU restoring into a bigger RDS server is that case.
+    """
+    return settings.restore_jobs or max(MIN_RESTORE_JOBS, _cores())
+
+
 def _check_digest(entry: BackupEntry, actual: str, size: int, where: str) -> None:
     if entry.manifest is None:
         log.warning("%s is a legacy dump without a manifest: its checksum cannot be verified", where)
@@ -268,7 +280,7 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
     fresh = postgres.derived_name(conn.dbname, f"__restore_{entry.id}")
     previous = postgres.derived_name(conn.dbname, "__previous")
     pg_restore = postgres.find_tool("pg_restore")
-    jobs = settings.restore_jobs or _cores()
+    jobs = restore_jobs(settings)
     parallel = settings.restore_mode == "parallel" or (settings.restore_mode == "auto" and jobs > 1 and _worth_parallel(entry, settings))
     if parallel and not _fits_on_disk(entry, settings.work_dir):
         log.warning("not enough free disk for a parallel restore's copy of %s; streaming instead", entry.id)

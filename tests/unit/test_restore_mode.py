@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
+from runner import jobs
 from runner.jobs import _worth_parallel
 from runner.settings import Settings
 from runner.storage import BackupEntry, Manifest
@@ -50,3 +53,12 @@ def test_part_sizes_stay_flat_then_reach_far() -> None:
     assert part_target(base, 5000) == 2 * base
     total = sum(part_target(base, n) for n in range(10000))
     assert total > 390 << 30
+
+
+def test_restore_jobs_follow_the_server_not_only_the_clients_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "_cores", lambda: 1)  # a 1-vCPU Fargate task
+    assert jobs.restore_jobs(Settings()) == 2
+    assert jobs.restore_jobs(Settings(restore_jobs=1)) == 1  # the way to force one worker
+    monkeypatch.setattr(jobs, "_cores", lambda: 8)
+    assert jobs.restore_jobs(Settings()) == 8
+    assert jobs.restore_jobs(Settings(restore_jobs=3)) == 3
