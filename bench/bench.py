@@ -12,7 +12,9 @@ compressible rows), and measures, in the same run and on the same data:
   uploading the finished dump file), plus the same backup into a local folder (no S3 emulator);
 * restore: db-backup (stream and parallel modes, and an old dump as a legacy backup) versus plain
   ``pg_restore`` of the same dump, ``pg_restore -j1`` of the old way's dump, and a restore floor
-  (``pg_restore -j1`` of an uncompressed dump file);
+  (``pg_restore -j1`` of an uncompressed dump file); ``pg_restore -j1`` and ``-j2`` of that file with
+  the client pinned to one core (``taskset``) and the server free, as a 1-vCPU task restoring
+  into a multi-core RDS server;
 * whether ``pg_restore -j2`` works on a pipe-written archive (``pg_dump -Fc -Z0 | zstd``) after
   decompression to a file, and how long it takes versus streaming;
 * peak RSS of the db-backup Python process itself (not its pg_dump/zstd/pg_restore children);
@@ -513,6 +515,7 @@ class Bench:
         self.results: dict[str, Any] = {"scales": {}}
         self.measures: dict[str, Measure] = {}
         self.cores = len(os.sched_getaffinity(0))
+        self.pinned_skip = ""  # why the pinned-client restores were not measured, if they were not
         self.repeat = args.repeat
         self.default: str = args.default
 
@@ -722,11 +725,38 @@ class Bench:
             log(f"  {label}: {sample.wall:.1f}s")
         return m
 
-    def pg_restore(self, *extra: str) -> Callable[[str], list[list[str]]]:
+    def pg_restore(self, *extra: str, pin: int | None = None) -> Callable[[str], list[list[str]]]:
+        """pg_restore as a one-stage pipeline; pin = a CPU to run it (and its workers) on."""
+        taskset = ["taskset", "-c", str(pin)] if pin is not None else []
+
         def stages(dbname: str) -> list[list[str]]:
-            return [[self.cluster.tool("pg_restore"), "--no-password", "--exit-on-error",
-                     f"--dbname={dbname}", *extra]]
+            return [[*taskset, self.cluster.tool("pg_restore"), "--no-password",
+                     "--exit-on-error", f"--dbname={dbname}", *extra]]
         return stages
+
+    def restore_pinned(self, scale: int, dbname: str, expected: dict[str, int],
+                       seek: Path) -> None:
+        """pg_restore -j1 and -j2 of the -f file with the client on one core, the server not.
+
+        The production case: a 1-vCPU task restoring into a multi-core database server. taskset
+        pins pg_restore, and its forked workers inherit the affinity; the PostgreSQL server was
+        started by this (unpinned) process, so its backends may use every core.
+        """
+        if not shutil.which("taskset"):
+            self.pinned_skip = "taskset (util-linux) is not installed"
+        elif self.cores < 2:
+            self.pinned_skip = "this machine gives the benchmark only 1 core"
+        if self.pinned_skip:
+            log(f"  client pinned to 1 core: skipped: {self.pinned_skip}")
+            self.results["scales"][str(scale)]["pinned_restore_skipped"] = self.pinned_skip
+            return
+        cpu = min(os.sched_getaffinity(0))  # CPU 0 unless a cpuset excludes it
+        for jobs in (1, 2):
+            m = self.restore_plain(f"s{scale}/restore/pinned-j{jobs}",
+                                   f"client pinned to 1 core: pg_restore -j{jobs} of the -f file",
+                                   dbname, expected,
+                                   self.pg_restore(f"--jobs={jobs}", str(seek), pin=cpu))
+            m.note = f"taskset -c {cpu}; server on all {self.cores} cores"
 
     # -- a whole scale --
 
@@ -814,6 +844,7 @@ class Bench:
         self.restore_plain(f"s{scale}/restore/seek-j2",
                            "pg_restore -j2 of a -Z0 dump file written with -f (has offsets)",
                            scratch, expected, self.pg_restore("--jobs=2", str(seek)))
+        self.restore_pinned(scale, scratch, expected, seek)
         seek.unlink(missing_ok=True)
         if not self.args.skip_legacy:
             # The old dump, stored the old way (no manifest), restored through db-backup.
@@ -940,7 +971,7 @@ def restore_report(bench: Bench, scales: list[int]) -> None:
     plain_parallel = dec.value(stat) + j2.value(stat) if dec and j2 and j2.samples else float("nan")
     rrows = []
     for key in ("old-j1", "stream", "parallel", "auto", "legacy", "plain-stream", "pipe-j2",
-                "seek-j1", "seek-j2"):
+                "seek-j1", "seek-j2", "pinned-j1", "pinned-j2"):
         m = ms.get(f"{p}/restore/{key}")
         if m is None or not m.samples:
             continue
@@ -1044,6 +1075,17 @@ def recommend(bench: Bench, scales: list[int]) -> None:
                       f"{ratio(j2.value(stat), seek.value(stat))}")
         else:
             print(f"  {j2.note}")
+        pin1, pin2 = ms.get(f"{p}/restore/pinned-j1"), ms.get(f"{p}/restore/pinned-j2")
+        seek1 = ms.get(f"{p}/restore/seek-j1")
+        if pin1 and pin2 and pin1.samples and pin2.samples:
+            free = (f" (client unpinned: -j2 {seek.value(stat):.2f}s vs -j1 "
+                    f"{seek1.value(stat):.2f}s = {ratio(seek.value(stat), seek1.value(stat))})"
+                    if seek and seek1 and seek.samples and seek1.samples else "")
+            print(f"  client on 1 core (server free on all {bench.cores} cores): pg_restore -j2 "
+                  f"{pin2.value(stat):.2f}s vs -j1 {pin1.value(stat):.2f}s = "
+                  f"{ratio(pin2.value(stat), pin1.value(stat))}{free}")
+        elif bench.pinned_skip:
+            print(f"  client on 1 core: not measured: {bench.pinned_skip}")
     rows = []
     auto_picks: dict[int, str] = {}
     for scale in scales:
