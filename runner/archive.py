@@ -54,36 +54,51 @@ class _Reader:
     def __init__(self, f: BufferedIOBase) -> None:
         self.f = f
         self.int_size = 4
+        self.size = f.seek(0, os.SEEK_END)
+        f.seek(0)
 
-    def bytes(self, n: int) -> bytes:
+    def read(self, n: int) -> bytes:
         data = self.f.read(n)
         if len(data) != n:
             raise ArchiveLayoutUnknown(f"archive ends early at byte {self.f.tell()}")
         return data
 
     def byte(self) -> int:
-        return self.bytes(1)[0]
+        return self.read(1)[0]
 
-    def int(self) -> int:
-        raw = self.bytes(1 + self.int_size)
+    def integer(self) -> int:
+        raw = self.read(1 + self.int_size)
         value = int.from_bytes(raw[1:], "little")
         if raw[0] not in (0, 1):
             raise ArchiveLayoutUnknown(f"bad integer sign byte {raw[0]} at byte {self.f.tell() - len(raw)}")
         return -value if raw[0] else value
 
-    def str(self) -> str | None:
-        length = self.int()
+    def string(self) -> str | None:
+        length = self.integer()
         if length < 0:
             return None
-        if length > 1 << 30:
-            raise ArchiveLayoutUnknown(f"implausible string length {length}")
-        return self.bytes(length).decode("utf-8", "replace")
+        return self.read(self._bounded(length)).decode("utf-8", "replace")
+
+    def skip_str(self) -> bool:
+        """Step over a string without reading it (a view's definition can be long); False if NULL."""
+        length = self.integer()
+        if length >= 0:
+            self.skip(length)
+        return length >= 0
+
+    def skip(self, length: int) -> None:
+        self.f.seek(self._bounded(length), os.SEEK_CUR)
+
+    def _bounded(self, length: int) -> int:
+        if length > self.size - self.f.tell():
+            raise ArchiveLayoutUnknown(f"a length of {length} at byte {self.f.tell()} runs past the end of the archive")
+        return length
 
 
 def read_toc(f: BufferedIOBase) -> Toc:
     """Header and TOC of a custom-format archive; the file is left at the first data block."""
     r = _Reader(f)
-    if r.bytes(5) != MAGIC:
+    if r.read(5) != MAGIC:
         raise ArchiveLayoutUnknown("not a custom-format archive")
     version = (r.byte(), r.byte(), r.byte())
     if not OLDEST <= version[:2] <= NEWEST:
@@ -95,63 +110,77 @@ def read_toc(f: BufferedIOBase) -> Toc:
     if not 1 <= r.int_size <= 8 or not 1 <= off_size <= 8:
         raise ArchiveLayoutUnknown(f"unexpected integer size {r.int_size} or offset size {off_size}")
     # 1.15 (PostgreSQL 16) names the algorithm in one byte; before, a gzip level (0 = none).
-    compressed = (r.byte() if version[:2] >= (1, 15) else r.int()) != 0
+    compressed = (r.byte() if version[:2] >= (1, 15) else r.integer()) != 0
     for _ in range(7):  # creation time
-        r.int()
+        r.integer()
     for _ in range(3):  # database name, server version, pg_dump version
-        r.str()
+        r.skip_str()
     entries = []
-    for _ in range(r.int()):
-        dump_id = r.int()
-        r.int()  # had a data dumper
-        r.str(), r.str()  # catalog ids
-        r.str()  # tag
-        desc = r.str() or ""
-        r.int()  # section
+    for _ in range(r.integer()):
+        dump_id = r.integer()
+        r.integer()  # had a data dumper
+        for _ in range(3):  # catalog ids, tag
+            r.skip_str()
+        desc = r.string() or ""
+        r.integer()  # section
         for _ in range(6 if version[:2] >= (1, 14) else 5):  # definition, drop, copy, namespace, tablespace, table AM
-            r.str()
+            r.skip_str()
         if version[:2] >= (1, 16):
-            r.int()  # relkind
-        r.str(), r.str()  # owner, "with oids"
-        while r.str() is not None:  # dependencies
+            r.integer()  # relkind
+        r.skip_str(), r.skip_str()  # owner, "with oids"
+        while r.skip_str():  # dependencies
             pass
         offset_field = f.tell()
         state = r.byte()
-        r.bytes(off_size)
+        r.skip(off_size)
         if state not in (OFFSET_NOT_SET, OFFSET_SET, NO_DATA):
             raise ArchiveLayoutUnknown(f"unknown data offset state {state} for entry {dump_id}")
         entries.append(TocEntry(dump_id, desc, offset_field, state))
     return Toc(version, r.int_size, off_size, compressed, f.tell(), tuple(entries))
 
 
-def _find(f: BufferedIOBase, needle: bytes, start: int) -> int:
-    """Position of the first `needle` at or after `start`, read in windows (bounded memory)."""
-    keep = len(needle) - 1
-    buf = bytearray(keep + WINDOW)
-    view = memoryview(buf)
-    f.seek(start)
-    base, carried = start, 0  # file position of buf[carried]; bytes carried over from the last window
-    while True:
-        got = f.readinto(view[carried:])
-        if not got:
-            raise ArchiveLayoutUnknown("a data block has no end marker")
-        hit = buf.find(needle, 0, carried + got)
-        if hit >= 0:
-            return base - carried + hit
-        tail = min(keep, carried + got)
-        buf[:tail] = buf[carried + got - tail:carried + got]
-        base += got
-        carried = tail
+class _Finder:
+    """Finds a byte string from a file position on, in windows that start small and grow.
+
+    Most tables are small, so the first window is 64 KiB; big ones read up to 8 MiB at a time.
+    One buffer serves every search (bounded memory, no allocation per table).
+    """
+
+    FIRST = 64 << 10
+
+    def __init__(self, f: BufferedIOBase, needle: bytes) -> None:
+        self.f = f
+        self.needle = needle
+        self.buf = bytearray(len(needle) - 1 + WINDOW)
+        self.view = memoryview(self.buf)
+
+    def find(self, start: int) -> int:
+        keep = len(self.needle) - 1
+        buf, window = self.buf, self.FIRST
+        self.f.seek(start)
+        base, carried = start, 0  # file position of buf[carried]; bytes carried over from the last window
+        while True:
+            got = self.f.readinto(self.view[carried:carried + window])
+            if not got:
+                raise ArchiveLayoutUnknown("a data block has no end marker")
+            hit = buf.find(self.needle, 0, carried + got)
+            if hit >= 0:
+                return base - carried + hit
+            tail = min(keep, carried + got)
+            buf[:tail] = buf[carried + got - tail:carried + got]
+            base += got
+            carried = tail
+            window = min(window * 2, WINDOW)
 
 
 def _skip_chunks(r: _Reader) -> None:
-    while (length := r.int()) != 0:
+    while (length := r.integer()) != 0:
         if length < 0:
             raise ArchiveLayoutUnknown(f"negative chunk length at byte {r.f.tell()}")
-        r.f.seek(length, os.SEEK_CUR)
+        r.skip(length)
 
 
-def _skip_table_data(r: _Reader, toc: Toc) -> None:
+def _skip_table_data(r: _Reader, toc: Toc, finder: _Finder) -> None:
     if toc.compressed:
         _skip_chunks(r)
         return
@@ -159,13 +188,13 @@ def _skip_table_data(r: _Reader, toc: Toc) -> None:
     # writes a chunk per row, too many to hop one by one. A chunk header is a zero sign byte and a
     # non-zero length, so it holds at most int_size NULs in a row: the first run of 1 + int_size
     # NULs is the block's end marker (a zero length).
-    end = b"\0" * (1 + r.int_size)
-    r.f.seek(_find(r.f, end, r.f.tell()) + len(end))
+    end = finder.needle
+    r.f.seek(finder.find(r.f.tell()) + len(end))
 
 
 def _skip_blobs(r: _Reader) -> None:
-    # Large objects are binary: walk them (each one's chunks are up to 32 KB).
-    while r.int() != 0:  # the object's OID; zero ends the block
+    # Large objects are binary: walk them (pg_dump writes each one in chunks of a few KB).
+    while r.integer() != 0:  # the object's OID; zero ends the block
         _skip_chunks(r)
 
 
@@ -173,21 +202,21 @@ def data_blocks(f: BufferedIOBase, toc: Toc) -> dict[int, int]:
     """dumpId -> position of its data block, from one pass over the data section."""
     r = _Reader(f)
     r.int_size = toc.int_size
-    size = f.seek(0, os.SEEK_END)
+    finder = _Finder(f, b"\0" * (1 + toc.int_size))
     f.seek(toc.data_start)
     found: dict[int, int] = {}
-    while (pos := f.tell()) < size:
-        kind, dump_id = r.byte(), r.int()
+    while (pos := f.tell()) < r.size:
+        kind, dump_id = r.byte(), r.integer()
         if dump_id in found:
             raise ArchiveLayoutUnknown(f"two data blocks for entry {dump_id}")
         found[dump_id] = pos
         if kind == BLK_DATA:
-            _skip_table_data(r, toc)
+            _skip_table_data(r, toc, finder)
         elif kind == BLK_BLOBS:
             _skip_blobs(r)
         else:
             raise ArchiveLayoutUnknown(f"unknown data block type {kind} at byte {pos}")
-    if f.tell() != size:
+    if f.tell() != r.size:
         raise ArchiveLayoutUnknown("the last data block runs past the end of the archive")
     return found
 
@@ -204,7 +233,8 @@ def fill_offsets(path: Path) -> int:
             with_data = {e.dump_id for e in toc.entries if e.state != NO_DATA}
             if not set(blocks) <= with_data:
                 raise ArchiveLayoutUnknown("a data block belongs to no TOC entry with data")
-        except ArchiveLayoutUnknown as exc:
+        except (ArchiveLayoutUnknown, OSError, ValueError) as exc:
+            # Only an optimisation: pg_restore reads the archive either way.
             log.warning("data offsets not written (%s); pg_restore -j will scan the archive instead", exc)
             return 0
         written = 0
@@ -215,5 +245,4 @@ def fill_offsets(path: Path) -> int:
             f.seek(entry.offset_field)
             f.write(bytes([OFFSET_SET]) + pos.to_bytes(toc.off_size, "little"))
             written += 1
-    log.debug("wrote %d data offsets into %s", written, path.name)
     return written

@@ -293,7 +293,8 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
             # Verify before touching any database: a damaged download changes nothing.
             path, actual, size = _download(store, entry, Path(work), conn)
             _check_digest(entry, actual, size, where)
-            archive.fill_offsets(path)
+            if indexed := archive.fill_offsets(path):
+                log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
         with postgres.connect(admin_conn) as admin:
             like = postgres.database_info(admin, conn.dbname)
             postgres.drop_database(admin, fresh)  # a leftover of an interrupted restore

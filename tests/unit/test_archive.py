@@ -99,6 +99,20 @@ def test_a_row_of_exactly_16_mib_does_not_end_its_block(tmp_path: Path) -> None:
     assert offsets_in(path)[4] == (archive.OFFSET_SET, built.offsets[4])
 
 
+def test_many_small_tables_and_one_bigger_than_the_search_window(tmp_path: Path) -> None:
+    # 10 MiB of rows: the search window grows from 64 KiB to 8 MiB and the end marker lies beyond it.
+    big = [b"%d\t%s\n" % (i, b"y" * 97) for i in range(100_000)]
+    blocks = [(10 + i, archive.BLK_DATA, ROWS[: 1 + i % 3]) for i in range(300)]
+    blocks.insert(150, (5, archive.BLK_DATA, big))
+    built = build((1, 15, 0), blocks)
+    path = tmp_path / "a.dump"
+    path.write_bytes(built.data)
+
+    assert archive.fill_offsets(path) == 301
+    found = offsets_in(path)
+    assert {i: found[i] for i in built.offsets} == {i: (archive.OFFSET_SET, o) for i, o in built.offsets.items()}
+
+
 def test_large_objects_and_compressed_chunks_are_walked_not_searched(tmp_path: Path) -> None:
     # Binary bytes that look like an end marker followed by another block's header.
     decoy = b"\0\0\0\0\0" + bytes([archive.BLK_DATA]) + w_int(4) + b"\0" * 40
