@@ -12,9 +12,9 @@ compressible rows), and measures, in the same run and on the same data:
   uploading the finished dump file), plus the same backup into a local folder (no S3 emulator);
 * restore: db-backup (stream and parallel modes, and an old dump as a legacy backup) versus plain
   ``pg_restore`` of the same dump, ``pg_restore -j1`` of the old way's dump, and a restore floor
-  (``pg_restore -j1`` of an uncompressed dump file); ``pg_restore -j1`` and ``-j2`` of that file with
-  the client pinned to one core (``taskset``) and the server free, as a 1-vCPU task restoring
-  into a multi-core RDS server;
+  (``pg_restore -j1`` of an uncompressed dump file); ``pg_restore -j1`` and ``-j2`` of that file,
+  and db-backup's stream and parallel restores, with the client pinned to one core (``taskset``)
+  and the server free, as a 1-vCPU task restoring into a multi-core RDS server;
 * whether ``pg_restore -j2`` works on a pipe-written archive (``pg_dump -Fc -Z0 | zstd``) after
   decompression to a file, and how long it takes versus streaming;
 * peak RSS of the db-backup Python process itself (not its pg_dump/zstd/pg_restore children);
@@ -550,17 +550,23 @@ class Bench:
         env.update(extra or {})
         return env
 
-    def db_backup(self, argv: list[str], extra_env: dict[str, str] | None = None
-                  ) -> tuple[Sample, str]:
-        """Run the CLI (console entry point, wrapped to report its own VmHWM)."""
+    def db_backup(self, argv: list[str], extra_env: dict[str, str] | None = None,
+                  pin: int | None = None) -> tuple[Sample, str]:
+        """Run the CLI (console entry point, wrapped to report its own VmHWM).
+
+        pin = a CPU to run it on (``taskset -c``): the CLI and every child it starts (download,
+        zstd, pg_restore and its workers) inherit the affinity. taskset execs the interpreter, so
+        VmHWM is still the db-backup process's own.
+        """
+        taskset = ["taskset", "-c", str(pin)] if pin is not None else []
         rss_file = self.work / f"rss-{uuid.uuid4().hex[:8]}"
         env = self.db_backup_env(extra_env)
         env["BENCH_RSS_FILE"] = str(rss_file)
         # cwd: `python -c` puts the working directory first on sys.path; outside the repo,
         # PYTHONPATH (e.g. a scratch copy of runner/) is honoured.
         sample, proc = measured(lambda: subprocess.run(
-            [self.python, "-c", RSS_WRAPPER, *argv], env=env, capture_output=True, text=True,
-            timeout=3600, check=False, cwd=self.work))
+            [*taskset, self.python, "-c", RSS_WRAPPER, *argv], env=env, capture_output=True,
+            text=True, timeout=3600, check=False, cwd=self.work))
         if proc.returncode != 0:
             raise BenchError(f"db-backup {shlex.join(argv)} exited {proc.returncode}:\n"
                              f"{tail(proc.stderr)}")
@@ -682,7 +688,7 @@ class Bench:
     # -- restores --
 
     def restore_cli(self, scale: int, compression: str, mode: str, expected: dict[str, int],
-                    key: str, label: str, repeat: int) -> Measure:
+                    key: str, label: str, repeat: int, pin: int | None = None) -> Measure:
         m = self.measure(key, label)
         dest = f"restored_s{scale}"
         url = f"postgresql://postgres@127.0.0.1:{self.cluster.port}/{dest}"
@@ -691,7 +697,8 @@ class Bench:
             self.cluster.drop_db(dest)
             self.cluster.settle()
             sample, out = self.db_backup(
-                ["restore", ident(scale, compression), "--from", ENV_NAME, "--to-url", url], extra)
+                ["restore", ident(scale, compression), "--from", ENV_NAME, "--to-url", url], extra,
+                pin=pin)
             m.samples.append(sample)
             # "... (125.7 MB, 9.6s, parallel -j2, sha256 verified)": the mode it chose
             details = out.rsplit("(", 1)[-1].split(",")
@@ -736,11 +743,15 @@ class Bench:
 
     def restore_pinned(self, scale: int, dbname: str, expected: dict[str, int],
                        seek: Path) -> None:
-        """pg_restore -j1 and -j2 of the -f file with the client on one core, the server not.
+        """Restores with the client on one core, the server not.
 
-        The production case: a 1-vCPU task restoring into a multi-core database server. taskset
-        pins pg_restore, and its forked workers inherit the affinity; the PostgreSQL server was
-        started by this (unpinned) process, so its backends may use every core.
+        pg_restore -j1 and -j2 of the -f file, then db-backup's own restore of the default backup
+        in stream and parallel mode. The production case: a 1-vCPU task restoring into a
+        multi-core database server. taskset pins pg_restore (or the db-backup CLI), and every
+        child and forked worker inherits the affinity; the PostgreSQL server and the in-process
+        moto S3 server were started by this (unpinned) process, so they may use every core. The
+        engine counts the cores it may run on, so its parallel mode still runs its minimum of
+        pg_restore -j2 on the one core.
         """
         if not shutil.which("taskset"):
             self.pinned_skip = "taskset (util-linux) is not installed"
@@ -757,6 +768,13 @@ class Bench:
                                    dbname, expected,
                                    self.pg_restore(f"--jobs={jobs}", str(seek), pin=cpu))
             m.note = f"taskset -c {cpu}; server on all {self.cores} cores"
+        default = self.default
+        for mode in ("stream", "parallel"):
+            m = self.restore_cli(scale, default, mode, expected, f"s{scale}/restore/pinned-{mode}",
+                                 f"db-backup restore {default} ({mode}), client pinned to 1 core",
+                                 self.repeat, pin=cpu)
+            # m.note is what db-backup reported ("stream", "parallel -j2")
+            m.note = f"{m.note}; taskset -c {cpu}; server + S3 on all {self.cores} cores"
 
     # -- a whole scale --
 
@@ -971,7 +989,8 @@ def restore_report(bench: Bench, scales: list[int]) -> None:
     plain_parallel = dec.value(stat) + j2.value(stat) if dec and j2 and j2.samples else float("nan")
     rrows = []
     for key in ("old-j1", "stream", "parallel", "auto", "legacy", "plain-stream", "pipe-j2",
-                "seek-j1", "seek-j2", "pinned-j1", "pinned-j2"):
+                "seek-j1", "seek-j2", "pinned-j1", "pinned-j2", "pinned-stream",
+                "pinned-parallel"):
         m = ms.get(f"{p}/restore/{key}")
         if m is None or not m.samples:
             continue
@@ -1084,7 +1103,16 @@ def recommend(bench: Bench, scales: list[int]) -> None:
             print(f"  client on 1 core (server free on all {bench.cores} cores): pg_restore -j2 "
                   f"{pin2.value(stat):.2f}s vs -j1 {pin1.value(stat):.2f}s = "
                   f"{ratio(pin2.value(stat), pin1.value(stat))}{free}")
-        elif bench.pinned_skip:
+        ds, dp = ms.get(f"{p}/restore/pinned-stream"), ms.get(f"{p}/restore/pinned-parallel")
+        us, up = ms.get(f"{p}/restore/stream"), ms.get(f"{p}/restore/parallel")
+        if ds and dp and ds.samples and dp.samples:
+            free = (f" (client unpinned: parallel {up.value(stat):.2f}s vs stream "
+                    f"{us.value(stat):.2f}s = {ratio(up.value(stat), us.value(stat))})"
+                    if us and up and us.samples and up.samples else "")
+            used = dp.note.split(";")[0].strip() or "parallel"  # e.g. "parallel -j2"
+            print(f"  db-backup on 1 core: {used} {dp.value(stat):.2f}s vs stream "
+                  f"{ds.value(stat):.2f}s = {ratio(dp.value(stat), ds.value(stat))}{free}")
+        if bench.pinned_skip:
             print(f"  client on 1 core: not measured: {bench.pinned_skip}")
     rows = []
     auto_picks: dict[int, str] = {}
