@@ -198,12 +198,21 @@ MIN_RESTORE_JOBS = 2
 
 
 def restore_jobs(settings: Settings) -> int:
-    """pg_restore -j. Its workers mostly wait on the database server, so a one-core client runs two.
+    """pg_restore -j when a restore runs in parallel: its workers mostly wait on the server.
 
     Measured (bench/RESULTS.md): pg_restore pinned to one core, the server free on two: -j2 took
-    0.71x the time of -j1. A Fargate task of 1 vCPU restoring into a bigger RDS server is that case.
+    0.71x the time of -j1, so even a one-core client runs two.
     """
     return settings.restore_jobs or max(MIN_RESTORE_JOBS, _cores())
+
+
+def _use_parallel(entry: BackupEntry, settings: Settings, jobs: int) -> bool:
+    if settings.restore_mode != "auto":
+        return settings.restore_mode == "parallel"
+    # On one core the download, decompression and offsets run one after another before pg_restore
+    # starts, while streaming overlaps them with the server's work: pinned to one core, db-backup's
+    # parallel restore took 1.23x the time of its stream (bench/RESULTS.md).
+    return _cores() > 1 and jobs > 1 and _worth_parallel(entry, settings)
 
 
 def _check_digest(entry: BackupEntry, actual: str, size: int, where: str) -> None:
@@ -281,7 +290,7 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
     previous = postgres.derived_name(conn.dbname, "__previous")
     pg_restore = postgres.find_tool("pg_restore")
     jobs = restore_jobs(settings)
-    parallel = settings.restore_mode == "parallel" or (settings.restore_mode == "auto" and jobs > 1 and _worth_parallel(entry, settings))
+    parallel = _use_parallel(entry, settings, jobs)
     if parallel and not _fits_on_disk(entry, settings.work_dir):
         log.warning("not enough free disk for a parallel restore's copy of %s; streaming instead", entry.id)
         parallel = False

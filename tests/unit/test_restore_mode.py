@@ -62,3 +62,14 @@ def test_restore_jobs_follow_the_server_not_only_the_clients_cores(monkeypatch: 
     monkeypatch.setattr(jobs, "_cores", lambda: 8)
     assert jobs.restore_jobs(Settings()) == 8
     assert jobs.restore_jobs(Settings(restore_jobs=3)) == 3
+
+
+def test_auto_streams_on_a_one_core_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = entry(208 << 20, 600 << 20)
+    monkeypatch.setattr(jobs, "_cores", lambda: 1)
+    assert not jobs._use_parallel(big, Settings(), jobs.restore_jobs(Settings()))
+    assert jobs._use_parallel(big, Settings(restore_mode="parallel"), 2)  # forced: runs with -j2
+    monkeypatch.setattr(jobs, "_cores", lambda: 2)
+    assert jobs._use_parallel(big, Settings(), jobs.restore_jobs(Settings()))
+    assert not jobs._use_parallel(big, Settings(restore_jobs=1), 1)
+    assert not jobs._use_parallel(big, Settings(restore_mode="stream"), 2)
