@@ -253,23 +253,36 @@ def _download(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connec
 LEGACY_PARALLEL_MIN_BYTES = 64 << 20
 
 
+def _pg_dump_compressed(entry: BackupEntry) -> bool:
+    """pg_dump compressed the archive itself (gzip): the local copy is the stored file as it is."""
+    m = entry.manifest
+    return m is not None and m.compressed_by == "pg_dump" and m.compression.startswith("gzip")
+
+
 def _worth_parallel(entry: BackupEntry, settings: Settings) -> bool:
     """Measured (bench/RESULTS.md): -j pays off for big dumps, once each table's data can be sought.
 
-    Old-system dumps were written to files and carry data offsets: with two cores -j2 beat -j1
-    already at 120 MB. Dumps streamed by db-backup get their offsets written after the download
-    (runner/archive.py); the threshold is on the uncompressed size, which is the restore's work.
+    Old-system dumps (pg_dump's gzip, written to files with data offsets): -j2 beat -j1 already at
+    120 MB, each worker decompressing its own tables. db-backup's gzip dumps are the same archives
+    once their offsets are written (runner/archive.py), so the same rule applies. For zstd and
+    uncompressed dumps the threshold is on the uncompressed size, which is the restore's work.
     """
-    if entry.manifest is None:
+    if entry.manifest is None or _pg_dump_compressed(entry):
         return entry.size_bytes >= LEGACY_PARALLEL_MIN_BYTES
     raw = entry.manifest.uncompressed_bytes
     return raw is not None and raw >= settings.parallel_threshold_mb << 20
 
 
 def _fits_on_disk(entry: BackupEntry, work_dir: Path | None) -> bool:
-    """The parallel copy is the uncompressed archive; without a known size assume 5x the stored one."""
-    raw = entry.manifest.uncompressed_bytes if entry.manifest else None
-    needed = raw if raw is not None else entry.size_bytes * 5
+    """Room for the local copy: the uncompressed archive, or for pg_dump's gzip the stored file.
+
+    Without a manifest the container is unknown until the first bytes arrive: assume 5x.
+    """
+    if _pg_dump_compressed(entry):
+        needed = entry.size_bytes
+    else:
+        raw = entry.manifest.uncompressed_bytes if entry.manifest else None
+        needed = raw if raw is not None else entry.size_bytes * 5
     free = shutil.disk_usage(work_dir or tempfile.gettempdir()).free
     return needed + (256 << 20) <= free
 

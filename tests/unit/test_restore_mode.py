@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 
 import pytest
@@ -14,10 +15,11 @@ from runner.storage import BackupEntry, Manifest
 WHEN = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def entry(size: int, raw: int | None, manifest: bool = True) -> BackupEntry:
+def entry(size: int, raw: int | None, manifest: bool = True, compression: str = "zstd:3") -> BackupEntry:
     m = Manifest(
         identifier="a", env="b", id="2026-01-01_00-00-00", key="k", created_at=WHEN, duration_s=1.0, size_bytes=size,
-        sha256="0" * 64, format="custom", compression="zstd:3", compressed_by="zstd", pg_dump_version="15",
+        sha256="0" * 64, format="custom", compression=compression,
+        compressed_by="zstd" if compression.startswith("zstd") else "pg_dump", pg_dump_version="15",
         server_version="15", database="d", tool_version="0", uncompressed_bytes=raw,
     )
     return BackupEntry("2026-01-01_00-00-00", "k", WHEN, size, m if manifest else None)
@@ -29,7 +31,12 @@ def test_auto_rule() -> None:
     assert _worth_parallel(entry(117 * mb, 519 * mb), settings)  # mixed data: -j2 13% faster than streaming
     assert _worth_parallel(entry(208 * mb, 600 * mb), settings)  # the data: -j2 2-5% faster
     assert not _worth_parallel(entry(4 * mb, 30 * mb), settings)  # small: within noise, no temp copy
-    assert not _worth_parallel(entry(300 * mb, None), settings)  # pg_dump-compressed: work unknown
+    assert not _worth_parallel(entry(300 * mb, None), settings)  # zstd without a recorded size: unknown work
+    # pg_dump's own gzip, like the old system's dumps once the offsets are written: by stored size.
+    assert _worth_parallel(entry(118 * mb, None, compression="gzip:6"), settings)
+    assert not _worth_parallel(entry(10 * mb, None, compression="gzip:6"), settings)
+    assert not _worth_parallel(entry(100 * mb, 100 * mb, compression="none"), settings)  # by uncompressed size
+    assert _worth_parallel(entry(300 * mb, 300 * mb, compression="none"), settings)
     assert _worth_parallel(entry(118 * mb, None, manifest=False), settings)  # old-system file dump, has offsets
     assert not _worth_parallel(entry(10 * mb, None, manifest=False), settings)
     assert not _worth_parallel(entry(126 * mb, 519 * mb), Settings(parallel_threshold_mb=768))
@@ -43,6 +50,10 @@ def test_parallel_needs_room_for_the_uncompressed_copy(tmp_path: object) -> None
     assert _fits_on_disk(entry(1 << 20, 10 << 20), Path(str(tmp_path)))
     assert not _fits_on_disk(entry(1 << 20, 1 << 60), Path(str(tmp_path)))
     assert not _fits_on_disk(entry(1 << 58, None, manifest=False), Path(str(tmp_path)))
+    # A gzip archive is copied as stored: it needs its own size, not 5x.
+    free = shutil.disk_usage(str(tmp_path)).free
+    assert _fits_on_disk(entry(free // 2, None, compression="gzip:6"), Path(str(tmp_path)))
+    assert not _fits_on_disk(entry(free // 2, None, compression="zstd:3"), Path(str(tmp_path)))
 
 
 def test_part_sizes_stay_flat_then_reach_far() -> None:
