@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark of db-backup against the old system's way (issues 2 and 6). Not a test.
 
-One run starts its own throwaway PostgreSQL cluster and an in-process moto S3 server, builds a
+One run starts its own throwaway PostgreSQL cluster and an in-process moto S3 server (or, with
+``--pg-url`` and ``--s3-bucket``, uses an existing server such as RDS and real S3), builds a
 pgbench database plus a table of text at each requested scale (``--data issue``, the default:
 random md5 hex, the data of the issue's reference table; ``--data mixed``: realistic, partly
 compressible rows), and measures, in the same run and on the same data:
@@ -50,6 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "bench-bucket"
@@ -60,6 +62,7 @@ FALLBACK_DEFAULT = "zstd:1"  # if the engine cannot be asked for its default
 RSS_LIMIT_MB = 150.0
 CHECK_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "bench_docs")
 DATA_PROFILES = ("issue", "mixed")  # how bench_docs is filled (--data); the first is the default
+S3_PREFIX_ROOT = "db-backup-bench"  # --s3-bucket: everything goes under ROOT/<run-id>/ by default
 
 # Runs the db-backup console entry point and, at exit, writes the process's own peak RSS
 # (VmHWM of /proc/self/status, KiB) to $BENCH_RSS_FILE. VmHWM belongs to the process's own
@@ -154,14 +157,28 @@ def run_pipeline(stages: Sequence[Sequence[str]], env: dict[str, str], sink: Any
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 
-def pg_bindir(given: str | None) -> Path:
+def pg_bindir(given: str | None, server: bool = True) -> Path:
+    """Where the PostgreSQL programs are: --pg-bindir, else the newest /usr/lib/postgresql/*/bin.
+
+    server=True (the bench's own cluster) needs initdb/pg_ctl there. server=False (--pg-url) only
+    needs the client tools (pg_dump, pg_restore, pgbench): a client-only install (e.g. Debian's
+    postgresql-client-NN) has them in /usr/lib/postgresql/NN/bin too, and with nothing there the
+    directory of pg_dump on PATH is used (Cluster.tool falls back to PATH for each tool).
+    """
     if given:
         return Path(given)
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+    program = "pg_ctl" if server else "pg_dump"
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"),
                    key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
-    if not found:
+    if found:
+        return Path(found[-1]).parent
+    if server:
         raise BenchError("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin; pass --pg-bindir")
-    return Path(found[-1]).parent
+    on_path = shutil.which("pg_dump")
+    if not on_path:
+        raise BenchError("pg_dump is not installed (neither in /usr/lib/postgresql/*/bin nor on "
+                         "PATH); install the PostgreSQL client tools or pass --pg-bindir")
+    return Path(on_path).parent
 
 
 def as_postgres(argv: list[str]) -> list[str]:
@@ -170,6 +187,12 @@ def as_postgres(argv: list[str]) -> list[str]:
 
 class Cluster:
     """A throwaway cluster: password (scram) auth over TCP on 127.0.0.1, fsync off."""
+
+    external = False
+    host = "127.0.0.1"
+    user = "postgres"
+    password: str | None = PG_PASSWORD
+    sslmode: str | None = None
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
@@ -209,20 +232,45 @@ class Cluster:
             self.started = False
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def describe(self) -> str:
+        return (f"throwaway cluster started by the bench (initdb + pg_ctl, 127.0.0.1, "
+                f"{self.bindir}; fsync=off full_page_writes=off synchronous_commit=off)")
+
+    def url(self, dbname: str) -> str:
+        """postgresql:// URL of a database on this server, without the password."""
+        query = f"?sslmode={self.sslmode}" if self.sslmode else ""
+        return f"postgresql://{quote(self.user, safe='')}@{self.host}:{self.port}/{dbname}{query}"
+
     def env(self, dbname: str = "postgres") -> dict[str, str]:
         env = dict(os.environ)
-        env.update(PGHOST="127.0.0.1", PGPORT=str(self.port), PGUSER="postgres",
-                   PGPASSWORD=PG_PASSWORD, PGDATABASE=dbname)
+        env.update(PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user, PGDATABASE=dbname)
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        if self.sslmode:
+            env["PGSSLMODE"] = self.sslmode
         return env
 
     def tool(self, name: str) -> str:
-        return str(self.bindir / name)
+        candidate = self.bindir / name
+        if candidate.exists() or not self.external:
+            return str(candidate)
+        found = shutil.which(name)  # a client-only install: the tool on PATH
+        if not found:
+            raise BenchError(f"{name} is not installed (not in {self.bindir} nor on PATH)")
+        return found
 
     def connect(self, dbname: str = "postgres") -> Any:
         import psycopg
 
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres",
-                               password=PG_PASSWORD, dbname=dbname, autocommit=True)
+        kwargs: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user,
+                                  "dbname": dbname, "autocommit": True}
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.sslmode:
+            kwargs["sslmode"] = self.sslmode
+        if self.external:
+            kwargs["connect_timeout"] = 15
+        return psycopg.connect(**kwargs)
 
     def execute(self, statement: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
         with self.connect(dbname) as conn:
@@ -249,6 +297,176 @@ class Cluster:
     def settle(self) -> None:
         """Before each timed step: no dirty buffers or pending writeback from the previous one."""
         self.execute("CHECKPOINT")
+        os.sync()
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """--pg-url, parsed; the password comes from PGPASSWORD or the password file, never the URL."""
+
+    host: str
+    port: int
+    user: str
+    dbname: str
+    sslmode: str | None
+    password: str | None = field(repr=False)
+    password_from: str  # where the password came from, for the header (never the password)
+
+    def url(self) -> str:
+        query = f"?sslmode={self.sslmode}" if self.sslmode else ""
+        return f"postgresql://{quote(self.user, safe='')}@{self.host}:{self.port}/{self.dbname}{query}"
+
+
+def pgpass_lookup(host: str, port: int, dbname: str, user: str) -> tuple[str | None, str]:
+    """The password libpq would take from PGPASSFILE or ~/.pgpass for this connection."""
+    path = Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass")
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None, ""
+    if mode & 0o077:
+        log(f"warning: {path} is readable by group or others; ignored, as libpq ignores it "
+            "(chmod 0600 it)")
+        return None, ""
+    wanted = (host, str(port), dbname, user)
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields: list[str] = []
+        current: list[str] = []
+        escaped = False
+        for char in line:
+            if escaped:
+                current.append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == ":" and len(fields) < 4:
+                fields.append("".join(current))
+                current = []
+            else:
+                current.append(char)
+        fields.append("".join(current))
+        if len(fields) == 5 and all(f in ("*", w) for f, w in zip(fields[:4], wanted, strict=True)):
+            return fields[4], str(path)
+    return None, ""
+
+
+def parse_pg_url(url: str) -> PgTarget:
+    """postgresql://USER@HOST:PORT/DBNAME[?sslmode=...]; a password in it is refused."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if parts.password is not None or "password" in query:
+        raise BenchError("--pg-url must not contain a password (it would land in shell history "
+                         "and in the printed command); put it in PGPASSWORD or ~/.pgpass")
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise BenchError("--pg-url must look like postgresql://USER@HOST:PORT/DBNAME")
+    unknown = sorted(set(query) - {"sslmode"})
+    if unknown:
+        raise BenchError(f"--pg-url: unsupported parameter(s) {', '.join(unknown)}; only sslmode")
+    try:
+        port = parts.port or 5432
+    except ValueError as exc:
+        raise BenchError("--pg-url has an invalid port") from exc
+    host = unquote(parts.hostname)
+    user = (unquote(parts.username) if parts.username
+            else os.environ.get("PGUSER") or os.environ.get("USER") or "postgres")
+    dbname = unquote(parts.path.lstrip("/")) or "postgres"
+    sslmode = query.get("sslmode", [""])[0] or os.environ.get("PGSSLMODE") or None
+    password, source = os.environ.get("PGPASSWORD"), "PGPASSWORD"
+    if password is None:
+        password, source = pgpass_lookup(host, port, dbname, user)
+    return PgTarget(host, port, user, dbname, sslmode, password,
+                    source or "none found (PGPASSWORD unset, no matching password file entry)")
+
+
+class ExternalServer(Cluster):
+    """An existing server (--pg-url), e.g. RDS. Nothing of the server is started, stopped or
+    configured: the bench creates its databases in it (it needs CREATEDB) and, at the end, also
+    on an error, Ctrl-C or SIGTERM, drops exactly the databases it created. It refuses to start if
+    one of those names already exists, so it never drops a database it did not create."""
+
+    external = True
+
+    def __init__(self, bindir: Path, target: PgTarget, planned: Sequence[str]) -> None:
+        self.bindir = bindir
+        self.target = target
+        self.host, self.port, self.user = target.host, target.port, target.user
+        self.password, self.sslmode = target.password, target.sslmode
+        self.planned = list(dict.fromkeys(planned))
+        self.owned: list[str] = []  # databases this run may create, dropped by stop()
+        self.can_checkpoint = True
+        self.version = ""
+        self.started = False
+
+    def describe(self) -> str:
+        return (f"external server {self.target.url()} (password from {self.target.password_from}); "
+                f"pg_ctl, runuser and the bench cluster's fsync=off settings: n/a (external "
+                f"server); client tools from {self.bindir}")
+
+    def start(self) -> None:
+        import psycopg
+
+        try:
+            with self.connect(self.target.dbname) as conn:
+                version, number, createdb = conn.execute(
+                    "SELECT current_setting('server_version'), "
+                    "current_setting('server_version_num')::int, rolcreatedb OR rolsuper "
+                    "FROM pg_roles WHERE rolname = current_user").fetchone()
+                existing = [r[0] for r in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname = ANY(%s) ORDER BY 1",
+                    (self.planned,))]
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BenchError(f"cannot connect to {self.target.url()}: {first}") from exc
+        self.version = str(version)
+        if not createdb:
+            raise BenchError(f"user {self.user} may not create databases on {self.host}; the "
+                             "bench needs CREATEDB (ALTER ROLE ... CREATEDB)")
+        if existing:
+            raise BenchError(f"database(s) {', '.join(existing)} already exist on {self.host}; "
+                             "the bench creates and drops these names itself and will not touch "
+                             "existing ones: drop them (left by a killed run?) or use another "
+                             "server")
+        out = subprocess.run([self.tool("pg_dump"), "--version"], capture_output=True, text=True,
+                             check=False, timeout=30).stdout.split()
+        client = int(out[-1].split(".")[0]) if out and out[-1].split(".")[0].isdigit() else 0
+        if client and client < int(number) // 10000:
+            raise BenchError(f"pg_dump {out[-1]} is older than the server ({self.version}); "
+                             "install newer client tools or pass --pg-bindir")
+        self.owned = list(self.planned)
+        self.started = True
+
+    def stop(self) -> None:
+        """Drop every database this run created (IF EXISTS: some never were)."""
+        if not self.started:
+            return
+        self.started = False
+        failed = []
+        for name in self.owned:
+            try:
+                self.drop_db(name)
+            except Exception as exc:  # report every leftover, then go on
+                failed.append(f"{name} ({str(exc).strip().splitlines()[0] if str(exc) else exc!r})")
+        if failed:
+            print(f"WARNING: could not drop on {self.host}: {'; '.join(failed)}; drop them by hand",
+                  file=sys.stderr, flush=True)
+        else:
+            log(f"dropped the bench's databases on {self.host} (if they existed): "
+                f"{', '.join(self.owned)}")
+
+    def settle(self) -> None:
+        """CHECKPOINT when the user may (superuser or pg_checkpoint); local writeback always."""
+        import psycopg
+
+        if self.can_checkpoint:
+            try:
+                self.execute("CHECKPOINT")
+            except psycopg.errors.InsufficientPrivilege:
+                self.can_checkpoint = False
+                log(f"  CHECKPOINT before each step: n/a (user {self.user} lacks the privilege; "
+                    "needs pg_checkpoint on PostgreSQL 15+)")
         os.sync()
 
 
@@ -358,7 +576,55 @@ def make_database(cluster: Cluster, dbname: str, scale: int, text_rows: int,
 # --- S3 ------------------------------------------------------------------------------------------
 
 
-class Moto:
+class S3Base:
+    """What the bench needs of S3: its keys all go under `root` in `bucket`."""
+
+    emulated = True  # is there an emulator whose CPU the "cpu S3" column measures?
+    label = "moto"
+    bucket = BUCKET
+    root = ""  # key prefix of everything this run writes ("" or "a/b/")
+    region = "us-east-1"
+    _client: Any = None
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3", region_name=self.region)
+        return self._client
+
+    def storage_url(self) -> str:
+        """targets.yaml `storage:`, s3://BUCKET[/PREFIX] (the engine keys PREFIX/ID/ENV/...)."""
+        return f"s3://{self.bucket}" + (f"/{self.root.rstrip('/')}" if self.root else "")
+
+    def key(self, relative: str) -> str:
+        return self.root + relative
+
+    def objects(self, prefix: str) -> list[tuple[str, int]]:
+        """(full key, size) under root + prefix."""
+        found: list[tuple[str, int]] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.root + prefix):
+            found.extend((o["Key"], int(o["Size"])) for o in page.get("Contents", []))
+        return sorted(found)
+
+    def delete_prefix(self, prefix: str, keep: Sequence[str] = ()) -> None:
+        for key, _size in self.objects(prefix):
+            if key not in keep:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+class Moto(S3Base):
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
 
@@ -366,6 +632,9 @@ class Moto:
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._client: Any = None
+
+    def describe(self) -> str:
+        return f"moto S3 emulator in the bench process, s3://{BUCKET}"
 
     def start(self) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log lines
@@ -381,38 +650,103 @@ class Moto:
         with contextlib.suppress(Exception):
             self.server.stop()
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
 
-            self._client = boto3.client("s3", region_name="us-east-1")
-        return self._client
+class RealS3(S3Base):
+    """A real bucket (--s3-bucket): boto3's default credential chain and region, no endpoint
+    override, and the environment left as it is (the db-backup children inherit it). Everything
+    goes under a prefix that must be empty at the start, so everything under it at the end was
+    written by this run: stop() deletes exactly that and aborts its multipart uploads."""
 
-    def objects(self, prefix: str) -> list[tuple[str, int]]:
-        found = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
-                                                                            Prefix=prefix):
-            found.extend((o["Key"], int(o["Size"])) for o in page.get("Contents", []))
-        return sorted(found)
+    emulated = False
+    label = "S3"
 
-    def delete_prefix(self, prefix: str, keep: Sequence[str] = ()) -> None:
-        for key, _size in self.objects(prefix):
-            if key not in keep:
-                self.client.delete_object(Bucket=BUCKET, Key=key)
+    def __init__(self, bucket: str, prefix: str) -> None:
+        self.bucket = bucket
+        self.root = prefix.strip("/") + "/"
+        self.region = ""
+        self._client = None
+        self.started = False
+
+    def describe(self) -> str:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        inherited = f"; AWS_ENDPOINT_URL from the environment: {endpoint}" if endpoint else ""
+        return (f"s3://{self.bucket}/{self.root} (boto3 default credentials and region, no "
+                f"endpoint override{inherited}); cpu S3: n/a (no emulator to measure)")
+
+    def uploads(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.root):
+            found.extend((u["Key"], u["UploadId"]) for u in page.get("Uploads", []))
+        return found
+
+    def start(self) -> None:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        probe = boto3.client("s3", region_name=boto3.session.Session().region_name or "us-east-1")
+        try:
+            head = probe.head_bucket(Bucket=self.bucket)
+            headers = head.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            self.region = (head.get("BucketRegion") or headers.get("x-amz-bucket-region")
+                           or probe.meta.region_name)
+            self._client = None
+            present, pending = self.objects(""), self.uploads()
+        except (BotoCoreError, ClientError) as exc:
+            raise BenchError(f"cannot use s3://{self.bucket}/{self.root}: {exc}") from exc
+        if present or pending:
+            raise BenchError(f"s3://{self.bucket}/{self.root} is not empty ({len(present)} "
+                             f"objects, {len(pending)} multipart uploads); the bench deletes "
+                             "everything under its prefix at the end, so it needs an empty one: "
+                             "choose another --s3-prefix")
+        self.started = True
+
+    def stop(self) -> None:
+        """Delete what this run wrote (everything under the prefix) and abort its uploads."""
+        if not self.started:
+            return
+        self.started = False
+        where = f"s3://{self.bucket}/{self.root}"
+        try:
+            aborted = 0
+            for key, upload_id in self.uploads():
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                   UploadId=upload_id)
+                aborted += 1
+            keys = [k for k, _size in self.objects("")]
+            for start in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[start:start + 1000]]
+                answer = self.client.delete_objects(Bucket=self.bucket,
+                                                    Delete={"Objects": batch, "Quiet": True})
+                if answer.get("Errors"):
+                    error = answer["Errors"][0]
+                    raise BenchError(f"{error.get('Key')}: {error.get('Code')} "
+                                     f"{error.get('Message', '')}".strip())
+            left, pending = self.objects(""), self.uploads()
+        except Exception as exc:  # never hide the run's own error
+            print(f"WARNING: cleaning up {where} failed: {exc}; delete it by hand",
+                  file=sys.stderr, flush=True)
+            return
+        if left or pending:
+            print(f"WARNING: {where} still holds {len(left)} objects and {len(pending)} "
+                  "multipart uploads (written during the cleanup?); delete them by hand",
+                  file=sys.stderr, flush=True)
+        else:
+            log(f"S3 cleanup: deleted {len(keys)} objects and aborted {aborted} multipart "
+                f"uploads under {where}; nothing is left there")
 
 
-def helper_upload(path: str, key: str) -> None:
+def helper_upload(path: str, bucket: str, region: str, key: str) -> None:
     """The old system's upload: boto3 upload_file with its default transfer settings."""
     import boto3
 
-    boto3.client("s3").upload_file(path, BUCKET, key)
+    boto3.client("s3", region_name=region).upload_file(path, bucket, key)
 
 
-def helper_download(key: str, path: str) -> None:
+def helper_download(bucket: str, region: str, key: str, path: str) -> None:
     import boto3
 
-    boto3.client("s3").download_file(BUCKET, key, path)
+    boto3.client("s3", region_name=region).download_file(bucket, key, path)
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -425,6 +759,7 @@ class Sample:
     wall: float
     cpu_tools: float  # CPU seconds of every child process reaped during the step (and theirs)
     cpu_s3: float  # CPU seconds of this process during the step: the in-process moto S3 server
+    #                (with real S3, --s3-bucket, meaningless: reported as n/a)
     rss_kib: int | None = None  # peak RSS of the db-backup process (VmHWM), when it ran
 
 
@@ -470,11 +805,12 @@ class Measure:
         peaks = [s.rss_kib for s in self.samples if s.rss_kib]
         return max(peaks) / 1024 if peaks else None
 
-    def as_json(self, stat: str) -> dict[str, Any]:
+    def as_json(self, stat: str, s3_cpu: bool = True) -> dict[str, Any]:
         return {"name": self.name, "value": round(self.value(stat), 3), "size": self.size,
                 "rss_mb": None if self.rss_mb is None else round(self.rss_mb, 1), "note": self.note,
                 "samples": [{"wall": round(s.wall, 3), "cpu_tools": round(s.cpu_tools, 3),
-                             "cpu_s3": round(s.cpu_s3, 3), "rss_kib": s.rss_kib}
+                             "cpu_s3": round(s.cpu_s3, 3) if s3_cpu else None,
+                             "rss_kib": s.rss_kib}
                             for s in self.samples]}
 
 
@@ -504,10 +840,10 @@ def ident(scale: int, compression: str) -> str:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, cluster: Cluster, moto: Moto, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, cluster: Cluster, s3: S3Base, work: Path) -> None:
         self.args = args
         self.cluster = cluster
-        self.moto = moto
+        self.s3 = s3
         self.work = work
         self.python = venv_python()
         self.targets_file = work / "targets.yaml"
@@ -522,17 +858,22 @@ class Bench:
     # -- plumbing --
 
     def _target_lines(self, scale: int, identifier: str, compression: str) -> list[str]:
+        # The password is only ever an env: reference; its value reaches the child in the
+        # environment (BENCH_PGPASSWORD, see db_backup_env), never in argv or this file.
+        c = self.cluster
+        password = '"env:BENCH_PGPASSWORD"' if c.password is not None else "null"
         return [
             f"  - identifier: {identifier}", f"    env: {ENV_NAME}", f"    compression: {compression}",
-            "    database:", "      host: 127.0.0.1", f"      port: {self.cluster.port}",
-            f"      name: bench_s{scale}", "      user: postgres",
-            '      password: "env:BENCH_PGPASSWORD"',
+            "    database:", f"      host: {json.dumps(c.host)}", f"      port: {c.port}",
+            f"      name: bench_s{scale}", f"      user: {json.dumps(c.user)}",
+            f"      password: {password}",
+            *([f"      sslmode: {json.dumps(c.sslmode)}"] if c.sslmode else []),
         ]
 
     def write_targets(self, scales: Sequence[int]) -> None:
-        head = ["version: 1", "defaults:", "  storage: {storage}", "  region: us-east-1",
+        head = ["version: 1", "defaults:", "  storage: {storage}", f"  region: {self.s3.region}",
                 "environments:", f"  {ENV_NAME}: {{}}", "targets:"]
-        s3 = [line.replace("{storage}", f"s3://{BUCKET}") for line in head]
+        s3 = [line.replace("{storage}", self.s3.storage_url()) for line in head]
         folder = [line.replace("{storage}", f"file://{self.work / 'folder-store'}") for line in head]
         for scale in scales:
             for compression in self.args.compressions:
@@ -545,8 +886,12 @@ class Bench:
     def db_backup_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("GITHUB_", "PG")) and k != "DB_BACKUP_TARGETS"}
-        env.update(BENCH_PGPASSWORD=PG_PASSWORD, DB_BACKUP_PG_BINDIR=str(self.cluster.bindir),
+        # With moto, os.environ holds its endpoint and fake credentials (Moto.start); with real
+        # S3 it is the caller's own environment, passed through untouched.
+        env.update(DB_BACKUP_PG_BINDIR=str(self.cluster.bindir),
                    DB_BACKUP_TARGETS=str(self.targets_file))
+        if self.cluster.password is not None:
+            env["BENCH_PGPASSWORD"] = self.cluster.password
         env.update(extra or {})
         return env
 
@@ -579,6 +924,25 @@ class Bench:
                                          env=self.db_backup_env(), timeout=3600))
         return sample
 
+    def upload(self, path: Path, key: str) -> Sample:
+        """The old way's upload_file of `path` to `key` (relative to the run's S3 prefix)."""
+        return self.helper("_upload", str(path), self.s3.bucket, self.s3.region, self.s3.key(key))
+
+    def download(self, key: str, path: Path) -> Sample:
+        """download_file of a full key (as objects() and latest_key() return them)."""
+        return self.helper("_download", self.s3.bucket, self.s3.region, key, str(path))
+
+    def server_where(self, s3: bool = False) -> str:
+        """Where the database server (and the S3 side) ran, for the pinned-restore notes."""
+        server = "server external" if self.cluster.external else f"server on all {self.cores} cores"
+        if not s3:
+            return server
+        if not self.s3.emulated:
+            return f"{server}; real S3"
+        if self.cluster.external:
+            return f"server external; moto S3 on all {self.cores} cores"
+        return f"server + S3 on all {self.cores} cores"
+
     def measure(self, key: str, name: str) -> Measure:
         self.measures[key] = self.measures.get(key) or Measure(name)
         return self.measures[key]
@@ -609,12 +973,12 @@ class Bench:
             self.cluster.settle()
             d, _ = measured(lambda: run([self.cluster.tool("pg_dump"), "-Fc", "-f", str(path)],
                                         env=self.cluster.env(dbname)))
-            u = self.helper("_upload", str(path), f"old-way/s{scale}/{attempt}.dump")
+            u = self.upload(path, f"old-way/s{scale}/{attempt}.dump")
             dump.samples.append(d)
             upload.samples.append(u)
             total.samples.append(Sample(d.wall + u.wall, d.cpu_tools + u.cpu_tools,
                                         d.cpu_s3 + u.cpu_s3))
-            self.moto.delete_prefix(f"old-way/s{scale}/")
+            self.s3.delete_prefix(f"old-way/s{scale}/")
             log(f"  old way: dump {d.wall:.1f}s + upload {u.wall:.1f}s = {d.wall + u.wall:.1f}s")
         total.size = dump.size = path.stat().st_size
         return path
@@ -626,13 +990,13 @@ class Bench:
             self.cluster.settle()
             sample, _out = self.db_backup(["backup", target, ENV_NAME])
             m.samples.append(sample)
-            dumps = [(k, s) for k, s in self.moto.objects(f"{target}/") if k.endswith(".dump")]
+            dumps = [(k, s) for k, s in self.s3.objects(f"{target}/") if k.endswith(".dump")]
             m.size = dumps[-1][1]
             # keep only the newest backup (and its manifest) in the in-memory S3
-            self.moto.delete_prefix(f"{target}/", keep=[dumps[-1][0], dumps[-1][0] + ".json"])
+            self.s3.delete_prefix(f"{target}/", keep=[dumps[-1][0], dumps[-1][0] + ".json"])
             log(f"  db-backup {compression}: {sample.wall:.1f}s, {mib(m.size)}, "
                 f"rss {(sample.rss_kib or 0) / 1024:.0f} MB, cpu tools {sample.cpu_tools:.1f}s "
-                f"s3 {sample.cpu_s3:.1f}s")
+                f"s3 {f'{sample.cpu_s3:.1f}s' if self.s3.emulated else 'n/a'}")
         return m
 
     def backup_to_folder(self, scale: int) -> None:
@@ -658,7 +1022,7 @@ class Bench:
             m.samples.append(sample)
 
     def latest_key(self, scale: int, compression: str) -> str:
-        dumps = [k for k, _ in self.moto.objects(f"{ident(scale, compression)}/")
+        dumps = [k for k, _ in self.s3.objects(f"{ident(scale, compression)}/")
                  if k.endswith(".dump")]
         return dumps[-1]
 
@@ -670,7 +1034,7 @@ class Bench:
         upload = self.measure(f"s{scale}/floor-upload/{compression}",
                               f"floor: upload_file of the finished {compression} dump")
         local = self.work / f"floor-s{scale}.dump"
-        self.helper("_download", self.latest_key(scale, compression), str(local))
+        self.download(self.latest_key(scale, compression), local)
         for attempt in range(self.repeat):
             self.cluster.settle()
             with open(os.devnull, "wb") as sink:
@@ -678,9 +1042,9 @@ class Bench:
                                                                sink))
             dump.samples.append(d)
             self.cluster.settle()
-            u = self.helper("_upload", str(local), f"floor/s{scale}/{attempt}.dump")
+            u = self.upload(local, f"floor/s{scale}/{attempt}.dump")
             upload.samples.append(u)
-            self.moto.delete_prefix(f"floor/s{scale}/")
+            self.s3.delete_prefix(f"floor/s{scale}/")
             log(f"  floor {compression}: dump to /dev/null {d.wall:.1f}s, upload {u.wall:.1f}s")
         dump.size = upload.size = local.stat().st_size
         local.unlink(missing_ok=True)
@@ -691,8 +1055,10 @@ class Bench:
                     key: str, label: str, repeat: int, pin: int | None = None) -> Measure:
         m = self.measure(key, label)
         dest = f"restored_s{scale}"
-        url = f"postgresql://postgres@127.0.0.1:{self.cluster.port}/{dest}"
-        extra = {"DB_BACKUP_RESTORE_MODE": mode, "PGPASSWORD": PG_PASSWORD}
+        url = self.cluster.url(dest)  # no password in it: PGPASSWORD in the child's environment
+        extra = {"DB_BACKUP_RESTORE_MODE": mode}
+        if self.cluster.password is not None:
+            extra["PGPASSWORD"] = self.cluster.password
         for _ in range(repeat):
             self.cluster.drop_db(dest)
             self.cluster.settle()
@@ -767,14 +1133,14 @@ class Bench:
                                    f"client pinned to 1 core: pg_restore -j{jobs} of the -f file",
                                    dbname, expected,
                                    self.pg_restore(f"--jobs={jobs}", str(seek), pin=cpu))
-            m.note = f"taskset -c {cpu}; server on all {self.cores} cores"
+            m.note = f"taskset -c {cpu}; {self.server_where()}"
         default = self.default
         for mode in ("stream", "parallel"):
             m = self.restore_cli(scale, default, mode, expected, f"s{scale}/restore/pinned-{mode}",
                                  f"db-backup restore {default} ({mode}), client pinned to 1 core",
                                  self.repeat, pin=cpu)
             # m.note is what db-backup reported ("stream", "parallel -j2")
-            m.note = f"{m.note}; taskset -c {cpu}; server + S3 on all {self.cores} cores"
+            m.note = f"{m.note}; taskset -c {cpu}; {self.server_where(s3=True)}"
 
     # -- a whole scale --
 
@@ -802,7 +1168,7 @@ class Bench:
                 if compression in self.args.floors:
                     self.floor(scale, dbname, compression)
                 if compression != default:
-                    self.moto.delete_prefix(f"{ident(scale, compression)}/")
+                    self.s3.delete_prefix(f"{ident(scale, compression)}/")
             self.backup_to_folder(scale)
             if not self.args.skip_restores:
                 self.restores_full(scale, expected, old_dump)
@@ -811,11 +1177,11 @@ class Bench:
             # Other sizes: peak RSS of every command, and the two restore modes (one run each).
             for compression in (default, "none"):
                 self.backup(scale, compression, 1)
-            self.moto.delete_prefix(f"{ident(scale, 'none')}/")
+            self.s3.delete_prefix(f"{ident(scale, 'none')}/")
             for mode in () if self.args.skip_restores else ("stream", "parallel", "auto"):
                 self.restore_cli(scale, default, mode, expected, f"s{scale}/restore/{mode}",
                                  f"db-backup restore {default} ({mode})", self.args.repeat_other)
-        self.moto.delete_prefix(f"{ident(scale, default)}/")
+        self.s3.delete_prefix(f"{ident(scale, default)}/")
         self.cluster.drop_db(dbname)
 
     def restores_full(self, scale: int, expected: dict[str, int], old_dump: Path) -> None:
@@ -829,7 +1195,7 @@ class Bench:
         # The same (pipe-written) zstd:1 dump restored by plain tools.
         zst = self.work / f"pipe-s{scale}.dump.zst"
         raw = self.work / f"pipe-s{scale}.dump"
-        self.helper("_download", self.latest_key(scale, default), str(zst))
+        self.download(self.latest_key(scale, default), zst)
         self.restore_plain(f"s{scale}/restore/plain-stream",
                            f"zstd -dc | pg_restore (same {default} dump)", scratch, expected,
                            lambda db: [["zstd", "-d", "-q", "-c"], *self.pg_restore()(db)],
@@ -867,10 +1233,10 @@ class Bench:
         if not self.args.skip_legacy:
             # The old dump, stored the old way (no manifest), restored through db-backup.
             legacy = ident(scale, "legacy")
-            self.helper("_upload", str(old_dump), f"{legacy}/{ENV_NAME}/2020-01-01_00-00-00.dump")
+            self.upload(old_dump, f"{legacy}/{ENV_NAME}/2020-01-01_00-00-00.dump")
             self.restore_cli(scale, "legacy", "auto", expected, f"s{scale}/restore/legacy",
                              "db-backup restore of the old dump (legacy, auto)", self.repeat)
-            self.moto.delete_prefix(f"{legacy}/")
+            self.s3.delete_prefix(f"{legacy}/")
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -927,18 +1293,24 @@ def report(bench: Bench, scales: list[int]) -> list[Target]:
         print(f"scale {scale} ({bench.args.data} data): database {mib(info['size_bytes'])} "
               f"(uncompressed custom dump {mib(info['raw_dump_bytes'])}); rows: "
               + ", ".join(f"{k} {v:,}" for k, v in info["counts"].items()))
+    s3_text = ("cpu S3 = CPU s of the moto S3 emulator (same 2 cores)" if bench.s3.emulated
+               else "cpu S3 = n/a (real S3: no emulator to measure)")
+    server_text = ("the PostgreSQL server's CPU is in neither" if not bench.cluster.external
+                   else "the PostgreSQL server's CPU (external server) is in neither")
     print(f"Times in seconds: the {stat} of {bench.repeat} run(s) at scale {scales[0]}, all runs in "
           f"[brackets]; other scales: backups once, restores {bench.args.repeat_other}x.\nSizes in MiB. cpu tools = CPU s of the command and "
-          "its children (pg_dump, zstd, ...); cpu S3 = CPU s of the moto S3 emulator (same 2 "
-          "cores);\nthe PostgreSQL server's CPU is in neither. RSS = peak (VmHWM) of the db-backup "
-          "process itself, in MiB.")
+          f"its children (pg_dump, zstd, ...); {s3_text};\n{server_text}. RSS = peak (VmHWM) "
+          "of the db-backup process itself, in MiB.")
+
+    def cpu_s3(m: Measure | None) -> str:
+        return fmt_cpu(m, stat, "cpu_s3") if bench.s3.emulated else "n/a"
 
     old = ms[f"{p}/old"]
     old_t, old_size = old.value(stat), old.size or 0
     print(f"\nBACKUP at scale {scales[0]}: old way = pg_dump -Fc (gzip:6) to a file "
           f"{fmt_t(ms[p + '/old/dump'], stat)}s + upload_file {fmt_t(ms[p + '/old/upload'], stat)}s")
     rows = [["old way (gzip:6, file + upload_file)", fmt_t(old, stat), "1.00x", mib(old_size),
-             "1.00x", "-", "-", fmt_cpu(old, stat, "cpu_tools"), fmt_cpu(old, stat, "cpu_s3"), "-"]]
+             "1.00x", "-", "-", fmt_cpu(old, stat, "cpu_tools"), cpu_s3(old), "-"]]
     for compression in bench.args.compressions:
         m = ms.get(f"{p}/backup/{compression}")
         if m is None:
@@ -948,7 +1320,7 @@ def report(bench: Bench, scales: list[int]) -> list[Target]:
         rows.append([label, fmt_t(m, stat), ratio(m.value(stat), old_t), mib(m.size or 0),
                      ratio(m.size or 0, old_size), f"{floor:.2f}" if floor == floor else "-",
                      ratio(m.value(stat), floor), fmt_cpu(m, stat, "cpu_tools"),
-                     fmt_cpu(m, stat, "cpu_s3"), fmt_rss(m)])
+                     cpu_s3(m), fmt_rss(m)])
     print(table(rows, ["backup", "time", "t/old", "size", "size/old", "floor", "t/floor",
                        "cpu tools", "cpu S3", "RSS"]))
     print("  floor = max(pipeline > /dev/null, upload_file of the finished dump), measured for: "
@@ -959,13 +1331,15 @@ def report(bench: Bench, scales: list[int]) -> list[Target]:
         (f"{p}/startup", "db-backup start-up (`db-backup targets`: interpreter, imports)"),
         (f"{p}/floor-dump/{default}", f"floor 1: {ms[f'{p}/floor-dump/{default}'].name[7:]}"
          if f"{p}/floor-dump/{default}" in ms else ""),
-        (f"{p}/floor-upload/{default}", "floor 2: upload_file of the finished dump to moto"),
-        (f"{p}/backup-folder/{default}", "db-backup to a local folder (no S3 emulator)"),
-        (f"{p}/backup/{default}", "db-backup to S3 (moto)"),
+        (f"{p}/floor-upload/{default}",
+         f"floor 2: upload_file of the finished dump to {bench.s3.label}"),
+        (f"{p}/backup-folder/{default}", "db-backup to a local folder (no S3 "
+         + ("emulator)" if bench.s3.emulated else "upload)")),
+        (f"{p}/backup/{default}", "db-backup to S3" + (" (moto)" if bench.s3.emulated else "")),
     ]
     floor = floor_of(ms, p, default, stat)
     drows = [[label, fmt_t(ms.get(k), stat), ratio(ms[k].value(stat), floor) if k in ms else "-",
-              fmt_cpu(ms.get(k), stat, "cpu_tools"), fmt_cpu(ms.get(k), stat, "cpu_s3")]
+              fmt_cpu(ms.get(k), stat, "cpu_tools"), cpu_s3(ms.get(k))]
              for k, label in parts if k in ms]
     print(table(drows, ["step", "time", "t/floor", "cpu tools", "cpu S3"]))
 
@@ -1100,7 +1474,9 @@ def recommend(bench: Bench, scales: list[int]) -> None:
             free = (f" (client unpinned: -j2 {seek.value(stat):.2f}s vs -j1 "
                     f"{seek1.value(stat):.2f}s = {ratio(seek.value(stat), seek1.value(stat))})"
                     if seek and seek1 and seek.samples and seek1.samples else "")
-            print(f"  client on 1 core (server free on all {bench.cores} cores): pg_restore -j2 "
+            server = ("server external" if bench.cluster.external
+                      else f"server free on all {bench.cores} cores")
+            print(f"  client on 1 core ({server}): pg_restore -j2 "
                   f"{pin2.value(stat):.2f}s vs -j1 {pin1.value(stat):.2f}s = "
                   f"{ratio(pin2.value(stat), pin1.value(stat))}{free}")
         ds, dp = ms.get(f"{p}/restore/pinned-stream"), ms.get(f"{p}/restore/pinned-parallel")
@@ -1141,7 +1517,9 @@ def recommend(bench: Bench, scales: list[int]) -> None:
             verdict = "parallel is >5% slower somewhere: prefer stream at those sizes"
         else:
             verdict = "within +-5% at every measured size: the mode hardly matters here"
-        print(f"  {verdict} ({bench.cores} cores, database server on the same cores).")
+        where = ("external database server" if bench.cluster.external
+                 else "database server on the same cores")
+        print(f"  {verdict} ({bench.cores} cores, {where}).")
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -1246,7 +1624,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-legacy", action="store_true",
                         help="skip restoring the old dump through db-backup")
     parser.add_argument("--pg-bindir", help="PostgreSQL bin directory (default: the newest "
-                        "/usr/lib/postgresql/*/bin)")
+                        "/usr/lib/postgresql/*/bin; with --pg-url client tools suffice, and "
+                        "PATH is used if none are there)")
+    parser.add_argument("--pg-url", help="use this existing server (e.g. RDS) instead of starting "
+                        "a cluster: postgresql://USER@HOST:PORT/DBNAME[?sslmode=require]. The "
+                        "password comes from PGPASSWORD or ~/.pgpass, never the URL. The user "
+                        "needs CREATEDB; the bench creates bench_sN, restored_sN and plain_sN "
+                        "and drops them at the end")
+    parser.add_argument("--s3-bucket", help="use this real S3 bucket (boto3's default "
+                        "credentials and region, no endpoint override) instead of moto")
+    parser.add_argument("--s3-prefix", help="with --s3-bucket: key prefix for everything the "
+                        f"bench writes; must be empty; default {S3_PREFIX_ROOT}/<run-id>/. "
+                        "Deleted at the end")
     parser.add_argument("--workdir", help="where dump files go (default: a new temp dir)")
     parser.add_argument("--json", dest="json_out", help="also write every number to this file")
     args = parser.parse_args(argv)
@@ -1254,6 +1643,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.compressions = [c.strip() for c in args.compressions.split(",") if c.strip()]
     if args.repeat < 1 or args.repeat_other < 1 or not args.scales:
         parser.error("--repeat must be >= 1 and --scales must name at least one scale")
+    if args.s3_prefix is not None and not args.s3_bucket:
+        parser.error("--s3-prefix needs --s3-bucket")
+    if args.s3_bucket:
+        run_id = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        prefix = f"{S3_PREFIX_ROOT}/{run_id}" if args.s3_prefix is None else args.s3_prefix
+        args.s3_prefix = prefix.strip("/")
+        if not args.s3_prefix:
+            parser.error("--s3-prefix must not be empty: the bench deletes everything under it")
     return args
 
 
@@ -1263,12 +1660,13 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_upload"]:
-        helper_upload(argv[1], argv[2])
+        helper_upload(*argv[1:5])
         return 0
     if argv[:1] == ["_download"]:
-        helper_download(argv[1], argv[2])
+        helper_download(*argv[1:5])
         return 0
     args = parse_args(argv)
+    pg_target = parse_pg_url(args.pg_url) if args.pg_url else None  # refuses a password first
     args.default = engine_default_compression()
     if args.default not in args.compressions:
         args.compressions.insert(0, args.default)
@@ -1277,11 +1675,17 @@ def main(argv: list[str]) -> int:
     args.floors = [c for c in args.compressions if c in floors]
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
-    for tool in ("zstd", "runuser" if os.geteuid() == 0 else "true"):
+    for tool in ("zstd", "runuser" if os.geteuid() == 0 and pg_target is None else "true"):
         if not shutil.which(tool):
             raise BenchError(f"{tool} is not installed")
     started = time.perf_counter()
-    bindir = pg_bindir(args.pg_bindir)
+    bindir = pg_bindir(args.pg_bindir, server=pg_target is None)
+    # The databases the bench creates: with --pg-url, exactly these are dropped at the end.
+    planned = [f"{kind}_s{scale}" for scale in args.scales
+               for kind in ("bench", "restored", "plain")]
+    cluster = (Cluster(bindir) if pg_target is None
+               else ExternalServer(bindir, pg_target, planned))
+    s3: S3Base = RealS3(args.s3_bucket, args.s3_prefix) if args.s3_bucket else Moto()
     print("db-backup benchmark (issues 2 and 6)")
     print(f"date:     {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
     print(f"command:  {shlex.join(['.venv/bin/python', *sys.argv])}")
@@ -1292,16 +1696,24 @@ def main(argv: list[str]) -> int:
           f"default compression {args.default}; DB_BACKUP_* set: {tuning or 'none'}")
     print(f"data:     --data {args.data}, pgbench scales {','.join(map(str, args.scales))} + "
           f"{args.text_rows:,} bench_docs rows each")
+    print(f"server:   {cluster.describe()}")
+    print(f"s3:       {s3.describe()}")
     print(flush=True)
     work = Path(tempfile.mkdtemp(prefix="dbbackup-bench-", dir=args.workdir))
-    cluster = Cluster(bindir)
-    moto = Moto()
     code = 1
     try:
         cluster.start()
-        moto.start()
-        log(f"cluster on 127.0.0.1:{cluster.port} ({cluster.root}), moto S3 on {moto.endpoint}")
-        bench = Bench(args, cluster, moto, work)
+        s3.start()
+        if isinstance(cluster, ExternalServer):
+            where = (f"external server {cluster.host}:{cluster.port} (PostgreSQL "
+                     f"{cluster.version}; will drop {', '.join(cluster.owned)})")
+        else:
+            where = f"cluster on 127.0.0.1:{cluster.port} ({cluster.root})"
+        if isinstance(s3, Moto):
+            log(f"{where}, moto S3 on {s3.endpoint}")
+        else:
+            log(f"{where}, S3 {s3.storage_url()}/ (bucket region {s3.region})")
+        bench = Bench(args, cluster, s3, work)
         bench.write_targets(args.scales)
         for index, scale in enumerate(args.scales):
             bench.scale(scale, full=index == 0)
@@ -1310,14 +1722,16 @@ def main(argv: list[str]) -> int:
         if args.json_out:
             Path(args.json_out).write_text(json.dumps({
                 "args": vars(args), "results": bench.results,
-                "measures": {k: m.as_json(args.stat) for k, m in bench.measures.items()},
+                "setup": {"server": cluster.describe(), "s3": s3.describe()},
+                "measures": {k: m.as_json(args.stat, s3.emulated)
+                             for k, m in bench.measures.items()},
                 "targets": [{"issue": t.issue, "text": t.text, "value": t.value,
                              "limit": t.limit, "ok": t.ok} for t in targets],
             }, indent=2, default=str))
         code = 0 if all(t.ok for t in targets) else 3
     finally:
-        moto.stop()
-        cluster.stop()
+        s3.stop()  # moto: stopped; real S3: what this run wrote deleted, its uploads aborted
+        cluster.stop()  # own cluster: stopped and deleted; --pg-url: the bench's databases dropped
         shutil.rmtree(work, ignore_errors=True)
     return code
 
