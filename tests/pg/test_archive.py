@@ -26,7 +26,7 @@ def archived_db(pg: PgCluster, dbname: str) -> str:
     return dbname
 
 
-def pg_env(pg: PgCluster) -> dict[str, str]:
+def tool_env(pg: PgCluster) -> dict[str, str]:
     return {**os.environ, "PGHOST": pg.host, "PGPORT": str(pg.port), "PGUSER": pg.user, "PGPASSWORD": pg.password}
 
 
@@ -34,13 +34,13 @@ def dump(pg: PgCluster, dbname: str, path: Path, compress: int, piped: bool) -> 
     argv = [str(pg.bindir / "pg_dump"), "-Fc", f"--compress={compress}", "-d", dbname]
     if piped:  # what db-backup does: pg_dump's output is a pipe, so it cannot go back and write offsets
         with path.open("wb") as out:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=pg_env(pg))
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=tool_env(pg))
             assert proc.stdout
             while chunk := proc.stdout.read(1 << 16):
                 out.write(chunk)
             assert proc.wait(timeout=120) == 0
     else:
-        subprocess.run([*argv, "-f", str(path)], env=pg_env(pg), check=True, timeout=120)
+        subprocess.run([*argv, "-f", str(path)], env=tool_env(pg), check=True, timeout=120)
     return path
 
 
@@ -71,7 +71,7 @@ def test_pg_restore_j2_restores_everything_from_the_filled_archive(pg: PgCluster
     with pg.connect() as conn:
         conn.execute(f'CREATE DATABASE "{target}"')
     try:
-        subprocess.run([str(pg.bindir / "pg_restore"), "-j2", "-d", target, str(path)], env=pg_env(pg), check=True,
+        subprocess.run([str(pg.bindir / "pg_restore"), "-j2", "-d", target, str(path)], env=tool_env(pg), check=True,
                        timeout=120, capture_output=True)
         assert fingerprint(pg, target) == fingerprint(pg, archived_db)
         query = "SELECT oid, md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY 1"
