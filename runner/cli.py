@@ -15,14 +15,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
+from typer.core import TyperGroup
 
 from . import github, jobs, remote
 from .aws import AwsClients
 from .clock import SystemClock
 from .credentials import parse_url
-from .errors import BadInput, Cancelled, DbBackupError, ExitCode, JobFailed, StaleBackups, TargetsInvalid
+from .errors import BadInput, Cancelled, DbBackupError, ExitCode, Interrupted, JobFailed, StaleBackups, TargetsInvalid
 from .humanize import human_size
 from .settings import GithubEnv, Settings
 from .storage import entry_to_json, list_backups
@@ -30,8 +30,17 @@ from .targets import Registry, Target, load_registry
 
 log = logging.getLogger(__name__)
 
+class _Commands(TyperGroup):
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            # Left alone, typer turns it into a bare exit code 130, which main() would read as success.
+            raise Cancelled(_cancel_reason(exc)) from exc
+
+
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Backups of PostgreSQL databases to S3 or a folder, and safe restores.",
 )
 
@@ -294,16 +303,26 @@ def status(
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
-    raise Cancelled(f"cancelled by {signal.Signals(signum).name}")
+    raise Interrupted(f"cancelled by {signal.Signals(signum).name}")
+
+
+def _cancel_reason(exc: BaseException) -> str:
+    # typer turns an EOF at a prompt into Abort, keeping it as the cause.
+    cause = exc.__cause__ if isinstance(exc, typer.Abort) else exc
+    if isinstance(cause, Interrupted):
+        return str(cause)
+    return "cancelled by SIGINT" if isinstance(cause, KeyboardInterrupt) else "cancelled"
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console entry point: every error becomes one line on stderr and its exit code."""
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
     try:
-        app(args=argv, standalone_mode=False)
-        code = ExitCode.OK
+        returned = app(args=argv, standalone_mode=False)
+        # Outside standalone mode, click and typer hand back an exit code instead of exiting.
+        code = returned if isinstance(returned, int) and returned else ExitCode.OK
     except TargetsInvalid as exc:
         typer.echo(f"error: {exc.path} is not valid ({len(exc.problems)} problems); fix each place below:", err=True)
         for problem in exc.problems:
@@ -314,14 +333,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
             log.exception("traceback")
         typer.echo(f"error: {exc}", err=True)
         code = exc.exit_code
-    except KeyboardInterrupt:
-        typer.echo("error: cancelled by SIGINT", err=True)
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        typer.echo(f"error: {_cancel_reason(exc)}", err=True)
         code = ExitCode.CANCELLED
-    except click.exceptions.Abort:
-        typer.echo("error: cancelled", err=True)
-        code = ExitCode.CANCELLED
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # a usage error: unknown option, missing argument, bad choice
+        where = getattr(getattr(exc, "ctx", None), "command_path", "db-backup")
+        if message := exc.format_message().rstrip("."):  # empty when typer has just shown the help instead
+            typer.echo(f"error: {message}; see `{where} --help`", err=True)
         code = ExitCode.BAD_INPUT
     except Exception as exc:
         if verbose:

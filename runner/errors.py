@@ -74,4 +74,15 @@ class TimedOut(DbBackupError):
 
 
 class Cancelled(DbBackupError):
+    """The outcome of an interrupted job, after its cleanup: what the CLI reports and exits 130 with."""
+
     exit_code = ExitCode.CANCELLED
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by the SIGINT/SIGTERM handler; its message names the signal.
+
+    A BaseException like KeyboardInterrupt on purpose: botocore wraps any Exception raised during
+    a request into a retried HTTPClientError, so a signal that was an Exception vanished whenever it
+    landed mid-request, and psycopg cancels the running query only on a KeyboardInterrupt.
+    """

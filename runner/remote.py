@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TextIO
 
 from . import ecs, github
-from .errors import BadInput, Cancelled, DbBackupError, JobFailed, TimedOut
+from .errors import BadInput, Cancelled, DbBackupError, Interrupted, JobFailed, TimedOut
 from .github import CANCELLED, FAILURE, STARTED, SUCCESS, TIMED_OUT, Report
 from .humanize import human_duration
 from .jobs import BackupResult, RestoreResult, Services, new_request_id
@@ -229,7 +229,7 @@ class _Run:
         try:
             ecs.follow(self.client, self.config.cluster, self.arn, self.clock, self.policy,
                        self.clock.monotonic() + self.policy.stop_wait_s, tick=self.tail.poll if self.tail else lambda: None)
-        except (Cancelled, KeyboardInterrupt):
+        except KeyboardInterrupt:
             return f"; ECS task {ecs.task_id(self.arn)} is stopping"
         except DbBackupError:
             return f"; ECS task {ecs.task_id(self.arn)} is stopping (not yet STOPPED after {self.policy.stop_wait_s:.0f}s)"
@@ -238,8 +238,8 @@ class _Run:
 
     def fail(self, exc: BaseException) -> DbBackupError:
         """Stop what still runs, publish the outcome, and return the error the CLI exits with."""
-        if isinstance(exc, (Cancelled, KeyboardInterrupt)):
-            reason = str(exc) if isinstance(exc, Cancelled) else "cancelled by SIGINT"
+        if isinstance(exc, KeyboardInterrupt):
+            reason = str(exc) if isinstance(exc, Interrupted) else "cancelled by SIGINT"
             note = self._stop_and_wait(f"db-backup runner: {reason}{self._run_note()}")
             error: DbBackupError = Cancelled(f"{reason}{note}")
             result = CANCELLED

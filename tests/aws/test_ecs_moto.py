@@ -134,9 +134,19 @@ def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
         lines.put(line)
 
 
+@pytest.mark.parametrize("moment", ["between polls", "during describe_tasks"])
 def test_sigterm_while_following_stops_the_task_and_exits_130(ecs_world: EcsWorld, fake_fargate: FakeFargate,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path, moment: str) -> None:
+    # "during describe_tasks" holds the first answer until the signal has landed inside the request:
+    # botocore once wrapped that signal into a retried HTTPClientError, and the cancel was lost.
     fake_fargate.mode = "hold"
+    in_request, answer = threading.Event(), threading.Event()
+    if moment == "during describe_tasks":
+        def hold_first(_task: Any, count: int) -> None:
+            if count == 1:
+                in_request.set()
+                answer.wait(timeout=30)
+        fake_fargate.on_describe = hold_first
     targets = ecs_world.targets(BOGUS_DB)
     env = {**fake_fargate.env, "DB_BACKUP_TARGETS": str(targets), "AWS_REGION": REGION,
            "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"), "GITHUB_OUTPUT": str(tmp_path / "output")}
@@ -153,9 +163,16 @@ def test_sigterm_while_following_stops_the_task_and_exits_130(ecs_world: EcsWorl
         while fake_fargate.describes < 1:
             assert time.monotonic() < deadline, "the runner never polled the task"
             time.sleep(0.05)
+        if moment == "during describe_tasks":
+            assert in_request.wait(timeout=30)
+            time.sleep(0.2)  # the runner is now blocked reading the answer
         proc.send_signal(signal.SIGTERM)
+        if moment == "during describe_tasks":
+            time.sleep(0.2)
+            answer.set()
         code = proc.wait(timeout=60)
     finally:
+        answer.set()
         if proc.poll() is None:
             proc.kill()
     assert code == ExitCode.CANCELLED

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from moto.s3.responses import S3Response
 
 from tests.conftest import (
+    DB_BACKUP,
     MotoServer,
     PgCluster,
     backup_with_database_dropped_mid_dump,
@@ -19,6 +24,7 @@ from tests.conftest import (
     fingerprint,
     restore_leftovers,
     run_cli,
+    wait_for,
 )
 
 BUCKET = "agr-db-backups-test"
@@ -151,3 +157,79 @@ def test_legacy_s3_dump_restores_by_id(pg: PgCluster, dbname: str, env: dict[str
     assert result.returncode == 0, result.stderr
     assert fingerprint(pg, f"{dbname}__beta") == fingerprint(pg, dbname)
     assert restore_leftovers(pg) == set()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_dump_aborts_the_upload_and_exits_130(pg: PgCluster, dbname: str, env: dict[str, str],
+                                                         signum: signal.Signals) -> None:
+    # GitHub cancels a job with SIGINT, then SIGTERM; ECS stops a task with SIGTERM.
+    fill_small(pg, dbname, "prod")
+    _ssm_layout(pg, dbname)
+    locker = pg.connect(dbname, autocommit=False)
+    locker.execute("LOCK TABLE marker IN ACCESS EXCLUSIVE MODE")
+    proc = subprocess.Popen([DB_BACKUP, "backup", "app", "production"], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _lock_waiters(pg, dbname) > 0 and bool(_open_uploads()), "pg_dump to block with the upload open")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        locker.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"error: cancelled by {signum.name}"
+    assert _objects() == [] and _open_uploads() == []
+    wait_for(lambda: _sessions(pg, dbname) == 0, "pg_dump's session to end")
+
+
+def test_signal_while_fetching_the_dump_leaves_the_target(pg: PgCluster, dbname: str, env: dict[str, str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # The signal lands inside a boto3 request, which once turned it into a retried HTTP error and lost it.
+    fill_small(pg, dbname, "prod")
+    _ssm_layout(pg, dbname)
+    assert run_cli("backup", "app", "production", env=env).returncode == 0
+    beta = f"{dbname}__beta"
+    before = fingerprint(pg, beta)
+    fetching, release = threading.Event(), threading.Event()
+    original = S3Response._key_response_get
+
+    def stalled_get(self: S3Response, query: dict[str, Any], key_name: str) -> Any:
+        if key_name.endswith(".dump") and not fetching.is_set():
+            fetching.set()
+            release.wait(timeout=60)
+        return original(self, query, key_name)
+
+    monkeypatch.setattr(S3Response, "_key_response_get", stalled_get)
+    proc = subprocess.Popen([DB_BACKUP, "restore", "app", "--from", "production", "--to", "beta"],
+                            env={**os.environ, **env, "DB_BACKUP_RESTORE_MODE": "stream"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(fetching.is_set, "the restore to fetch the dump")
+        wait_for(lambda: bool(restore_leftovers(pg)), "the fresh database to exist")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: cancelled by SIGTERM"
+    assert fingerprint(pg, beta) == before
+    assert restore_leftovers(pg) == set()
+
+
+def _lock_waiters(pg: PgCluster, dbname: str) -> int:
+    with pg.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                           (dbname,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _sessions(pg: PgCluster, dbname: str) -> int:
+    with pg.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                           (dbname,)).fetchone()
+    return int(row[0]) if row else 0

@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from runner import ecs, remote
-from runner.errors import Cancelled, ExitCode, InfraError, JobFailed, TimedOut
+from runner.errors import Cancelled, ExitCode, InfraError, Interrupted, JobFailed, TimedOut
 from runner.jobs import Services
 from runner.logs import LogTail
 from runner.settings import GithubEnv, Settings
@@ -42,7 +42,7 @@ class FakeClock:
         self.t += seconds
         if self.cancel_at is not None and self.t >= self.cancel_at:
             self.cancel_at = None
-            raise Cancelled("cancelled by SIGTERM")
+            raise Interrupted("cancelled by SIGTERM")
 
 
 def client_error(code: str, message: str = "", op: str = "DescribeTasks") -> ClientError:
