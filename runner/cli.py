@@ -22,7 +22,7 @@ from . import github, jobs, remote
 from .aws import AwsClients
 from .clock import SystemClock
 from .credentials import parse_url
-from .errors import BadInput, Cancelled, DbBackupError, ExitCode, Interrupted, JobFailed, StaleBackups, TargetsInvalid
+from .errors import BadInput, Cancelled, DbBackupError, ExitCode, Interrupted, JobFailed, StaleBackups, TargetsInvalid, cancel_reason
 from .humanize import human_size
 from .settings import GithubEnv, Settings
 from .storage import entry_to_json, list_backups
@@ -30,13 +30,14 @@ from .targets import Registry, Target, load_registry
 
 log = logging.getLogger(__name__)
 
+
 class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as exc:
             # Left alone, typer turns it into a bare exit code 130, which main() would read as success.
-            raise Cancelled(_cancel_reason(exc)) from exc
+            raise Cancelled(cancel_reason(exc)) from exc
 
 
 app = typer.Typer(
@@ -309,9 +310,7 @@ def _on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
 def _cancel_reason(exc: BaseException) -> str:
     # typer turns an EOF at a prompt into Abort, keeping it as the cause.
     cause = exc.__cause__ if isinstance(exc, typer.Abort) else exc
-    if isinstance(cause, Interrupted):
-        return str(cause)
-    return "cancelled by SIGINT" if isinstance(cause, KeyboardInterrupt) else "cancelled"
+    return cancel_reason(cause) if isinstance(cause, KeyboardInterrupt) else "cancelled"
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -86,3 +86,8 @@ class Interrupted(KeyboardInterrupt):
     a request into a retried HTTPClientError, so a signal that was an Exception vanished whenever it
     landed mid-request, and psycopg cancels the running query only on a KeyboardInterrupt.
     """
+
+
+def cancel_reason(exc: KeyboardInterrupt) -> str:
+    """`cancelled by SIGTERM` and the like; a bare KeyboardInterrupt came from Python's own SIGINT handling."""
+    return str(exc) if isinstance(exc, Interrupted) and str(exc) else "cancelled by SIGINT"

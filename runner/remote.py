@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TextIO
 
 from . import ecs, github
-from .errors import BadInput, Cancelled, DbBackupError, Interrupted, JobFailed, TimedOut
+from .errors import BadInput, Cancelled, DbBackupError, JobFailed, TimedOut, cancel_reason
 from .github import CANCELLED, FAILURE, STARTED, SUCCESS, TIMED_OUT, Report
 from .humanize import human_duration
 from .jobs import BackupResult, RestoreResult, Services, new_request_id
@@ -239,7 +239,7 @@ class _Run:
     def fail(self, exc: BaseException) -> DbBackupError:
         """Stop what still runs, publish the outcome, and return the error the CLI exits with."""
         if isinstance(exc, KeyboardInterrupt):
-            reason = str(exc) if isinstance(exc, Interrupted) else "cancelled by SIGINT"
+            reason = cancel_reason(exc)
             note = self._stop_and_wait(f"db-backup runner: {reason}{self._run_note()}")
             error: DbBackupError = Cancelled(f"{reason}{note}")
             result = CANCELLED
