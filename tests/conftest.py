@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -282,29 +283,45 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) ->
         time.sleep(0.05)
 
 
-def backup_with_database_dropped_mid_dump(pg: PgCluster, dbname: str, env: dict[str, str], started: Callable[[], bool]) -> tuple[int, str]:
-    """Run `backup app production` while a lock holds pg_dump mid-dump, then drop the database under it."""
-    locker = pg.connect(dbname, autocommit=False)
-    locker.execute("LOCK TABLE marker IN ACCESS EXCLUSIVE MODE")
-    proc = subprocess.Popen([DB_BACKUP, "backup", "app", "production"], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def run_until(argv: list[str], env: dict[str, str], ready: Callable[[], bool], what: str,
+              act: Callable[[subprocess.Popen[str]], object]) -> tuple[int, str]:
+    """Run the CLI, wait (bounded) until `ready`, then `act` on it mid-run; its exit code and stderr."""
+    proc = subprocess.Popen([DB_BACKUP, *argv], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        def dump_waiting() -> bool:
-            with pg.connect() as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", (dbname,)
-                ).fetchone()
-            return bool(row and row[0]) and started()
-
-        wait_for(dump_waiting, "pg_dump to block on its lock with the upload started")
-        pg.drop(dbname)
+        wait_for(ready, what)
+        act(proc)
         _, err = proc.communicate(timeout=120)
     finally:
-        locker.close()
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=30)
     return proc.returncode, err
+
+
+@contextlib.contextmanager
+def table_locked(pg: PgCluster, dbname: str, table: str) -> Iterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock, so a pg_dump of the database blocks on it mid-dump."""
+    locker = pg.connect(dbname, autocommit=False)
+    try:
+        locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+        yield
+    finally:
+        locker.close()
+
+
+def lock_waiters(pg: PgCluster, dbname: str) -> int:
+    with pg.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                           (dbname,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def backup_with_database_dropped_mid_dump(pg: PgCluster, dbname: str, env: dict[str, str], started: Callable[[], bool]) -> tuple[int, str]:
+    """Run `backup app production` while a lock holds pg_dump mid-dump, then drop the database under it."""
+    with table_locked(pg, dbname, "marker"):
+        return run_until(["backup", "app", "production"], env, lambda: lock_waiters(pg, dbname) > 0 and started(),
+                         "pg_dump to block on its lock with the upload started", lambda _: pg.drop(dbname))
 
 
 def offsets_in(path: Path) -> dict[int, tuple[int, int]]:

@@ -15,15 +15,17 @@ import pytest
 from moto.s3.responses import S3Response
 
 from tests.conftest import (
-    DB_BACKUP,
     MotoServer,
     PgCluster,
     backup_with_database_dropped_mid_dump,
     fill_rich,
     fill_small,
     fingerprint,
+    lock_waiters,
     restore_leftovers,
     run_cli,
+    run_until,
+    table_locked,
     wait_for,
 )
 
@@ -165,20 +167,11 @@ def test_signal_mid_dump_aborts_the_upload_and_exits_130(pg: PgCluster, dbname: 
     # GitHub cancels a job with SIGINT, then SIGTERM; ECS stops a task with SIGTERM.
     fill_small(pg, dbname, "prod")
     _ssm_layout(pg, dbname)
-    locker = pg.connect(dbname, autocommit=False)
-    locker.execute("LOCK TABLE marker IN ACCESS EXCLUSIVE MODE")
-    proc = subprocess.Popen([DB_BACKUP, "backup", "app", "production"], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: _lock_waiters(pg, dbname) > 0 and bool(_open_uploads()), "pg_dump to block with the upload open")
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        locker.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    with table_locked(pg, dbname, "marker"):
+        code, err = run_until(["backup", "app", "production"], env,
+                              lambda: lock_waiters(pg, dbname) > 0 and bool(_open_uploads()),
+                              "pg_dump to block with the upload open", lambda proc: proc.send_signal(signum))
+    assert code == 130, err
     assert err.strip().splitlines()[-1] == f"error: cancelled by {signum.name}"
     assert _objects() == [] and _open_uploads() == []
     wait_for(lambda: _sessions(pg, dbname) == 0, "pg_dump's session to end")
@@ -202,30 +195,17 @@ def test_signal_while_fetching_the_dump_leaves_the_target(pg: PgCluster, dbname:
         return original(self, query, key_name)
 
     monkeypatch.setattr(S3Response, "_key_response_get", stalled_get)
-    proc = subprocess.Popen([DB_BACKUP, "restore", "app", "--from", "production", "--to", "beta"],
-                            env={**os.environ, **env, "DB_BACKUP_RESTORE_MODE": "stream"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(fetching.is_set, "the restore to fetch the dump")
-        wait_for(lambda: bool(restore_leftovers(pg)), "the fresh database to exist")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        code, err = run_until(["restore", "app", "--from", "production", "--to", "beta"],
+                              {**env, "DB_BACKUP_RESTORE_MODE": "stream"},
+                              lambda: fetching.is_set() and bool(restore_leftovers(pg)),
+                              "the restore to fetch the dump into a fresh database", lambda proc: proc.send_signal(signal.SIGTERM))
     finally:
         release.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert err.strip().splitlines()[-1] == "error: cancelled by SIGTERM"
     assert fingerprint(pg, beta) == before
     assert restore_leftovers(pg) == set()
-
-
-def _lock_waiters(pg: PgCluster, dbname: str) -> int:
-    with pg.connect() as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
-                           (dbname,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _sessions(pg: PgCluster, dbname: str) -> int:
