@@ -315,8 +315,8 @@ def _cancel_reason(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console entry point: every error becomes one line on stderr and its exit code."""
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    for signum in remote.CANCEL_SIGNALS:
+        signal.signal(signum, _on_signal)
     verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
     try:
         returned = app(args=argv, standalone_mode=False)

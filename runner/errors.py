@@ -80,7 +80,7 @@ class Cancelled(DbBackupError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Raised by the SIGINT/SIGTERM handler; its message names the signal.
+    """Raised by the SIGINT/SIGTERM/SIGHUP handler; its message names the signal.
 
     A BaseException like KeyboardInterrupt on purpose: botocore wraps any Exception raised during
     a request into a retried HTTPClientError, so a signal that was an Exception vanished whenever it

@@ -47,13 +47,17 @@ class RemoteJob:
     verbose: bool = False
 
 
+# GitHub cancels with SIGINT then SIGTERM (some runners SIGHUP), ECS stops a task with SIGTERM.
+CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM during a step that must not be torn in half; they arrive right after."""
+    """Hold the cancel signals during a step that must not be torn in half; they arrive right after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(CANCEL_SIGNALS))
     try:
         yield
     finally:

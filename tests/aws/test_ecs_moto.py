@@ -8,6 +8,7 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import Task
 from moto.s3.models import s3_backends
@@ -27,6 +29,7 @@ from runner.settings import GithubEnv, Settings
 from runner.storage import Manifest
 from runner.targets import load_registry
 from tests.aws.conftest import BUCKET, DB_BACKUP, PASSWORD_VAR, REGION, EcsWorld, FakeFargate, append_log, stream_of
+from tests.conftest import REPO
 
 SECRET = "pg-Secret-never-in-a-request-91"
 BOGUS_DB = {"production": {"host": "db.internal", "port": 5432, "name": "curation", "user": "backup"}}
@@ -180,3 +183,47 @@ def test_sigterm_while_following_stops_the_task_and_exits_130(ecs_world: EcsWorl
     assert task.desired_status == "STOPPED" and "cancelled by SIGTERM" in task.stopped_reason
     assert "result=cancelled\n" in (tmp_path / "output").read_text()
     assert "cancelled" in (tmp_path / "summary.md").read_text()
+
+
+def _action_run_step() -> str:
+    action = yaml.safe_load((REPO / "actions" / "db-backup" / "action.yml").read_text())
+    [step] = [s for s in action["runs"]["steps"] if s.get("id") == "run"]
+    return str(step["run"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_cancelling_the_action_step_stops_the_task(ecs_world: EcsWorld, fake_fargate: FakeFargate, tmp_path: Path,
+                                                   signum: signal.Signals) -> None:
+    # GitHub signals only the step's bash on cancel; the action's script must pass it on to db-backup.
+    fake_fargate.mode = "hold"
+    output = tmp_path / "output"
+    env = {**fake_fargate.env, "AWS_REGION": REGION, "IN_COMMAND": "backup", "IN_IDENTIFIER": "curation",
+           "IN_ENV": "production", "IN_FROM": "", "IN_TO": "", "IN_BACKUP": "", "IN_CONFIRM": "",
+           "IN_TARGETS": str(ecs_world.targets(BOGUS_DB)), "PY": sys.executable, "RUNNER_TEMP": str(tmp_path),
+           "GITHUB_RUN_ID": "4711", "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
+    # As GitHub runs a `shell: bash` step: bash --noprofile --norc -eo pipefail {0}.
+    script = tmp_path / "step.sh"
+    script.write_text(_action_run_step())
+    proc = subprocess.Popen(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+    try:
+        seen: list[str] = []
+        while not any(line.startswith("started ECS task") for line in seen):
+            seen.append(lines.get(timeout=60))
+        deadline = time.monotonic() + 30
+        while fake_fargate.describes < 1:
+            assert time.monotonic() < deadline, "the runner never polled the task"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == ExitCode.CANCELLED
+    [task] = fake_fargate.tasks
+    assert task.desired_status == "STOPPED" and f"cancelled by {signum.name}" in task.stopped_reason
+    outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    assert outputs["result"] == "cancelled" and outputs["exit-code"] == "130"
+    assert Path(outputs["stderr-file"]).read_text().splitlines()[-1].startswith(f"error: cancelled by {signum.name}")
