@@ -116,7 +116,7 @@ def task_role_for(config: EcsConfig, action: str, dest_protected: bool) -> str |
     return None
 
 
-def run_task_params(config: EcsConfig, request: TaskRequest, attempt: int) -> RunTaskRequestTypeDef:
+def run_task_params(config: EcsConfig, request: TaskRequest, token: int) -> RunTaskRequestTypeDef:
     """The run_task request: Fargate, awsvpc, and a command override; nothing secret goes in."""
     overrides: TaskOverrideTypeDef = {
         "containerOverrides": [{
@@ -144,9 +144,9 @@ def run_task_params(config: EcsConfig, request: TaskRequest, attempt: int) -> Ru
         "startedBy": request.started_by,
         "tags": [{"key": k, "value": v} for k, v in request.tags],
         "enableECSManagedTags": True,
-        # A fresh token per attempt: botocore's own retries of one attempt reuse it, so a
-        # request that timed out on the wire cannot start a second task.
-        "clientToken": f"{request.client_token}-{attempt}"[:64],
+        # ECS starts at most one task per token: `start` moves to the next token only after ECS
+        # said no task was started, so a retry after a timeout cannot start a second one.
+        "clientToken": f"{request.client_token}-{token}"[:64],
     }
 
 
@@ -161,10 +161,11 @@ def start(
     """
     delays = policy.start_backoff.delays()
     reason = "no attempt made"
+    token = 1
     for attempt in range(1, policy.start_attempts + 1):
         try:
             with shield():
-                response = client.run_task(**run_task_params(config, request, attempt))
+                response = client.run_task(**run_task_params(config, request, token))
                 arn = _started_arn(response)
                 if arn:
                     on_started(arn)
@@ -174,11 +175,14 @@ def start(
             if code in FATAL_CODES or not (code in RETRYABLE_CODES or _CAPACITY.search(message)):
                 raise infra_error(f"starting the ECS task in cluster {config.cluster}", exc) from exc
             reason = f"{code}: {message}".rstrip(": ")
+            if _CAPACITY.search(message):
+                token += 1  # refused outright; a server error may have started it, so its token stays
         except BotoCoreError as exc:
-            reason = str(exc)
+            reason = str(exc)  # unknown whether the task started: the same token finds out
         else:
             if arn:
                 return arn
+            token += 1  # ECS answered with failures: nothing started, and the old token would repeat them
             failures = response.get("failures", [])
             reason = "; ".join(
                 f"{f.get('reason', 'unknown')}" + (f" ({f['detail']})" if f.get("detail") else "") for f in failures

@@ -226,11 +226,12 @@ class _Run:
         """Stop the task (if it may still run), wait a bounded time for STOPPED; a note for the report."""
         if self.arn is None or self.stopped:
             return ""
-        with deferred_signals():
-            asked = ecs.stop(self.client, self.config.cluster, self.arn, reason)
-        if not asked:
-            return f"; stopping ECS task {ecs.task_id(self.arn)} failed, stop it in the console"
         try:
+            # A signal held during the stop arrives as the block ends: still inside this try.
+            with deferred_signals():
+                asked = ecs.stop(self.client, self.config.cluster, self.arn, reason)
+            if not asked:
+                return f"; stopping ECS task {ecs.task_id(self.arn)} failed, stop it in the console"
             ecs.follow(self.client, self.config.cluster, self.arn, self.clock, self.policy,
                        self.clock.monotonic() + self.policy.stop_wait_s, tick=self.tail.poll if self.tail else lambda: None)
         except KeyboardInterrupt:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
-from runner import ecs, remote
+from runner import cli, ecs, remote
 from runner.errors import Cancelled, ExitCode, InfraError, Interrupted, JobFailed, TimedOut
 from runner.jobs import Services
 from runner.logs import LogTail
@@ -213,7 +216,7 @@ def test_run_task_request_is_fargate_awsvpc_with_the_same_cli_and_no_secret(tmp_
     gh = GithubEnv(actions=True, repository="org/db-backup", run_id="991", run_attempt="2", actor="alice", server_url="https://github.com")
     request = remote.task_request(backup_job(t), "req123", gh, {"DB_BACKUP_PART_SIZE_MB": "64", "CURATION_PASSWORD": "hunter2-secret"})
     assert t.ecs is not None
-    params = ecs.run_task_params(t.ecs, request, attempt=1)
+    params = ecs.run_task_params(t.ecs, request, token=1)
     assert params["cluster"] == "db-backup" and params["taskDefinition"] == "db-backup:7"
     assert params["launchType"] == "FARGATE" and params["count"] == 1
     assert params["networkConfiguration"] == {"awsvpcConfiguration": {
@@ -228,7 +231,7 @@ def test_run_task_request_is_fargate_awsvpc_with_the_same_cli_and_no_secret(tmp_
     assert tags["github:run-url"] == "https://github.com/org/db-backup/actions/runs/991"
     assert tags["db-backup:request-id"] == "req123"
     assert "hunter2-secret" not in repr(params)
-    assert ecs.run_task_params(t.ecs, request, attempt=2)["clientToken"] != params["clientToken"]
+    assert ecs.run_task_params(t.ecs, request, token=2)["clientToken"] != params["clientToken"]
 
 
 def test_run_task_failures_and_throttling_are_retried_with_growing_backoff(tmp_path: Path) -> None:
@@ -246,6 +249,22 @@ def test_run_task_failures_and_throttling_are_retried_with_growing_backoff(tmp_p
     assert arn == ARN and started == [ARN]
     assert len(fake.run_calls) == 4
     assert clock.sleeps == [5, 10, 20]
+
+
+def test_run_task_retries_an_unclear_failure_with_the_same_token(tmp_path: Path) -> None:
+    # A timeout or a server error may have started the task: only the same token can tell ECS so.
+    fake = FakeEcs([None], runs=[
+        ReadTimeoutError(endpoint_url="https://ecs.us-east-1.amazonaws.com"),
+        client_error("ServerException", "Service unavailable", "RunTask"),
+        {"tasks": [], "failures": [{"arn": "x", "reason": "RESOURCE:ENI"}]},
+        client_error("ThrottlingException", "Rate exceeded", "RunTask"),
+    ])
+    t = target(tmp_path)
+    assert t.ecs is not None
+    policy = replace(FAST, start_attempts=5)
+    arn = ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), FakeClock(), policy)  # type: ignore[arg-type]
+    assert arn == ARN
+    assert [call["clientToken"] for call in fake.run_calls] == ["r-1", "r-1", "r-1", "r-2", "r-2"]
 
 
 def test_run_task_gives_up_after_bounded_attempts_with_the_reason(tmp_path: Path) -> None:
@@ -441,6 +460,31 @@ def test_cancel_stops_the_task_reports_and_exits_130(tmp_path: Path) -> None:
     assert fake.stops == ["db-backup runner: cancelled by SIGTERM (GitHub run 77)"]
     assert "result=cancelled\n" in output.read_text() and "cancelled" in summary.read_text()
     assert clock.t <= 50 + FAST.stop_wait_s + 5
+
+
+def test_a_second_signal_while_stopping_still_reports_the_cancel(tmp_path: Path) -> None:
+    # GitHub sends SIGTERM 7.5 s after SIGINT: it may land while the stop request is held.
+    clock = FakeClock(cancel_at=50)
+    fake = FakeEcs([task("RUNNING")])
+    send_stop = fake.stop_task
+
+    def stop_task(**kwargs: str) -> dict[str, Any]:
+        os.kill(os.getpid(), signal.SIGTERM)  # held until the stop request is out
+        return send_stop(**kwargs)
+
+    fake.stop_task = stop_task  # type: ignore[method-assign]
+    output = tmp_path / "output"
+    previous = signal.signal(signal.SIGTERM, cli._on_signal)
+    try:
+        with pytest.raises(Cancelled, match=r"cancelled by SIGTERM; ECS task \S+ is stopping$"):
+            remote.run(backup_job(target(tmp_path)), services(clock, FakeAws(fake, FakeLogs(clock, []))),
+                       GithubEnv(output=output), timeout_s=3600, policy=FAST, out=io.StringIO())
+    except KeyboardInterrupt as exc:  # as such it would end the whole test session
+        pytest.fail(f"the second signal escaped the runner: {exc!r}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(fake.stops) == 1
+    assert "result=cancelled\n" in output.read_text()
 
 
 def test_keyboard_interrupt_is_a_cancel_too(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def restore_job(reg: Registry, source: str, dest: str) -> remote.RemoteJob:
 def params_for(job: remote.RemoteJob) -> dict[str, object]:
     assert job.target.ecs is not None
     request = remote.task_request(job, "req1", GithubEnv(), {})
-    return dict(ecs.run_task_params(job.target.ecs, request, attempt=1)["overrides"])
+    return dict(ecs.run_task_params(job.target.ecs, request, token=1)["overrides"])
 
 
 def test_the_setting_is_read_from_targets_yaml(tmp_path: Path) -> None:
