@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
 
 _CONFIG = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=120)
+# For calls made while cancel signals are held (run_task, stop_task): with _CONFIG a hung endpoint
+# could hold a cancel for 8 x 120 s; these end within about 30 s, and ECS answers them in about one.
+_HELD_CONFIG = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=10)
 
 
 class AwsClients:
@@ -24,14 +27,14 @@ class AwsClients:
 
     def __init__(self, session: boto3.session.Session | None = None) -> None:
         self._session = session
-        self._clients: dict[tuple[str, str], Any] = {}
+        self._clients: dict[tuple[str, str, int], Any] = {}
 
-    def _client(self, service: str, region: str) -> Any:
-        key = (service, region)
+    def _client(self, service: str, region: str, config: Config = _CONFIG) -> Any:
+        key = (service, region, id(config))
         if key not in self._clients:
             if self._session is None:
                 self._session = boto3.session.Session()
-            self._clients[key] = self._session.client(service, region_name=region, config=_CONFIG)  # type: ignore[call-overload]
+            self._clients[key] = self._session.client(service, region_name=region, config=config)  # type: ignore[call-overload]
         return self._clients[key]
 
     def s3(self, region: str) -> S3Client:
@@ -44,6 +47,11 @@ class AwsClients:
 
     def ecs(self, region: str) -> ECSClient:
         client: ECSClient = self._client("ecs", region)
+        return client
+
+    def ecs_held(self, region: str) -> ECSClient:
+        """ECS for calls made while cancel signals are held: few retries, short timeouts."""
+        client: ECSClient = self._client("ecs", region, _HELD_CONFIG)
         return client
 
     def logs(self, region: str) -> CloudWatchLogsClient:

@@ -116,6 +116,7 @@ class _Run:
         self.out = out
         self.region = job.target.region
         self.client = services.aws.ecs(self.region)
+        self.held_client = services.aws.ecs_held(self.region)  # run_task and stop_task run with signals held
         self.request_id = new_request_id()
         self.started = self.clock.monotonic()
         self.arn: str | None = None
@@ -133,7 +134,8 @@ class _Run:
                 # The task restores exactly the backup the report names, even if a newer one lands.
                 argv = _set_option(argv, "--backup", entry.id)
         request = task_request(replace(self.job, argv=argv), self.request_id, self.gh, self.environ)
-        ecs.start(self.client, self.config, request, self.clock, self.policy, shield=deferred_signals, on_started=self._started)
+        ecs.start(self.held_client, self.config, request, self.clock, self.policy, shield=deferred_signals,
+                  on_started=self._started)
         if detach:
             self._publish(self.report)
             return self.report
@@ -229,7 +231,7 @@ class _Run:
         try:
             # A signal held during the stop arrives as the block ends: still inside this try.
             with deferred_signals():
-                asked = ecs.stop(self.client, self.config.cluster, self.arn, reason)
+                asked = ecs.stop(self.held_client, self.config.cluster, self.arn, reason)
             if not asked:
                 return f"; stopping ECS task {ecs.task_id(self.arn)} failed, stop it in the console"
             ecs.follow(self.client, self.config.cluster, self.arn, self.clock, self.policy,

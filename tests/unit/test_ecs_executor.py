@@ -143,6 +143,8 @@ class FakeAws:
         assert region == "eu-west-1"
         return self._ecs
 
+    ecs_held = ecs
+
     def logs(self, region: str) -> FakeLogs:
         assert region == "eu-west-1" and self._logs is not None
         return self._logs
