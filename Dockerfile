@@ -19,7 +19,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/db-backup db-backup
 COPY --from=build /opt/db-backup /opt/db-backup
-# The registry the task reads; rebuild the image when targets.yaml changes.
+# Only for tasks started by hand: the runner sends each task the targets.yaml entries of its job
+# (DB_BACKUP_TARGETS_JSON), so a stale copy here never decides which database a job touches.
 COPY targets.yaml /etc/db-backup/targets.yaml
 ENV PATH=/opt/db-backup/bin:$PATH \
     DB_BACKUP_TARGETS=/etc/db-backup/targets.yaml \

@@ -26,7 +26,7 @@ from .errors import BadInput, Cancelled, DbBackupError, ExitCode, Interrupted, J
 from .humanize import human_size
 from .settings import GithubEnv, Settings
 from .storage import entry_to_json, list_backups
-from .targets import Registry, Target, load_registry
+from .targets import Registry, Target, load_registry, parse_registry
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class State:
     settings: Settings
 
     def registry(self) -> Registry:
+        if self.settings.targets_json:
+            return parse_registry(self.settings.targets_json, "the targets sent by the runner (DB_BACKUP_TARGETS_JSON)")
         return load_registry(self.targets)
 
     def services(self) -> jobs.Services:
@@ -222,9 +224,11 @@ def _run_remote(
 ) -> None:
     # OWNED BY THE ECS WORK (issue 3): start the task with `argv + --executor local`, follow, report.
     state = _state(ctx)
+    involved = (target, plan.source) if plan else (target,)
     job = remote.RemoteJob(
         action=argv[0], target=target, argv=tuple(argv), verbose=state.verbose,
         source=plan.source if plan else None, backup=plan.backup if plan else None,
+        targets_json=state.registry().excerpt(*involved),
     )
     remote.run(job, state.services(), GithubEnv(), timeout_s=timeout.total_seconds(), detach=detach)
 

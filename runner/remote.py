@@ -33,6 +33,8 @@ FORWARDED_SETTINGS = (
     "DB_BACKUP_RESTORE_JOBS", "DB_BACKUP_PARALLEL_THRESHOLD_MB", "DB_BACKUP_SWAP_WAIT_S",
 )
 MANIFEST_SEARCH = 20  # newest backups searched for the task's request id
+# ECS allows 8192 characters of overrides in all; the command and settings need the rest.
+MAX_TARGETS_JSON = 6000
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class RemoteJob:
     source: Target | None = None  # restore: the target whose backup is restored
     backup: str | None = None  # restore: `latest` or a backup id
     verbose: bool = False
+    targets_json: str = ""  # Registry.excerpt of the targets involved, for the task
 
 
 # GitHub cancels with SIGINT then SIGTERM (some runners SIGHUP), ECS stops a task with SIGTERM.
@@ -88,9 +91,15 @@ def task_request(job: RemoteJob, request_id: str, gh: GithubEnv, environ: Mappin
         if gh.triggering_actor or gh.actor:
             tags.append(("github:actor", str(gh.triggering_actor or gh.actor)))
     started_by = f"db-backup/gh-{gh.run_id}-{gh.run_attempt or '1'}" if gh.run_id else "db-backup/cli"
+    environment = [(name, environ[name]) for name in FORWARDED_SETTINGS if name in environ]
+    if job.targets_json:
+        if len(job.targets_json) > MAX_TARGETS_JSON:
+            raise BadInput(f"the targets.yaml entries for {job.target.name} take {len(job.targets_json)} characters, "
+                           f"more than the {MAX_TARGETS_JSON} an ECS task's overrides leave room for; shorten them")
+        environment.append(("DB_BACKUP_TARGETS_JSON", job.targets_json))
     return ecs.TaskRequest(
         command=tuple(command),
-        environment=tuple((name, environ[name]) for name in FORWARDED_SETTINGS if name in environ),
+        environment=tuple(environment),
         started_by=ecs.started_by(started_by),
         tags=tuple((key, ecs.tag_value(value)) for key, value in tags),
         client_token=request_id,

@@ -12,6 +12,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DB_BACKUP_", extra="ignore")
 
     targets: Path = Path("targets.yaml")
+    # Set by the runner in a Fargate task's environment: the job's targets (Registry.excerpt),
+    # which then win over the image's targets.yaml.
+    targets_json: str | None = None
     # S3 multipart part size: memory use is about (parallel_uploads + 1) parts.
     part_size_mb: int = Field(default=16, ge=5, le=512)
     parallel_uploads: int = Field(default=2, ge=1, le=16)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,6 +177,17 @@ class Registry:
     environments: tuple[str, ...]
     protected: frozenset[str]
     targets: tuple[Target, ...]
+    document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the validated file
+
+    def excerpt(self, *chosen: Target) -> str:
+        """This file cut down to the chosen targets (defaults and environments whole), as compact JSON.
+
+        A Fargate task gets it with its command, so it works from the same definitions as the
+        runner, not from whatever targets.yaml its image was built with.
+        """
+        names = {(t.identifier, t.env) for t in chosen}
+        kept = [t for t in self.document.get("targets", []) if (t.get("identifier"), t.get("env")) in names]
+        return json.dumps({**self.document, "targets": kept}, separators=(",", ":"), default=str)
 
     def get(self, identifier: str, env: str) -> Target:
         for target in self.targets:
@@ -264,7 +277,7 @@ def _cross_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _build(model: TargetsFileModel, path: str, base_dir: Path) -> Registry:
+def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping[str, Any]) -> Registry:
     defaults = model.defaults
     ecs = None
     if defaults.ecs is not None:
@@ -323,6 +336,7 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path) -> Registry:
         environments=tuple(model.environments),
         protected=protected,
         targets=tuple(targets),
+        document=document,
     )
 
 
@@ -343,7 +357,7 @@ def parse_registry(text: str, path: str = "targets.yaml", base_dir: Path | None 
         raise TargetsInvalid(path, _pydantic_problems(exc, raw) + problems) from exc
     if problems:
         raise TargetsInvalid(path, problems)
-    return _build(model, path, base_dir or Path.cwd())
+    return _build(model, path, base_dir or Path.cwd(), raw)
 
 
 def load_registry(path: Path) -> Registry:

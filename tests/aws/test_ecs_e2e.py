@@ -17,7 +17,7 @@ from runner.errors import ExitCode, JobFailed
 from runner.jobs import Services
 from runner.settings import GithubEnv, Settings
 from runner.storage import list_backups
-from runner.targets import load_registry
+from runner.targets import load_registry, parse_registry
 from tests.aws.conftest import BUCKET, PASSWORD_VAR, EcsWorld, FakeFargate
 from tests.conftest import PgCluster
 
@@ -111,3 +111,24 @@ def test_a_failing_task_fails_the_run_with_its_log(world: tuple[EcsWorld, FakeFa
     assert "result=failure\n" in (tmp_path / "output").read_text()
     assert "wrong-password" not in summary + out.getvalue()
     assert list_backups(services().store(target), "curation", "production") == []
+
+
+def test_the_task_works_from_the_runners_targets_not_its_images(world: tuple[EcsWorld, FakeFargate, Path], pg: PgCluster,
+                                                                dbname: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # The image's targets.yaml is stale: production still names the database it moved away from.
+    _, fargate, targets = world
+    stale = tmp_path / "image-targets.yaml"
+    stale.write_text(targets.read_text().replace(f"name: {dbname},", f"name: {dbname}__beta,"))
+    assert load_registry(stale).get("curation", "production").database.name == f"{dbname}__beta"
+    fargate.env["DB_BACKUP_TARGETS"] = str(stale)
+    monkeypatch.setattr(ecs, "Policy", lambda: QUICK)
+    cli.app(args=["--targets", str(targets), "backup", "curation", "production", "--executor", "ecs", "--timeout", "2m"],
+            standalone_mode=False)
+
+    [entry] = list_backups(services().store(load_registry(targets).get("curation", "production")), "curation", "production")
+    assert entry.manifest is not None and entry.manifest.database == dbname
+    [task] = fargate.tasks
+    sent = {item["name"]: item["value"] for item in task.overrides["containerOverrides"][0]["environment"]}
+    assert [(t.identifier, t.env) for t in parse_registry(sent["DB_BACKUP_TARGETS_JSON"]).targets] == [("curation", "production")]
+    assert f"env:{PASSWORD_VAR}" in sent["DB_BACKUP_TARGETS_JSON"] and pg.password not in repr(task.overrides)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import remote
 from runner.errors import ExitCode, RestoreRefused, TargetsInvalid, UnknownTarget
 from runner.targets import load_registry, parse_registry
 from tests.conftest import REPO, run_cli
@@ -138,3 +139,14 @@ def test_the_repository_targets_file() -> None:
     assert registry.environments == ("production", "beta", "alpha", "dev")
     matrix = run_cli("--targets", str(REPO / "targets.yaml"), "matrix", "--schedule", "nightly")
     assert len(json.loads(matrix.stdout)["include"]) == 8
+
+
+def test_an_excerpt_carries_just_the_chosen_targets_with_their_defaults() -> None:
+    # What the runner sends a Fargate task: the same definitions, cut down to the job's targets.
+    registry = load_registry(REPO / "targets.yaml")
+    source, dest = registry.get("curation", "production"), registry.get("curation", "beta")
+    text = registry.excerpt(source, dest)
+    sent = parse_registry(text, "sent")
+    assert sorted(sent.targets, key=lambda t: t.env) == [dest, source]
+    assert (sent.environments, sent.protected) == (registry.environments, registry.protected)
+    assert len(text) < remote.MAX_TARGETS_JSON
