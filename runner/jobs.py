@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -20,7 +21,7 @@ from .aws import AwsClients
 from .clock import Clock
 from .compression import sniff
 from .credentials import Connection, Resolver
-from .errors import BadInput, JobFailed, NoBackup, RestoreRefused
+from .errors import BadInput, Cancelled, JobFailed, NoBackup, RestoreRefused, cancel_reason
 from .humanize import human_size
 from .settings import Settings
 from .storage import BackupEntry, BackupStore, Manifest, make_id, open_store, resolve_backup
@@ -232,21 +233,39 @@ def _download(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connec
     size = 0
     chunks, decompress = _open_dump(store, entry)
     path = folder / "restore.dump"
+    where = store.uri(entry.key)
     with path.open("wb") as out, postgres.libpq_env(conn) as env:
-        proc = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=out, env=env) if decompress else None
-        sink = proc.stdin if proc and proc.stdin else out
-        try:
+        if decompress is None:
             for chunk in chunks:
                 digest.update(chunk)
                 size += len(chunk)
-                sink.write(chunk)
-        finally:
-            if proc:
-                if proc.stdin:
+                out.write(chunk)
+            return path, digest.hexdigest(), size
+        proc = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE, env=env)
+        assert proc.stdin is not None and proc.stderr is not None
+        tail = postgres.Tail(proc.stderr, decompress[0])
+        try:
+            stopped_early = False
+            try:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    proc.stdin.write(chunk)
+                proc.stdin.close()
+            except BrokenPipeError:
+                stopped_early = True  # the decompressor quit on bad data: its exit code and message say why
+                with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
-                code = proc.wait()
-                if code != 0:
-                    raise JobFailed(f"decompressing {store.uri(entry.key)} failed (exit {code}); the dump is damaged")
+            code = proc.wait()
+            tail.join()
+        except BaseException:
+            # A cancel or a storage error mid-download is the reason, not the decompressor's
+            # complaint about the input that stopped short.
+            postgres.stop([(decompress[0], proc, tail)])
+            raise
+        if code != 0 or stopped_early:
+            how = f"exit {code}" if code else "it stopped reading early"
+            raise JobFailed(f"decompressing {where} failed ({how}): {tail.last_error()}; the dump is damaged")
     return path, digest.hexdigest(), size
 
 
@@ -321,6 +340,7 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
             like = postgres.database_info(admin, conn.dbname)
             postgres.drop_database(admin, fresh)  # a leftover of an interrupted restore
             postgres.create_database(admin, fresh, like)
+            swap = postgres.SwapState()
             try:
                 if parallel:
                     postgres.run_restore_file(conn, postgres.pg_restore_argv(pg_restore, fresh, ignore_privileges, jobs, path))
@@ -333,14 +353,17 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
                     _check_digest(entry, actual, counted.size, where)
                 if like is not None:
                     postgres.apply_settings(admin, fresh, like)
-                kept = postgres.swap_in(admin, conn.dbname, fresh, previous, settings.swap_wait_s)
-            except BaseException:
+                kept = postgres.swap_in(admin, conn.dbname, fresh, previous, settings.swap_wait_s, swap)
+            except BaseException as exc:
+                if swap.committed:
+                    _after_swap(exc, conn.dbname, previous if swap.kept_previous else None)
+                    raise
                 log.error("restore failed; dropping %s, %s is unchanged", fresh, conn.dbname)
-                postgres.drop_database(admin, fresh)
+                if problem := postgres.try_drop_database(admin, fresh):
+                    log.warning("could not drop %s: %s; drop it by hand", fresh, problem)
                 raise
             if kept and not keep_previous:
-                postgres.drop_database(admin, previous)
-                kept = False
+                kept = _drop_previous(admin, conn.dbname, previous)
     duration = round(services.clock.monotonic() - started, 3)
     log.info("restored %s into %s in %.1fs%s", entry.id, conn.describe(), duration, f"; previous kept as {previous}" if kept else "")
     return RestoreResult(
@@ -348,6 +371,31 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
         previous=previous if kept else None, duration_s=duration, size_bytes=entry.size_bytes,
         sha256=actual, verified=entry.manifest is not None, mode=f"parallel -j{jobs}" if parallel else "stream",
     )
+
+
+def _after_swap(exc: BaseException, target: str, previous: str | None) -> None:
+    """After the swap committed the target holds the restored data: say so, whatever went wrong."""
+    where = f"{target} already holds the restored backup" + (f"; the old data is kept as {previous}" if previous else "")
+    if isinstance(exc, KeyboardInterrupt):
+        raise Cancelled(f"{cancel_reason(exc)} after the swap: {where}") from exc
+    log.error("failed after the swap: %s", where)
+
+
+def _drop_previous(admin: postgres.AdminConnection, target: str, previous: str) -> bool:
+    """keep_previous: false. True if the old data is still there (the restore itself succeeded)."""
+    try:
+        problem = postgres.try_drop_database(admin, previous)
+    except KeyboardInterrupt as exc:
+        left = postgres.database_exists(admin, previous)
+        if left is None:
+            old = f"the old data {previous} may be left; drop it by hand"
+        else:
+            old = f"the old data is kept as {previous}" if left else "the old data is dropped"
+        raise Cancelled(f"{cancel_reason(exc)} after the swap: {target} already holds the restored backup; {old}") from exc
+    if problem:
+        log.warning("%s holds the restored backup, but dropping the old data %s failed: %s; drop it by hand", target, previous, problem)
+        return True
+    return False
 
 
 class _Counter:

@@ -26,6 +26,8 @@ from .errors import BadInput, JobFailed
 
 log = logging.getLogger(__name__)
 
+AdminConnection = psycopg.Connection[tuple[object, ...]]
+
 CHUNK = 1 << 20
 MAX_NAME_BYTES = 63
 # Variables pg_dump also treats as lists: each element must be quoted on its own.
@@ -65,29 +67,36 @@ def _escape_passfile(value: str) -> str:
 
 @contextlib.contextmanager
 def libpq_env(conn: Connection) -> Iterator[dict[str, str]]:
-    """Environment for libpq tools: connection in PG* variables, the password in a 0600 passfile."""
+    """Environment for libpq tools: connection in PG* variables, the password in a 0600 passfile.
+
+    Without a password of its own, db-backup lets the tools find one where the connection check
+    (libpq inside this process) found it: PGPASSWORD, else the user's PGPASSFILE or ~/.pgpass.
+    """
+    # libpq reads an empty PGPASSWORD as none set.
+    password = conn.password if conn.password is not None else (os.environ.get("PGPASSWORD") or None)
     # Children inherit nothing that holds the password (e.g. the env:VAR it was resolved from).
     env = {
         k: v for k, v in os.environ.items()
-        if k not in _LIBPQ_SECRETS and not (conn.password and conn.password in v)
+        if k not in _LIBPQ_SECRETS and not (password and password in v)
     }
     env.update(PGHOST=conn.host, PGPORT=str(conn.port), PGUSER=conn.user, PGDATABASE=conn.dbname,
                PGAPPNAME="db-backup", PGCONNECT_TIMEOUT="15")
     if conn.sslmode:
         env["PGSSLMODE"] = conn.sslmode
     with tempfile.TemporaryDirectory(prefix="db-backup-") as private:
-        if conn.password is not None:
+        if password is not None:
+            # A passfile, not PGPASSWORD: other processes may read a process's environment.
             passfile = Path(private) / "pgpass"
             fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(f"*:*:*:{_escape_passfile(conn.user)}:{_escape_passfile(conn.password)}\n")
+                handle.write(f"*:*:*:{_escape_passfile(conn.user)}:{_escape_passfile(password)}\n")
             env["PGPASSFILE"] = str(passfile)
-        else:
-            env["PGPASSFILE"] = os.devnull
+        elif "PGPASSFILE" in os.environ:
+            env["PGPASSFILE"] = os.environ["PGPASSFILE"]  # a path, not a secret; unset, libpq reads ~/.pgpass
         yield env
 
 
-class _Tail:
+class Tail:
     """Collects the last lines a process writes to stderr, in a thread, so the pipe never fills."""
 
     def __init__(self, stream: IO[bytes], name: str, keep: int = 20) -> None:
@@ -118,7 +127,7 @@ def _conninfo_dbname(name: str) -> str:
     return f"dbname='{escaped}'"
 
 
-def _pipeline_failure(steps: list[tuple[str, subprocess.Popen[bytes], _Tail]]) -> JobFailed | None:
+def _pipeline_failure(steps: list[tuple[str, subprocess.Popen[bytes], Tail]]) -> JobFailed | None:
     for name, proc, tail in steps:
         if proc.returncode not in (0, None):
             tail.join()
@@ -126,7 +135,7 @@ def _pipeline_failure(steps: list[tuple[str, subprocess.Popen[bytes], _Tail]]) -
     return None
 
 
-def _kill(steps: list[tuple[str, subprocess.Popen[bytes], _Tail]]) -> None:
+def stop(steps: list[tuple[str, subprocess.Popen[bytes], Tail]]) -> None:
     for _name, proc, _tail in steps:
         if proc.poll() is None:
             proc.kill()
@@ -185,7 +194,7 @@ class _Pump:
                 if moved == 0:
                     break
                 self.count += moved
-        except OSError as exc:  # the compressor died: its own exit code tells why
+        except OSError as exc:  # reported by dump_stream: an early end here means a truncated dump
             self.error = exc
         finally:
             source.close()
@@ -193,6 +202,13 @@ class _Pump:
 
     def join(self) -> None:
         self._thread.join(timeout=300)
+
+    def failure(self) -> JobFailed | None:
+        if self._thread.is_alive():
+            return JobFailed("moving pg_dump's output into zstd did not finish; the backup is incomplete and was not kept")
+        if self.error is None:
+            return None
+        return JobFailed(f"moving pg_dump's output into zstd failed ({self.error}); the backup is incomplete and was not kept")
 
 
 class DumpOutput:
@@ -221,16 +237,16 @@ class DumpOutput:
 def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
     """Yield pg_dump's (optionally compressed) output; raise JobFailed if any step fails."""
     with libpq_env(conn) as env:
-        steps: list[tuple[str, subprocess.Popen[bytes], _Tail]] = []
+        steps: list[tuple[str, subprocess.Popen[bytes], Tail]] = []
         dump = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
         assert dump.stdout is not None and dump.stderr is not None
-        steps.append(("pg_dump", dump, _Tail(dump.stderr, "pg_dump")))
+        steps.append(("pg_dump", dump, Tail(dump.stderr, "pg_dump")))
         out: IO[bytes] = dump.stdout
         pump = None
         if plan.compressor:
             comp = subprocess.Popen(plan.compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             assert comp.stdin is not None and comp.stdout is not None and comp.stderr is not None
-            steps.append(("zstd", comp, _Tail(comp.stderr, "zstd")))
+            steps.append(("zstd", comp, Tail(comp.stderr, "zstd")))
             pump = _Pump(dump.stdout, comp.stdin)
             out = comp.stdout
         output = DumpOutput(out, pump)
@@ -241,11 +257,16 @@ def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
                 proc.wait(timeout=300)
                 tail.join()
             output.finish(uncompressed=plan.compressed_by == "pg_dump" and plan.compression == "none")
-            failure = _pipeline_failure(steps)
+            # zstd ends cleanly on an early EOF, so a failed pump would otherwise store a truncated
+            # dump. A broken pipe means the compressor died: its exit code and message say why.
+            pump_failure = pump.failure() if pump is not None else None
+            if pump is not None and pump_failure is not None and not isinstance(pump.error, BrokenPipeError):
+                raise pump_failure
+            failure = _pipeline_failure(steps) or pump_failure
             if failure:
                 raise failure
         except BaseException:
-            _kill(steps)
+            stop(steps)
             raise
 
 
@@ -264,16 +285,16 @@ def restore_stream(conn: Connection, argv: list[str], chunks: Iterable[bytes], d
     """Feed chunks into [zstd -d |] pg_restore; returns the sha256 of what was fed."""
     digest = hashlib.sha256()
     with libpq_env(conn) as env:
-        steps: list[tuple[str, subprocess.Popen[bytes], _Tail]] = []
+        steps: list[tuple[str, subprocess.Popen[bytes], Tail]] = []
         restore = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         assert restore.stdin is not None and restore.stderr is not None
-        steps.append(("pg_restore", restore, _Tail(restore.stderr, "pg_restore")))
+        steps.append(("pg_restore", restore, Tail(restore.stderr, "pg_restore")))
         sink = restore.stdin
         if decompress:
             dec = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE, env=env)
             restore.stdin.close()
             assert dec.stdin is not None and dec.stderr is not None
-            steps.insert(0, ("zstd", dec, _Tail(dec.stderr, "zstd")))
+            steps.insert(0, ("zstd", dec, Tail(dec.stderr, "zstd")))
             sink = dec.stdin
         try:
             try:
@@ -287,7 +308,7 @@ def restore_stream(conn: Connection, argv: list[str], chunks: Iterable[bytes], d
                 proc.wait(timeout=None)
                 tail.join()
         except BaseException:
-            _kill(steps)
+            stop(steps)
             raise
         failure = _pipeline_failure(steps)
         if failure:
@@ -299,12 +320,12 @@ def run_restore_file(conn: Connection, argv: list[str]) -> None:
     with libpq_env(conn) as env:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         assert proc.stderr is not None
-        tail = _Tail(proc.stderr, "pg_restore")
+        tail = Tail(proc.stderr, "pg_restore")
         try:
             proc.wait()
             tail.join()
         except BaseException:
-            _kill([("pg_restore", proc, tail)])
+            stop([("pg_restore", proc, tail)])
             raise
         failure = _pipeline_failure([("pg_restore", proc, tail)])
         if failure:
@@ -345,6 +366,16 @@ def derived_name(base: str, suffix: str) -> str:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """One entry of a database's ACL, as aclexplode() lists it; grantee None is PUBLIC."""
+
+    grantor: str
+    grantee: str | None
+    privilege: str
+    grantable: bool
+
+
+@dataclass(frozen=True)
 class DatabaseInfo:
     name: str
     owner: str
@@ -353,6 +384,10 @@ class DatabaseInfo:
     ctype: str
     connlimit: int
     settings: tuple[str, ...]
+    # None is a NULL datacl (the built-in defaults, which a new database has too); () is "all revoked".
+    acl: tuple[Grant, ...] | None = None
+    role_settings: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    comment: str | None = None
 
 
 def admin_connection(conn: Connection) -> Connection:
@@ -365,13 +400,35 @@ def database_info(admin: psycopg.Connection[tuple[object, ...]], name: str) -> D
         """SELECT d.datname, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate,
                   d.datctype, d.datconnlimit,
                   coalesce((SELECT s.setconfig FROM pg_db_role_setting s
-                            WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}')
+                            WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}'),
+                  d.datacl IS NULL, shobj_description(d.oid, 'pg_database')
            FROM pg_database d WHERE d.datname = %s""",
         (name,),
     ).fetchone()
     if row is None:
         return None
-    return DatabaseInfo(str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]), int(str(row[5])), tuple(row[6]))  # type: ignore[arg-type]
+    grants = admin.execute(
+        """SELECT pg_get_userbyid(a.grantor), CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,
+                  a.privilege_type, a.is_grantable
+           FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s
+           ORDER BY 1, 2 NULLS FIRST, 3""",
+        (name,),
+    ).fetchall()
+    role_rows = admin.execute(
+        """SELECT r.rolname, s.setconfig FROM pg_db_role_setting s
+           JOIN pg_database d ON d.oid = s.setdatabase JOIN pg_roles r ON r.oid = s.setrole
+           WHERE d.datname = %s AND s.setrole <> 0 ORDER BY 1""",
+        (name,),
+    ).fetchall()
+    acl = None if row[7] else tuple(
+        Grant(str(g[0]), None if g[1] is None else str(g[1]), str(g[2]), bool(g[3])) for g in grants
+    )
+    return DatabaseInfo(
+        str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]), int(str(row[5])), tuple(row[6]),  # type: ignore[arg-type]
+        acl=acl,
+        role_settings=tuple((str(r[0]), tuple(r[1] or ())) for r in role_rows),  # type: ignore[arg-type]
+        comment=None if row[8] is None else str(row[8]),
+    )
 
 
 def drop_database(admin: psycopg.Connection[tuple[object, ...]], name: str) -> None:
@@ -390,21 +447,140 @@ def create_database(admin: psycopg.Connection[tuple[object, ...]], name: str, li
         raise JobFailed(f"cannot create database {name}: {_pg_message(exc)}") from exc
 
 
-def _setting_statement(dbname: str, setting: str) -> sql.Composed:
+_BLANKS = " \t\n\r\f\v"
+
+
+def split_guc_list(value: str) -> list[str]:
+    """The elements of a list setting as the server stored it: `"a,b", public` is ["a,b", "public"].
+
+    For list settings the server keeps each element quoted like an identifier where needed and joins
+    them with ", " (pg_dump's SplitGUCList reads them back the same way).
+    """
+    items: list[str] = []
+    i, n = 0, len(value)
+    while True:
+        while i < n and value[i] in _BLANKS:
+            i += 1
+        if i < n and value[i] == '"':
+            parts: list[str] = []
+            i += 1
+            while True:
+                close = value.find('"', i)
+                if close < 0:
+                    raise ValueError(f"unterminated quote in {value!r}")
+                parts.append(value[i:close])
+                i = close + 1
+                if i < n and value[i] == '"':  # a doubled quote is one quote character
+                    parts.append('"')
+                    i += 1
+                    continue
+                break
+            items.append("".join(parts))
+        else:
+            start = i
+            while i < n and value[i] != "," and value[i] not in _BLANKS:
+                i += 1
+            if i == start:
+                raise ValueError(f"empty element in {value!r}")
+            items.append(value[start:i])
+        while i < n and value[i] in _BLANKS:
+            i += 1
+        if i == n:
+            return items
+        if value[i] != ",":
+            raise ValueError(f"unexpected {value[i]!r} in {value!r}")
+        i += 1
+
+
+def _setting_statement(alter: sql.Composable, setting: str) -> sql.Composed:
+    """`alter SET name TO value` that stores exactly the `name=value` entry it was read from."""
     key, _, value = setting.partition("=")
+    rendered: sql.Composable
     if key in LIST_SETTINGS:
-        items = [item.strip().strip('"') for item in value.split(",")]
+        # A single literal would become one element: "a,b", public must stay two, not three.
+        try:
+            items = split_guc_list(value)
+        except ValueError as exc:
+            raise JobFailed(f"cannot read the setting {key} = {value}: {exc}; the target is unchanged") from exc
         rendered = sql.SQL(", ").join(sql.Literal(item) for item in items)
     else:
-        rendered = sql.Literal(value)  # type: ignore[assignment]
-    return sql.SQL("ALTER DATABASE {} SET {} TO {}").format(sql.Identifier(dbname), sql.Identifier(key), rendered)
+        rendered = sql.Literal(value)
+    return sql.SQL("{} SET {} TO {}").format(alter, sql.Identifier(key), rendered)
+
+
+_DATABASE_PRIVILEGES = frozenset({"CREATE", "CONNECT", "TEMPORARY"})
+
+
+def _grant(admin: psycopg.Connection[tuple[object, ...]], name: str, grant: Grant, owner: str) -> None:
+    if grant.privilege not in _DATABASE_PRIVILEGES:
+        raise JobFailed(f"cannot copy the privilege {grant.privilege} on database {name}: db-backup does not know it")
+    statement = sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+        sql.SQL(grant.privilege), sql.Identifier(name),
+        sql.SQL("PUBLIC") if grant.grantee is None else sql.Identifier(grant.grantee),
+        sql.SQL(" WITH GRANT OPTION") if grant.grantable else sql.SQL(""),
+    )
+    if grant.grantor == owner:
+        # A superuser's or the owner's (or an owner member's) GRANT is recorded as the owner's.
+        admin.execute(statement)
+        return
+    # The server records the role that grants: re-grant as the original grantor, as pg_dump does.
+    try:
+        admin.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(grant.grantor)))
+    except psycopg.Error as exc:
+        # The privilege matters, not who is on record as granting it: refusing the restore for that would be worse.
+        log.warning("cannot act as %s, who granted %s on %s to %s (%s); granting it as %s instead", grant.grantor,
+                    grant.privilege, name, grant.grantee or "PUBLIC", _pg_message(exc), admin.info.user)
+        admin.execute(statement)
+        return
+    try:
+        admin.execute(statement)
+    finally:
+        admin.execute("RESET ROLE")
+
+
+def _apply_acl(admin: psycopg.Connection[tuple[object, ...]], name: str, like: DatabaseInfo) -> None:
+    if like.acl is None:
+        return  # NULL: the built-in defaults, which the fresh database has as well
+    admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC, {}").format(sql.Identifier(name), sql.Identifier(like.owner)))
+    # A grantor needs the grant option first; the owner holds every one implicitly.
+    holds = {(like.owner, p) for p in _DATABASE_PRIVILEGES}
+    pending = list(like.acl)
+    while pending:
+        ready = [g for g in pending if (g.grantor, g.privilege) in holds] or pending[:1]
+        for grant in ready:
+            _grant(admin, name, grant, like.owner)
+            if grant.grantable and grant.grantee is not None:
+                holds.add((grant.grantee, grant.privilege))
+            pending.remove(grant)
+    copied = database_info(admin, name)
+    if copied is None or sorted(copied.acl or (), key=repr) != sorted(like.acl, key=repr):
+        log.warning("the access privileges of %s differ slightly on the restored database (who granted what); "
+                    "check them with \\l %s", like.name, like.name)
 
 
 def apply_settings(admin: psycopg.Connection[tuple[object, ...]], name: str, like: DatabaseInfo) -> None:
-    """Carry connection limit and per-database settings over to the restored database."""
-    admin.execute(sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(name), sql.Literal(like.connlimit)))
-    for setting in like.settings:
-        admin.execute(_setting_statement(name, setting))
+    """Carry the target's database-level state over to the restored database: it lives in shared
+    catalogs keyed by the database, so it would stay behind with the old data.
+
+    Connection limit, settings (for all roles and per role), access privileges and comment.
+    """
+    ident = sql.Identifier(name)
+    try:
+        admin.execute(sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(ident, sql.Literal(like.connlimit)))
+        for setting in like.settings:
+            admin.execute(_setting_statement(sql.SQL("ALTER DATABASE {}").format(ident), setting))
+        for role, settings in like.role_settings:
+            alter_role = sql.SQL("ALTER ROLE {} IN DATABASE {}").format(sql.Identifier(role), ident)
+            for setting in settings:
+                admin.execute(_setting_statement(alter_role, setting))
+        _apply_acl(admin, name, like)
+        if like.comment is not None:
+            admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(like.comment)))
+    except psycopg.Error as exc:
+        raise JobFailed(
+            f"cannot copy the settings, privileges or comment of {like.name} to the restored database: "
+            f"{_pg_message(exc)}; the target is unchanged"
+        ) from exc
 
 
 def _sessions(admin: psycopg.Connection[tuple[object, ...]], name: str) -> int:
@@ -418,18 +594,30 @@ def _allow_connections(admin: psycopg.Connection[tuple[object, ...]], name: str,
     admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(sql.Identifier(name), sql.Literal(allow)))
 
 
+@dataclass
+class SwapState:
+    """Whether the swap has committed: from then on the target holds the restored data, and a
+    failure or cancel must not claim otherwise (nor drop the fresh database, which is the target)."""
+
+    committed: bool = False
+    kept_previous: bool = False
+
+
 def swap_in(
     admin: psycopg.Connection[tuple[object, ...]], target: str, fresh: str, previous: str,
-    wait_s: float,
+    wait_s: float, state: SwapState,
 ) -> bool:
     """Make `fresh` the database called `target`; the old one becomes `previous`. True if one was kept."""
 
     if database_info(admin, target) is None:
         admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(target)))
+        state.committed = True
         return False
-    drop_database(admin, previous)
+    try:
+        drop_database(admin, previous)
+    except psycopg.Error as exc:
+        raise JobFailed(f"cannot drop the older {previous} to make room: {_pg_message(exc)}; the target is unchanged") from exc
     _allow_connections(admin, target, False)
-    swapped = False
     try:
         deadline = time.monotonic() + wait_s
         while True:
@@ -446,10 +634,27 @@ def swap_in(
         with admin.transaction():
             admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(target), sql.Identifier(previous)))
             admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(target)))
-        swapped = True
+        state.committed = state.kept_previous = True
     except psycopg.Error as exc:
         raise JobFailed(f"swapping the restored database into {target} failed: {_pg_message(exc)}; the target is unchanged") from exc
     finally:
         with contextlib.suppress(psycopg.Error):
-            _allow_connections(admin, previous if swapped else target, True)
+            _allow_connections(admin, previous if state.committed else target, True)
     return True
+
+
+def try_drop_database(admin: psycopg.Connection[tuple[object, ...]], name: str) -> str | None:
+    """Drop `name`; the server's reason if that failed, for callers whose own outcome matters more."""
+    try:
+        drop_database(admin, name)
+    except psycopg.Error as exc:
+        return _pg_message(exc)
+    return None
+
+
+def database_exists(admin: psycopg.Connection[tuple[object, ...]], name: str) -> bool | None:
+    """None when the server cannot say (e.g. the connection is gone)."""
+    try:
+        return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+    except psycopg.Error:
+        return None

@@ -1,0 +1,140 @@
+"""Once the swap has committed, the target holds the restored data: no message may say otherwise.
+
+Fault injection (in process, through the real CLI entry point): a signal or an error is raised at
+the points after the commit, where the reviewer found the old messages claiming "unchanged".
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from runner import cli, postgres
+from runner.errors import Interrupted
+from tests.conftest import PgCluster, fill_small, restore_leftovers, write_targets
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers() -> Iterator[None]:
+    """cli.main installs its own handlers; pytest's must come back afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.fixture
+def beta(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    name = f"{dbname}__beta"
+    with pg.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    fill_small(pg, dbname, "prod")
+    fill_small(pg, name, "oldbeta")
+    for key, value in pg_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    return name
+
+
+def _targets(pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_previous: bool) -> None:
+    extra = "" if keep_previous else "keep_previous: false"
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname, "beta": beta}, f"file://{tmp_path}/backups", extra=extra)
+    monkeypatch.setenv("DB_BACKUP_TARGETS", str(targets))
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    captured = capsys.readouterr()
+    return int(exited.value.code or 0), captured.out + captured.err
+
+
+def _label(pg: PgCluster, name: str) -> str:
+    with pg.connect(name) as conn:
+        row = conn.execute("SELECT min(label) FROM marker").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_signal_while_dropping_the_old_database(
+    pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=False)
+    assert _cli(["backup", "app", "production"], capsys)[0] == 0
+    real_drop = postgres.drop_database
+
+    def drop(admin: Any, name: str) -> None:
+        if name == f"{beta}__previous" and name in pg.databases():
+            raise Interrupted("cancelled by SIGTERM")  # lands while keep_previous: false drops the old data
+        real_drop(admin, name)
+
+    monkeypatch.setattr(postgres, "drop_database", drop)
+
+    code, output = _cli(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+
+    assert code == 130, output
+    assert output.strip().splitlines()[-1] == (
+        f"error: cancelled by SIGTERM after the swap: {beta} already holds the restored backup; "
+        f"the old data is kept as {beta}__previous"
+    )
+    assert "unchanged" not in output
+    assert _label(pg, beta) == "prod1"
+    assert _label(pg, f"{beta}__previous") == "oldbeta1"
+    assert restore_leftovers(pg) == set()
+
+
+def test_signal_after_the_swap_committed(
+    pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=True)
+    assert _cli(["backup", "app", "production"], capsys)[0] == 0
+    real_allow = postgres._allow_connections
+
+    def allow(admin: Any, name: str, allowed: bool) -> None:
+        if allowed and name == f"{beta}__previous":
+            raise Interrupted("cancelled by SIGINT")  # lands in swap_in's cleanup, after both renames committed
+        real_allow(admin, name, allowed)
+
+    monkeypatch.setattr(postgres, "_allow_connections", allow)
+
+    code, output = _cli(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+
+    assert code == 130, output
+    assert output.strip().splitlines()[-1] == (
+        f"error: cancelled by SIGINT after the swap: {beta} already holds the restored backup; "
+        f"the old data is kept as {beta}__previous"
+    )
+    assert "INFO restoring" in output  # the log is part of what is checked
+    assert "unchanged" not in output and "dropping" not in output
+    assert _label(pg, beta) == "prod1"
+    assert f"{beta}__previous" in pg.databases()
+    assert restore_leftovers(pg) == set()
+
+
+def test_failing_to_drop_the_old_database_still_restores(
+    pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=False)
+    assert _cli(["backup", "app", "production"], capsys)[0] == 0
+    real_drop = postgres.drop_database
+
+    def drop(admin: Any, name: str) -> None:
+        if name == f"{beta}__previous" and name in pg.databases():
+            raise psycopg.errors.InsufficientPrivilege("must be owner of database")
+        real_drop(admin, name)
+
+    monkeypatch.setattr(postgres, "drop_database", drop)
+
+    code, output = _cli(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+
+    assert code == 0, output
+    assert (f"{beta} holds the restored backup, but dropping the old data {beta}__previous failed: "
+            "must be owner of database; drop it by hand") in output
+    assert f"previous database kept as {beta}__previous" in output
+    assert "unchanged" not in output
+    assert _label(pg, beta) == "prod1"
