@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -9,7 +10,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
 from .aws import infra_error
 from .errors import BadInput
@@ -37,7 +41,11 @@ class Connection:
         return replace(self, dbname=dbname)
 
     def describe(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+        # No host means libpq's default Unix socket directory.
+        host = self.host or "local socket"
+        if ":" in host and not host.startswith("/"):
+            host = f"[{host}]"  # IPv6
+        return f"{self.user}@{host}:{self.port}/{self.dbname}"
 
     def psycopg_kwargs(self) -> dict[str, str | int]:
         kwargs: dict[str, str | int] = {
@@ -55,26 +63,109 @@ class Connection:
         return kwargs
 
 
-def parse_url(url: str) -> Connection:
-    """Parse postgresql://user:pass@host:port/db?sslmode=...; BadInput says what is wrong."""
+# What a --to-url may say: every connection of a restore (psycopg's, pg_restore's) gets these.
+_URL_HONOURED = frozenset({"host", "port", "dbname", "user", "password", "sslmode"})
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Environment variables db-backup sets itself for pg_restore: exporting them would not reach it.
+_SET_BY_DB_BACKUP = frozenset({"PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGAPPNAME",
+                               "PGCONNECT_TIMEOUT", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE"})
+_URL_FIX = {
+    "service": "spell out host, port, user and the database in the URL instead",
+    "hostaddr": "put the address in the URL's host instead",
+    "passfile": "remove it and put the password in the URL or in PGPASSWORD",
+    "application_name": "remove it (db-backup names its own connections)",
+    "fallback_application_name": "remove it (db-backup names its own connections)",
+    "connect_timeout": "remove it (db-backup sets its own timeout)",
+}
+
+
+def _libpq_options() -> dict[str, tuple[str | None, str | None, bool]]:
+    """libpq's parameters: keyword -> (environment variable, default it would use now, secret?).
+
+    PQconndefaults applies the environment (PGHOST, PGPORT, PGUSER, ...) the way every libpq
+    connection does, so a URL that leaves something out resolves as psql would resolve it.
+    """
+    found: dict[str, tuple[str | None, str | None, bool]] = {}
+    for option in pq.Conninfo.get_defaults():
+        found[option.keyword.decode()] = (
+            option.envvar.decode() if option.envvar else None,
+            option.val.decode() if option.val is not None else None,
+            option.dispchar == b"*",
+        )
+    return found
+
+
+def _url_fix(keyword: str, envvar: str | None) -> str:
+    if keyword in _URL_FIX:
+        return _URL_FIX[keyword]
+    if envvar and envvar not in _SET_BY_DB_BACKUP:
+        # Exported, it reaches psycopg and pg_restore alike: db-backup's children inherit it.
+        return f"remove it from the URL and export {envvar}=<its value> instead"
+    return "remove it (db-backup cannot pass it on to pg_restore)"
+
+
+def _has_secret(url: str, options: Mapping[str, tuple[str | None, str | None, bool]]) -> bool:
+    """Whether the URL holds a password or another secret parameter (libpq's errors may quote it)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
+    if "@" in parts.netloc and ":" in parts.netloc.rsplit("@", 1)[0]:
+        return True
+    # An unknown parameter is not secret: libpq's error then quotes only its name.
+    return any(options.get(unquote(name), (None, None, False))[2] for name in parse_qs(parts.query, keep_blank_values=True))
+
+
+def parse_url(url: str) -> Connection:
+    """Parse a postgresql:// URL as libpq does; BadInput, naming the parameter, for anything not honoured.
+
+    A restore into another server than the one named is worse than no restore, so every part of
+    the URL is either used by every connection of the restore or refused before anything runs.
+    """
+    if not url.startswith(("postgresql://", "postgres://")):
         raise BadInput("--to-url must look like postgresql://USER@HOST:PORT/DATABASE")
-    dbname = unquote(parts.path.lstrip("/"))
+    options = _libpq_options()
+    try:
+        # libpq's own parser: userinfo, [IPv6], percent-encoded socket paths, ?host=/?port= and the rest.
+        params: dict[str, str] = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    except psycopg.Error as exc:
+        # libpq quotes the offending token, which may be part of a password: then say less.
+        reason = "" if _has_secret(url, options) else f" ({str(exc).strip()})"
+        raise BadInput(
+            f"--to-url is not a valid PostgreSQL URL{reason}; write it as postgresql://USER@HOST:PORT/DATABASE?PARAM=VALUE "
+            "with special characters percent-encoded"
+        ) from None  # the chained error could carry the password into a --verbose traceback
+    refused = sorted(set(params) - _URL_HONOURED)
+    if refused:
+        fixes = {name: _url_fix(name, options[name][0] if name in options else None) for name in refused}
+        if len(refused) == 1:
+            raise BadInput(f"--to-url parameter {refused[0]} is not passed on by db-backup; {fixes[refused[0]]}")
+        raise BadInput(f"--to-url parameters {', '.join(refused)} are not passed on by db-backup; "
+                       + "; ".join(f"{name}: {fix}" for name, fix in fixes.items()))
+    dbname = params.get("dbname", "")
     if not dbname:
         raise BadInput("--to-url names no database; add it, e.g. postgresql://localhost/curation")
-    try:
-        port = parts.port or 5432
-    except ValueError as exc:
-        raise BadInput("--to-url has an invalid port") from exc
-    query = parse_qs(parts.query)
+
+    def default(keyword: str) -> str:
+        return options.get(keyword, (None, None, False))[1] or ""
+
+    # Empty host: libpq's default Unix socket directory, for psycopg and (as PGHOST="") pg_restore alike.
+    host = params.get("host") or default("host")
+    port_text = params.get("port") or default("port") or "5432"
+    for what, value in (("host", host), ("port", port_text)):
+        if "," in value:
+            raise BadInput(f"--to-url names several servers ({what} {value}); a restore goes into one: keep only its {what}")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise BadInput(f"--to-url port {port_text!r} is not a port number; fix it, e.g. postgresql://localhost:5433/curation")
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        raise BadInput(f"--to-url sslmode {sslmode!r} is not one of {', '.join(_SSLMODES)}; fix it in the URL")
+    user = params.get("user") or default("user") or getpass.getuser()
     return Connection(
-        host=unquote(parts.hostname or "localhost"),
-        port=port,
+        host=host,
+        port=int(port_text),
         dbname=dbname,
-        user=unquote(parts.username) if parts.username else os.environ.get("PGUSER", os.environ.get("USER", "postgres")),
-        password=unquote(parts.password) if parts.password is not None else os.environ.get("PGPASSWORD"),
-        sslmode=query.get("sslmode", [None])[0],
+        user=user,
+        # Used, never passed on: pg_restore gets it through a 0600 passfile (postgres.libpq_env).
+        password=params["password"] if "password" in params else os.environ.get("PGPASSWORD"),
+        sslmode=sslmode,
     )
 
 

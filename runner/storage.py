@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import queue
 import re
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,9 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .aws import error_code, infra_error
@@ -232,32 +234,73 @@ def resolve_backup(store: BackupStore, identifier: str, env: str, which: str) ->
 # --- local folder -----------------------------------------------------------------------------
 
 
+def _local_error(action: str, path: Path, exc: OSError, hint: str = "check the folder's free space and permissions") -> InfraError:
+    """An OSError on the backup folder: storage, not the job, failed (exit 3), so say where and why."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return InfraError(f"{action} {path} failed: {reason}; {hint}, then run again")
+
+
+# link() fails so on filesystems without hard links (some FUSE, SMB and FAT mounts).
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV)
+
+
 class _FileUpload:
     def __init__(self, final: Path) -> None:
         self._final = final
-        final.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
-        self._file = self._tmp.open("xb")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self._tmp.open("xb")
+        except OSError as exc:
+            raise _local_error("creating", self._tmp, exc) from exc
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()  # a full disk must not also keep the partial's gigabytes
+            raise _local_error("writing", self._tmp, exc) from exc
 
     def complete(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        linking = False
         try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            linking = True
             # link() refuses to replace: an existing backup is never overwritten.
             os.link(self._tmp, self._final)
         except FileExistsError as exc:
             self.abort()
             raise JobFailed(f"{self._final} already exists; another backup took this id, run again") from exc
-        self._tmp.unlink()
+        except OSError as exc:
+            # ENOSPC at flush/fsync, EPERM from link(), EIO: never leave the partial behind.
+            self.abort()
+            if linking and exc.errno in _NO_HARD_LINKS:
+                hint = ("check the folder's permissions; its filesystem must support hard links, "
+                        "which db-backup uses so that no backup is ever overwritten")
+                raise _local_error("completing", self._final, exc, hint) from exc
+            raise _local_error("completing", self._final, exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            self._tmp.unlink()
+        except OSError as exc:
+            # The backup itself is complete; the partial is a second name for the same bytes.
+            log.warning("could not remove %s (%s); delete it by hand", self._tmp, exc.strerror or exc)
 
     def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        """Close and delete the partial; never raises, so the error that led here is the one reported."""
+        try:
+            if not self._file.closed:
+                self._file.close()  # may fail to flush (ENOSPC): the descriptor is closed regardless
+        except OSError:
+            pass
+        try:
+            self._tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s (%s); delete it by hand", self._tmp, exc.strerror or exc)
 
 
 class LocalStore:
@@ -277,34 +320,59 @@ class LocalStore:
     def put_manifest(self, manifest: Manifest) -> None:
         path = self.root / (manifest.key + ".json")
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-        tmp.write_text(manifest.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            with tmp.open("x", encoding="utf-8") as handle:
+                handle.write(manifest.to_json())
+                handle.flush()
+                os.fsync(handle.fileno())  # the commit marker: on disk before it has its name
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _local_error("writing the manifest", path, exc) from exc
 
     def read(self, key: str) -> Iterator[bytes]:
+        path = self.root / key
         try:
-            handle = (self.root / key).open("rb")
+            handle = path.open("rb")
         except FileNotFoundError as exc:
-            raise NoBackup(f"{self.root / key} does not exist") from exc
+            raise NoBackup(f"{path} does not exist") from exc
+        except OSError as exc:
+            raise _local_error("opening", path, exc) from exc
         with handle:
-            while chunk := handle.read(READ_CHUNK):
-                yield chunk
+            try:
+                while chunk := handle.read(READ_CHUNK):
+                    yield chunk
+            except OSError as exc:
+                raise _local_error("reading", path, exc) from exc
 
     def read_text(self, key: str) -> str | None:
+        path = self.root / key
         try:
-            return (self.root / key).read_text(encoding="utf-8")
+            return path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise _local_error("reading", path, exc) from exc
 
     def list_keys(self, prefix: str) -> list[tuple[str, int]]:
         path = self.root / prefix
         folder = path if prefix.endswith("/") else path.parent
-        if not folder.is_dir():
-            return []
         found = []
-        for child in folder.iterdir():
-            key = str(child.relative_to(self.root))
-            if child.is_file() and not child.name.startswith(".") and key.startswith(prefix):
-                found.append((key, child.stat().st_size))
+        try:
+            if not folder.is_dir():
+                return []
+            for child in folder.iterdir():
+                key = str(child.relative_to(self.root))
+                if child.name.startswith(".") or not key.startswith(prefix):
+                    continue
+                try:
+                    info = child.stat()
+                except FileNotFoundError:
+                    continue  # removed while listing
+                if stat.S_ISREG(info.st_mode):
+                    found.append((key, info.st_size))
+        except OSError as exc:
+            raise _local_error("listing", folder, exc) from exc
         return found
 
 
@@ -338,6 +406,8 @@ class _S3Upload:
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="s3-part")
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        self._aborted = False
+        self._abort_error: str | None = None
         try:
             response = client.create_multipart_upload(Bucket=bucket, Key=key, StorageClass=storage_class)  # type: ignore[arg-type]
         except (ClientError, BotoCoreError) as exc:
@@ -349,7 +419,7 @@ class _S3Upload:
         view = memoryview(data)
         while view:
             if self._error is not None:
-                raise self._error
+                self._fail(self._error)
             target = part_target(self._part_size, len(self._futures))
             if len(self._buf) < target:
                 self._buf += bytearray(target - len(self._buf))
@@ -393,28 +463,61 @@ class _S3Upload:
                 Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
                 MultipartUpload={"Parts": parts}, IfNoneMatch="*",
             )
-        except ClientError as exc:
-            self.abort()
-            if error_code(exc) == "PreconditionFailed":
-                raise JobFailed(f"s3://{self._bucket}/{self._key} already exists; another backup took this id, run again") from exc
-            raise _s3_error(f"uploading s3://{self._bucket}/{self._key}", exc, self._bucket) from exc
-        except BaseException:
-            self.abort()
-            raise
+        except BaseException as exc:
+            self._fail(exc)
         finally:
             self._pool.shutdown(wait=True)
 
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """Abort the upload, then raise: AWS failures as one sentence naming the object (exit 3)."""
+        self.abort()
+        where = f"s3://{self._bucket}/{self._key}"
+        if isinstance(exc, ClientError) and error_code(exc) == "PreconditionFailed":
+            raise JobFailed(f"{where} already exists; another backup took this id, run again") from exc
+        if not isinstance(exc, (ClientError, BotoCoreError)):
+            raise exc  # a cancel or a bug: as it is
+        error = _s3_error(f"uploading {where}", exc, self._bucket)
+        if self._abort_error is not None:
+            # Said here, not only in a log line: an open upload is billed until something removes it.
+            error = InfraError(
+                f"{error}; its multipart upload could not be aborted either, so the bucket's "
+                "AbortIncompleteMultipartUpload lifecycle rule removes it"
+            )
+        raise error from exc
+
     def abort(self) -> None:
+        """Cancel queued parts and abort the multipart upload once; a failure is kept, not raised."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._aborted:
+            return
+        self._aborted = True
         try:
             self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
         except (ClientError, BotoCoreError) as exc:
-            log.warning("could not abort the multipart upload of %s (%s); the bucket's lifecycle rule removes it", self._key, exc)
+            self._abort_error = _short_reason(exc)
+            log.warning("could not abort the multipart upload of %s (%s); the bucket's lifecycle rule removes it",
+                        self._key, self._abort_error)
+
+
+_URL_QUERY = re.compile(r"(https?://[^\s\"'?]*)\?[^\s\"']*")
+
+
+def _short_reason(exc: ClientError | BotoCoreError) -> str:
+    """The AWS reason without request query strings (uploadId=..., partNumber=...), which only add noise."""
+    if isinstance(exc, ClientError):
+        return f"{error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+    return _URL_QUERY.sub(r"\1", str(exc))
 
 
 def _s3_error(action: str, exc: Exception, bucket: str) -> InfraError:
     if isinstance(exc, ClientError) and error_code(exc) == "NoSuchBucket":
         return InfraError(f"{action} failed: bucket {bucket} does not exist; check storage in targets.yaml")
+    if isinstance(exc, BotoCoreError) and not isinstance(exc, NoCredentialsError):
+        # Connection refused, timeouts, a broken response stream: S3 (or the way to it) is unreachable.
+        return InfraError(
+            f"{action} failed: {_short_reason(exc)}; check the network path to S3 "
+            "(and AWS_ENDPOINT_URL if set), then run again"
+        )
     return infra_error(action, exc)
 
 
@@ -453,6 +556,8 @@ class S3Store:
                 raise NoBackup(f"{self.uri(key)} does not exist") from exc
             if error_code(exc) == "InvalidObjectState":
                 raise InfraError(f"{self.uri(key)} is archived; restore it from its storage class first") from exc
+            raise _s3_error(f"reading {self.uri(key)}", exc, self.bucket) from exc
+        except BotoCoreError as exc:
             raise _s3_error(f"reading {self.uri(key)}", exc, self.bucket) from exc
         try:
             yield from body.iter_chunks(READ_CHUNK)

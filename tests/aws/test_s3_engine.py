@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSPreparedRequest
+from botocore.config import Config
 from moto.s3.responses import S3Response
 
 from tests.conftest import (
@@ -21,6 +26,7 @@ from tests.conftest import (
     fill_rich,
     fill_small,
     fingerprint,
+    free_port,
     lock_waiters,
     restore_leftovers,
     run_cli,
@@ -213,3 +219,174 @@ def _sessions(pg: PgCluster, dbname: str) -> int:
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                            (dbname,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def test_restore_into_a_url_honours_its_query_port_host_and_password(pg: PgCluster, dbname: str, env: dict[str, str]) -> None:
+    # libpq reads ?port=, ?host= (a socket directory too), ?user= and ?password=; db-backup once
+    # dropped them and restored into localhost:5432, a server the user never named.
+    fill_small(pg, dbname, "prod")
+    _ssm_layout(pg, dbname)
+    assert run_cli("backup", "app", "production", env=env).returncode == 0
+    over_tcp, over_socket = f"{dbname}__tcp", f"{dbname}__socket"
+    with pg.connect() as conn:
+        row = conn.execute("SHOW unix_socket_directories").fetchone()
+    assert row is not None
+    socket_dir = str(row[0]).split(",")[0].strip()
+    urls = {
+        over_tcp: f"postgresql://{pg.user}@{pg.host}/{over_tcp}?port={pg.port}&password={pg.password}",
+        over_socket: f"postgresql:///{over_socket}?host={socket_dir}&port={pg.port}&user={pg.user}",  # trust on the socket
+    }
+    clean_env = {**env, "PGHOST": "", "PGPORT": "", "PGPASSWORD": ""}
+    for name, url in urls.items():
+        result = run_cli("restore", "app", "--from", "production", "--to-url", url, env=clean_env)
+        assert result.returncode == 0, result.stderr
+        assert pg.password not in result.stdout + result.stderr
+        assert fingerprint(pg, name) == fingerprint(pg, dbname)
+    assert restore_leftovers(pg) == set()
+
+
+def test_restore_into_a_url_with_a_parameter_it_cannot_pass_on_is_refused(pg: PgCluster, dbname: str, env: dict[str, str]) -> None:
+    fill_small(pg, dbname, "prod")
+    _ssm_layout(pg, dbname)
+    assert run_cli("backup", "app", "production", env=env).returncode == 0
+    databases = pg.databases()
+    url = f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}/{dbname}__copy?sslrootcert=/etc/ca.pem"
+    result = run_cli("restore", "app", "--from", "production", "--to-url", url, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --to-url parameter sslrootcert is not passed on by db-backup; "
+        "remove it from the URL and export PGSSLROOTCERT=<its value> instead"
+    ]
+    assert pg.databases() == databases
+
+
+# --- S3 unreachable: exit 3, one line naming the object, nothing half-written ---------------------
+
+
+def _run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """cli.main in this process, so a fault can be injected; its exit code and its stderr lines."""
+    from runner import cli
+
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    # The moto server in this process logs each request: not what the user of the CLI sees.
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(logging.getLogger("werkzeug"), "disabled", True)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(argv)
+    finally:
+        monkeypatch.undo()
+        # cli.main points logging at this test's captured stderr, which closes after the test.
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return int(exited.value.code or 0), capsys.readouterr().err.strip().splitlines()
+
+
+def _s3_calls_to_a_closed_port(monkeypatch: pytest.MonkeyPatch, operation: str, when: Callable[[str], bool]) -> list[str]:
+    """Fault injection: the S3 requests `operation` whose URL satisfies `when` go to a port nothing listens on.
+
+    Every other request reaches the moto server as usual. Clients get one attempt per request, so
+    the refused connection surfaces at once rather than after botocore's retries.
+    """
+    closed = free_port()
+    redirected: list[str] = []
+    real_client = boto3.session.Session.client
+
+    def redirect(request: AWSPreparedRequest, **_: Any) -> None:
+        if when(request.url):
+            redirected.append(request.url)
+            request.url = urlunsplit(urlsplit(request.url)._replace(netloc=f"127.0.0.1:{closed}"))
+
+    def client(self: boto3.session.Session, service: str, *args: Any, **kwargs: Any) -> Any:
+        if service == "s3":
+            kwargs["config"] = (kwargs.get("config") or Config()).merge(Config(retries={"max_attempts": 1}))
+        made = real_client(self, service, *args, **kwargs)
+        if service == "s3":
+            made.meta.events.register(f"before-send.s3.{operation}", redirect)
+        return made
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+    return redirected
+
+
+def test_s3_unreachable_for_a_part_mid_backup_exits_3_and_aborts_the_upload(
+    pg: PgCluster, dbname: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pg.connect(dbname) as conn:  # about 30 MB: parts fail while pg_dump is still writing
+        conn.execute("CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((g * 7)::text) AS h FROM generate_series(1, 400000) g")
+    _ssm_layout(pg, dbname)
+    _targets(Path(env["DB_BACKUP_TARGETS"]), pg, dbname, f"{dbname}__beta", compression="none")
+    for name, value in {**env, "DB_BACKUP_PART_SIZE_MB": "5"}.items():
+        monkeypatch.setenv(name, value)
+    redirected = _s3_calls_to_a_closed_port(monkeypatch, "UploadPart", lambda url: "partNumber=1&" not in url + "&")
+    code, err = _run_in_process(["backup", "app", "production"], capsys)
+    assert redirected
+    assert code == 3, err
+    assert err[-1].startswith(f"error: uploading s3://{BUCKET}/nightly/app/production/")
+    assert "failed: Could not connect to the endpoint URL" in err[-1]
+    assert "check the network path to S3" in err[-1]
+    assert "uploadId" not in err[-1] and "could not be aborted" not in err[-1]
+    assert not any("unexpected" in line or "Traceback" in line for line in err)
+    assert _objects() == [] and _open_uploads() == []
+
+
+def test_s3_down_during_backup_exits_3_and_names_the_upload_it_could_not_abort(
+    pg: PgCluster, dbname: str, env: dict[str, str],
+) -> None:
+    # A real outage: the CLI talks to its own moto server, which is stopped while pg_dump waits on a
+    # lock with the multipart upload already started. moto's state lives in this process, so the
+    # session's server still shows what was left behind.
+    from moto.server import ThreadedMotoServer
+
+    fill_small(pg, dbname, "prod")
+    _ssm_layout(pg, dbname)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    locker = pg.connect(dbname, autocommit=False)
+    try:
+        locker.execute("LOCK TABLE marker IN ACCESS EXCLUSIVE MODE")
+
+        def outage(_proc: subprocess.Popen[str]) -> None:
+            server.stop()
+            locker.close()  # pg_dump goes on, and its data has nowhere to go
+
+        code, err = run_until(["backup", "app", "production"], {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"},
+                              lambda: lock_waiters(pg, dbname) > 0 and bool(_open_uploads()),
+                              "pg_dump to block on its lock with the upload started", outage)
+    finally:
+        locker.close()
+        server.stop()
+    last = err.strip().splitlines()[-1]
+    assert code == 3, err
+    assert last.startswith(f"error: uploading s3://{BUCKET}/nightly/app/production/") and "check the network path to S3" in last
+    assert "its multipart upload could not be aborted either" in last and "AbortIncompleteMultipartUpload" in last
+    assert "Traceback" not in err and "unexpected" not in err
+    assert _objects() == []  # no dump, no manifest: the open upload is the one thing left, and it is named
+
+
+def test_s3_unreachable_while_fetching_the_dump_exits_3_and_leaves_the_target(
+    pg: PgCluster, dbname: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    fill_small(pg, dbname, "prod")
+    _ssm_layout(pg, dbname)
+    assert run_cli("backup", "app", "production", env=env).returncode == 0
+    beta = f"{dbname}__beta"
+    before = fingerprint(pg, beta)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    redirected = _s3_calls_to_a_closed_port(monkeypatch, "GetObject", lambda url: urlsplit(url).path.endswith(".dump"))
+    for mode in ("stream", "parallel"):
+        monkeypatch.setenv("DB_BACKUP_RESTORE_MODE", mode)
+        code, err = _run_in_process(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+        assert code == 3, err
+        assert err[-1].startswith(f"error: reading s3://{BUCKET}/nightly/app/production/") and ".dump failed: Could not connect" in err[-1]
+        assert "check the network path to S3" in err[-1]
+        assert fingerprint(pg, beta) == before
+        assert restore_leftovers(pg) == set()
+        assert redirected
+        redirected.clear()

@@ -1,0 +1,42 @@
+"""The folder store end to end: the real CLI and a real PostgreSQL, with the filesystem failing under it."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.aws.test_s3_engine import _run_in_process
+from tests.conftest import PgCluster, fill_small, write_targets
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "reason"),
+    [
+        ("link", errno.EPERM, "Operation not permitted"),  # a filesystem without hard links
+        ("fsync", errno.ENOSPC, "No space left on device"),  # the disk filled up as the dump ended
+    ],
+)
+def test_a_backup_whose_file_cannot_be_completed_exits_3_and_leaves_nothing(
+    pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fault: str, code: int, reason: str,
+) -> None:
+    fill_small(pg, dbname, "prod")
+    backups = tmp_path / "backups"
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, f"file://{backups}")
+    for name, value in {**pg_env, "DB_BACKUP_TARGETS": str(targets), "DB_BACKUP_PG_BINDIR": str(pg.bindir)}.items():
+        monkeypatch.setenv(name, value)
+
+    def failing(*_args: Any, **_kwargs: Any) -> None:  # fault injection in this process; pg_dump is unaffected
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, fault, failing)
+    exit_code, err = _run_in_process(["backup", "app", "production"], capsys)
+    assert exit_code == 3, err
+    assert err[-1].startswith(f"error: completing {backups}/app/production/")
+    assert f".dump failed: {reason}; check the folder's" in err[-1] and err[-1].endswith(", then run again")
+    assert not any("unexpected" in line or "Traceback" in line for line in err)
+    assert [p.name for p in backups.rglob("*") if p.is_file()] == []  # no dump, no manifest, no hidden .partial

@@ -1,0 +1,116 @@
+"""--to-url is read as libpq reads it: every part is honoured, or refused before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.credentials import Connection, parse_url
+from runner.errors import BadInput
+
+SECRET = "Tr0ub4dor-%3A-Secret"  # percent-encoded ':' inside
+PLAIN_SECRET = "Tr0ub4dor-:-Secret"
+
+
+@pytest.fixture(autouse=True)
+def clean_libpq_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own PG* variables must not decide what these tests see."""
+    for name in ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE", "PGSSLMODE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _where(conn: Connection) -> tuple[str, int, str, str]:
+    return conn.host, conn.port, conn.dbname, conn.user
+
+
+def test_query_host_is_a_socket_directory_and_query_port_is_used() -> None:
+    conn = parse_url("postgresql:///curation?host=/var/run/postgresql&port=5433&user=dev")
+    assert _where(conn) == ("/var/run/postgresql", 5433, "curation", "dev")
+    assert conn.describe() == "dev@/var/run/postgresql:5433/curation"
+    kwargs = conn.psycopg_kwargs()
+    assert (kwargs["host"], kwargs["port"], kwargs["user"], kwargs["dbname"]) == ("/var/run/postgresql", 5433, "dev", "curation")
+
+
+def test_query_port_beats_the_default() -> None:
+    assert parse_url("postgresql://localhost/curation?port=5433").port == 5433
+    assert parse_url("postgresql://localhost:5434/curation").port == 5434
+    assert parse_url("postgresql://localhost/curation").port == 5432
+
+
+def test_query_user_dbname_and_sslmode() -> None:
+    conn = parse_url("postgresql://db.example.org/?dbname=curation&user=reader&sslmode=verify-full")
+    assert _where(conn) == ("db.example.org", 5432, "curation", "reader")
+    assert conn.sslmode == "verify-full" and conn.psycopg_kwargs()["sslmode"] == "verify-full"
+
+
+def test_percent_encoded_socket_path_and_ipv6() -> None:
+    assert parse_url("postgresql://%2Ftmp%2Fpg/curation").host == "/tmp/pg"
+    conn = parse_url("postgresql://dev@[::1]:5433/curation")
+    assert _where(conn) == ("::1", 5433, "curation", "dev")
+    assert conn.describe() == "dev@[::1]:5433/curation"
+
+
+def test_no_host_means_libpq_default_socket_unless_pghost_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = parse_url("postgresql:///curation")
+    # Empty host: libpq (psycopg, and pg_restore through PGHOST="") uses its default socket directory.
+    assert conn.host == "" and conn.describe().endswith("@local socket:5432/curation")
+    monkeypatch.setenv("PGHOST", "pg.internal")
+    monkeypatch.setenv("PGPORT", "6543")
+    monkeypatch.setenv("PGUSER", "env-user")
+    assert _where(parse_url("postgresql:///curation")) == ("pg.internal", 6543, "curation", "env-user")
+    # What the URL names wins over the environment, as in libpq.
+    assert _where(parse_url("postgresql://u@elsewhere:5000/curation")) == ("elsewhere", 5000, "curation", "u")
+
+
+def test_password_from_userinfo_query_or_pgpassword_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in (f"postgresql://dev:{SECRET}@localhost/curation", f"postgresql://dev@localhost/curation?password={SECRET}"):
+        conn = parse_url(url)
+        assert conn.password == PLAIN_SECRET
+        assert PLAIN_SECRET not in repr(conn) and PLAIN_SECRET not in conn.describe()
+    assert parse_url("postgresql://dev@localhost/curation").password is None
+    monkeypatch.setenv("PGPASSWORD", "from-env")
+    assert parse_url("postgresql://dev@localhost/curation").password == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("postgresql://h/curation?sslrootcert=/etc/ca.pem",
+         "--to-url parameter sslrootcert is not passed on by db-backup; remove it from the URL and export PGSSLROOTCERT=<its value> instead"),
+        ("postgresql://h/curation?options=-c%20search_path%3Dx", "export PGOPTIONS=<its value>"),
+        ("postgresql://h/curation?service=prod", "parameter service is not passed on by db-backup; spell out host, port, user"),
+        ("postgresql://h/curation?hostaddr=10.0.0.1", "parameter hostaddr is not passed on by db-backup; put the address in the URL's host"),
+        ("postgresql://h/curation?keepalives=0", "parameter keepalives is not passed on by db-backup; remove it"),
+        ("postgresql://h/curation?connect_timeout=3&application_name=me",
+         "--to-url parameters application_name, connect_timeout are not passed on by db-backup"),
+        ("postgresql://h1,h2/curation", "--to-url names several servers (host h1,h2)"),
+        ("postgresql://h/curation?port=5432,5433", "--to-url names several servers (port 5432,5433)"),
+        ("postgresql://h:99999/curation", "--to-url port '99999' is not a port number"),
+        ("postgresql://h/curation?port=abc", "--to-url port 'abc' is not a port number"),
+        ("postgresql://h/curation?sslmode=on", "--to-url sslmode 'on' is not one of disable, allow"),
+        ("postgresql://h/curation?bogus=1", 'not a valid PostgreSQL URL (invalid URI query parameter: "bogus")'),
+        ("postgresql://localhost", "--to-url names no database"),
+        ("mysql://localhost/x", "--to-url must look like postgresql://"),
+    ],
+)
+def test_refused_with_one_line_naming_the_parameter_and_the_fix(url: str, words: str) -> None:
+    with pytest.raises(BadInput) as refused:
+        parse_url(url)
+    message = str(refused.value)
+    assert words in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://dev:Se%zzcret-Word@localhost/curation",  # libpq would quote the bad token
+        "postgresql://dev@localhost/curation?password=Se%zzcret-Word",
+    ],
+)
+def test_an_unparsable_url_with_a_password_never_quotes_it(url: str) -> None:
+    with pytest.raises(BadInput) as refused:
+        parse_url(url)
+    assert "not a valid PostgreSQL URL" in str(refused.value)
+    assert "cret-Word" not in str(refused.value)
+    # Not chained either: --verbose prints the traceback, causes included.
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__
