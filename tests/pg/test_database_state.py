@@ -187,3 +187,44 @@ def test_settings_that_cannot_be_copied_fail_before_the_swap(
     assert fingerprint(pg, beta) == before and _state(pg, beta) == state
     assert restore_leftovers(pg) == set()
     assert f"{beta}__previous" not in pg.databases()
+
+
+def test_a_grant_the_restorer_cannot_repeat_as_its_grantor_is_made_as_the_restorer(
+    pg: PgCluster, dbname: str, beta: str, roles: tuple[str, str, str], tmp_path: Path, pg_env: dict[str, str]
+) -> None:
+    # A non-superuser restorer (as on RDS) may not act as every grantor: the privilege still matters more.
+    app, helper, outsider = roles
+    restorer = f"{dbname}_restorer"
+    db = sql.Identifier(beta)
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(sql.Identifier(restorer), sql.Literal(ROLE_PASSWORD)))
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(restorer)))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {} WITH GRANT OPTION").format(db, sql.Identifier(app)))
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(app)))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(helper)))
+        conn.execute("RESET ROLE")
+    try:
+        targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname, "beta": beta}, "file://./backups",
+                                target_extra="ignore_privileges: true")
+        text = targets.read_text()
+        beta_entry = text.index("env: beta")
+        targets.write_text(text[:beta_entry] + text[beta_entry:].replace(f"user: {pg.user}", f"user: {restorer}")
+                           .replace("env:TEST_PG_PASSWORD", "env:RESTORER_PASSWORD"))
+        env = {**pg_env, "RESTORER_PASSWORD": ROLE_PASSWORD, "DB_BACKUP_TARGETS": str(targets)}
+        assert run_cli("backup", "app", "production", env=env).returncode == 0
+
+        restored = run_cli("restore", "app", "--from", "production", "--to", "beta", env=env)
+
+        assert restored.returncode == 0, restored.stderr
+        assert f"cannot act as {app}, who granted CONNECT on" in restored.stderr
+        assert fingerprint(pg, beta) == fingerprint(pg, dbname)
+        _connect_as(pg, helper, beta).close()  # the privilege survived
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            _connect_as(pg, outsider, beta).close()
+    finally:
+        for other in pg.databases():
+            if other.startswith(beta):
+                pg.drop(other)
+        with pg.connect() as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(restorer)))
