@@ -137,6 +137,19 @@ def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
         lines.put(line)
 
 
+def _wait_until_following(proc: subprocess.Popen[str], fake_fargate: FakeFargate) -> None:
+    """Until the runner has started its task and polled it once: it is in the follow loop."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    while not any(line.startswith("started ECS task") for line in seen):
+        seen.append(lines.get(timeout=60))
+    deadline = time.monotonic() + 30
+    while fake_fargate.describes < 1:
+        assert time.monotonic() < deadline, "the runner never polled the task"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("moment", ["between polls", "during describe_tasks"])
 def test_sigterm_while_following_stops_the_task_and_exits_130(ecs_world: EcsWorld, fake_fargate: FakeFargate,
                                                               tmp_path: Path, moment: str) -> None:
@@ -155,17 +168,8 @@ def test_sigterm_while_following_stops_the_task_and_exits_130(ecs_world: EcsWorl
            "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"), "GITHUB_OUTPUT": str(tmp_path / "output")}
     proc = subprocess.Popen([str(DB_BACKUP), "backup", "curation", "production", "--executor", "ecs"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
     try:
-        seen = []
-        while not any(line.startswith("started ECS task") for line in seen):
-            seen.append(lines.get(timeout=60))
-        # Let it reach the follow loop (one describe_tasks) before the signal arrives.
-        deadline = time.monotonic() + 30
-        while fake_fargate.describes < 1:
-            assert time.monotonic() < deadline, "the runner never polled the task"
-            time.sleep(0.05)
+        _wait_until_following(proc, fake_fargate)
         if moment == "during describe_tasks":
             assert in_request.wait(timeout=30)
             time.sleep(0.2)  # the runner is now blocked reading the answer
@@ -206,16 +210,8 @@ def test_cancelling_the_action_step_stops_the_task(ecs_world: EcsWorld, fake_far
     script.write_text(_action_run_step())
     proc = subprocess.Popen(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
     try:
-        seen: list[str] = []
-        while not any(line.startswith("started ECS task") for line in seen):
-            seen.append(lines.get(timeout=60))
-        deadline = time.monotonic() + 30
-        while fake_fargate.describes < 1:
-            assert time.monotonic() < deadline, "the runner never polled the task"
-            time.sleep(0.05)
+        _wait_until_following(proc, fake_fargate)
         proc.send_signal(signum)
         code = proc.wait(timeout=60)
     finally:
