@@ -8,7 +8,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -57,10 +57,16 @@ class State:
     verbose: bool
     settings: Settings
 
+    _registry: Registry | None = field(default=None, repr=False)
+
     def registry(self) -> Registry:
-        if self.settings.targets_json:
-            return parse_registry(self.settings.targets_json, "the targets sent by the runner (DB_BACKUP_TARGETS_JSON)")
-        return load_registry(self.targets)
+        """targets.yaml, read and validated once per command (an ECS run needs it twice)."""
+        if self._registry is None:
+            if self.settings.targets_json:
+                self._registry = parse_registry(self.settings.targets_json, "the targets sent by the runner (DB_BACKUP_TARGETS_JSON)")
+            else:
+                self._registry = load_registry(self.targets)
+        return self._registry
 
     def services(self) -> jobs.Services:
         gh = GithubEnv()
