@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -281,6 +282,21 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def record_spawns(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """From now on, the argv and the environment of every process this test process starts."""
+    spawned: list[dict[str, Any]] = []
+    real_popen = subprocess.Popen
+
+    class SpyPopen(real_popen):  # type: ignore[misc, valid-type]
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            env = kwargs.get("env")
+            spawned.append({"argv": [str(a) for a in args], "env": dict(os.environ if env is None else env)})
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", SpyPopen)
+    return spawned
 
 
 def run_until(argv: list[str], env: dict[str, str], ready: Callable[[], bool], what: str,

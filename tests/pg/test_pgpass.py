@@ -7,17 +7,14 @@ The password still never reaches a tool's argv or environment.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from runner import cli
-from tests.conftest import PgCluster, fill_rich, fill_small, fingerprint, run_cli, write_targets
+from tests.conftest import PgCluster, fill_rich, fill_small, fingerprint, record_spawns, run_cli, write_targets
 
 
 @pytest.fixture
@@ -87,16 +84,7 @@ def test_pgpassword_reaches_the_tools_only_through_a_private_passfile(
     monkeypatch.setenv("DB_BACKUP_TARGETS", str(_no_password_targets(pg, tmp_path, {"production": dbname})))
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     monkeypatch.chdir(tmp_path)
-    spawned: list[dict[str, Any]] = []
-    real_popen = subprocess.Popen
-
-    class SpyPopen(real_popen):  # type: ignore[misc, valid-type]
-        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
-            env = kwargs.get("env")
-            spawned.append({"argv": [str(a) for a in args], "env": dict(os.environ if env is None else env)})
-            super().__init__(args, *rest, **kwargs)
-
-    monkeypatch.setattr(subprocess, "Popen", SpyPopen)
+    spawned = record_spawns(monkeypatch)
     local = f"{dbname}__laptop"
     for argv in (["backup", "app", "production"], ["restore", "app", "--from", "production", "--to-url", pg.url(local, password=False)]):
         with pytest.raises(SystemExit) as exited:

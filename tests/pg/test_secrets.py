@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,7 +11,7 @@ from runner import cli, jobs
 from runner.aws import AwsClients
 from runner.settings import Settings
 from runner.targets import load_registry
-from tests.conftest import PgCluster, fill_small, write_targets
+from tests.conftest import PgCluster, fill_small, record_spawns, write_targets
 
 SECRET = "Zebra-Quartz-7781-do-not-leak"
 
@@ -53,16 +50,7 @@ def test_password_never_leaks(
     monkeypatch.setenv("TEST_PG_PASSWORD", SECRET)
     monkeypatch.setenv("DB_BACKUP_TARGETS", str(targets))
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
-    spawned: list[dict[str, Any]] = []
-    real_popen = subprocess.Popen
-
-    class SpyPopen(real_popen):  # type: ignore[misc, valid-type]
-        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
-            env = kwargs.get("env")
-            spawned.append({"argv": [str(a) for a in args], "env": dict(os.environ if env is None else env)})
-            super().__init__(args, *rest, **kwargs)
-
-    monkeypatch.setattr(subprocess, "Popen", SpyPopen)
+    spawned = record_spawns(monkeypatch)
     caplog.set_level("DEBUG")
     outputs = []
     for argv in (
