@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
@@ -104,13 +104,29 @@ def _url_fix(keyword: str, envvar: str | None) -> str:
     return "remove it (db-backup cannot pass it on to pg_restore)"
 
 
-def _has_secret(url: str, options: Mapping[str, tuple[str | None, str | None, bool]]) -> bool:
-    """Whether the URL holds a password or another secret parameter (libpq's errors may quote it)."""
-    parts = urlsplit(url)
-    if "@" in parts.netloc and ":" in parts.netloc.rsplit("@", 1)[0]:
+def _may_hold_secret(url: str, options: Mapping[str, tuple[str | None, str | None, bool]]) -> bool:
+    """Whether any part of the URL could be a password or another secret, however malformed the URL is.
+
+    Deliberately crude: a URL that does not parse cannot be trusted to say where its password ends.
+    """
+    # libpq ends the user and password at an '@' (a '?' or ',' may sit inside the password): any ':' before the last one.
+    if "@" in url and ":" in url.split("://", 1)[-1].rsplit("@", 1)[0]:
         return True
-    # An unknown parameter is not secret: libpq's error then quotes only its name.
-    return any(options.get(unquote(name), (None, None, False))[2] for name in parse_qs(parts.query, keep_blank_values=True))
+    lowered = unquote(url).lower()
+    return any(f"{keyword}=" in lowered for keyword, (_envvar, _value, secret) in options.items() if secret)
+
+
+_MISPLACED = ("--to-url has a '/' or '@' inside its user name or password, or an '@' in its host or path; "
+              "percent-encode them as %2F and %40")
+
+
+def _misplaced_userinfo(url: str) -> bool:
+    """An `@` that libpq would read as part of the host or path: a password with an unencoded `/` or `@`."""
+    rest = url.split("://", 1)[1]
+    # libpq ends the user and password at the first '@', unless a '/' comes first: then there are none.
+    end = next((i for i, char in enumerate(rest) if char in "@/"), len(rest))
+    after = rest[end + 1 :] if end < len(rest) and rest[end] == "@" else rest
+    return "@" in after.split("?", 1)[0]
 
 
 def parse_url(url: str) -> Connection:
@@ -122,16 +138,29 @@ def parse_url(url: str) -> Connection:
     if not url.startswith(("postgresql://", "postgres://")):
         raise BadInput("--to-url must look like postgresql://USER@HOST:PORT/DATABASE")
     options = _libpq_options()
+    secret = _may_hold_secret(url, options)
+    if _misplaced_userinfo(url):
+        # libpq would read the rest of such a password as host, port or database name, and show it.
+        raise BadInput(_MISPLACED)
+    parsed: dict[str, str] | None = None
+    problem = ""
     try:
         # libpq's own parser: userinfo, [IPv6], percent-encoded socket paths, ?host=/?port= and the rest.
-        params: dict[str, str] = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+        parsed = {k: str(v) for k, v in conninfo_to_dict(url).items()}
     except psycopg.Error as exc:
         # libpq quotes the offending token, which may be part of a password: then say less.
-        reason = "" if _has_secret(url, options) else f" ({str(exc).strip()})"
+        problem = "" if secret else f" ({str(exc).strip()})"
+    if parsed is None:
+        # Raised outside the except block: a chained libpq error would carry the whole URL,
+        # password included, into a --verbose traceback.
         raise BadInput(
-            f"--to-url is not a valid PostgreSQL URL{reason}; write it as postgresql://USER@HOST:PORT/DATABASE?PARAM=VALUE "
+            f"--to-url is not a valid PostgreSQL URL{problem}; write it as postgresql://USER@HOST:PORT/DATABASE?PARAM=VALUE "
             "with special characters percent-encoded"
-        ) from None  # the chained error could carry the password into a --verbose traceback
+        ) from None
+    params = parsed
+    if secret and (any("@" in params.get(name, "") for name in ("host", "port", "dbname")) or "/" in params.get("user", "")):
+        # A password holding '?' as well as '@' or '/' can still end up there, through the query.
+        raise BadInput(_MISPLACED)
     refused = sorted(set(params) - _URL_HONOURED)
     if refused:
         fixes = {name: _url_fix(name, options[name][0] if name in options else None) for name in refused}
@@ -149,14 +178,20 @@ def parse_url(url: str) -> Connection:
     # Empty host: libpq's default Unix socket directory, for psycopg and (as PGHOST="") pg_restore alike.
     host = params.get("host") or default("host")
     port_text = params.get("port") or default("port") or "5432"
+
+    def quoted(value: str) -> str:
+        # A value is quoted only from a URL that holds no secret: in a malformed one it may be a piece of the password.
+        return "" if secret else f" {value!r}"
+
     for what, value in (("host", host), ("port", port_text)):
         if "," in value:
-            raise BadInput(f"--to-url names several servers ({what} {value}); a restore goes into one: keep only its {what}")
+            listed = "" if secret else f" {value}"
+            raise BadInput(f"--to-url names several servers ({what}{listed}); a restore goes into one: keep only its {what}")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise BadInput(f"--to-url port {port_text!r} is not a port number; fix it, e.g. postgresql://localhost:5433/curation")
+        raise BadInput(f"--to-url port{quoted(port_text)} is not a port number; fix it, e.g. postgresql://localhost:5433/curation")
     sslmode = params.get("sslmode")
     if sslmode is not None and sslmode not in _SSLMODES:
-        raise BadInput(f"--to-url sslmode {sslmode!r} is not one of {', '.join(_SSLMODES)}; fix it in the URL")
+        raise BadInput(f"--to-url sslmode{quoted(sslmode)} is not one of {', '.join(_SSLMODES)}; fix it in the URL")
     user = params.get("user") or default("user") or getpass.getuser()
     return Connection(
         host=host,

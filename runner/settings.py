@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import BadInput
+
+ENV_PREFIX = "DB_BACKUP_"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DB_BACKUP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     targets: Path = Path("targets.yaml")
     # Set by the runner in a Fargate task's environment: the job's targets (Registry.excerpt),
@@ -19,12 +25,64 @@ class Settings(BaseSettings):
     part_size_mb: int = Field(default=16, ge=5, le=512)
     parallel_uploads: int = Field(default=2, ge=1, le=16)
     # Restore strategy: "auto" downloads and runs pg_restore -j for large dumps, streams small ones.
-    restore_mode: str = Field(default="auto", pattern="^(auto|stream|parallel)$")
+    restore_mode: Literal["auto", "stream", "parallel"] = "auto"
     restore_jobs: int = Field(default=0, ge=0, le=64)  # 0 = available cores, at least 2 (jobs.restore_jobs)
     # auto: a db-backup dump whose uncompressed size reaches this restores with -j (bench/RESULTS.md).
     parallel_threshold_mb: int = Field(default=256, ge=0)
     work_dir: Path | None = None  # where a restore may put a seekable copy; default: system temp
-    swap_wait_s: float = Field(default=30.0, gt=0)
+    swap_wait_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    # Bound on each administrative statement of a restore (DROP DATABASE waits for every backend on
+    # the server to answer a barrier, forever if one is stuck).
+    admin_timeout_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    # Fault tests only: comma-separated step names where a restore holds for 120 s, to be killed there.
+    test_pause_at: str | None = None
+
+
+# Values are shown cut short: enough to spot a typo, never a whole pasted blob.
+_SHOWN_CHARS = 40
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    return repr(text) if len(text) <= _SHOWN_CHARS else repr(text[:_SHOWN_CHARS]) + "..."
+
+
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _rule(item: Mapping[str, Any]) -> str:
+    """What the value must be, in words: `a whole number`, `at least 5`, `auto, stream or parallel`."""
+    ctx = item.get("ctx") or {}
+    words = {
+        "int_parsing": "a whole number",
+        "int_from_float": "a whole number",
+        "float_parsing": "a number",
+        "finite_number": "a finite number",
+        "bool_parsing": "true or false",
+        "greater_than_equal": f"at least {_number(ctx.get('ge'))}",
+        "greater_than": f"more than {_number(ctx.get('gt'))}",
+        "less_than_equal": f"at most {_number(ctx.get('le'))}",
+        "less_than": f"less than {_number(ctx.get('lt'))}",
+        "literal_error": str(ctx.get("expected", "")).replace("'", ""),
+    }
+    return words.get(item["type"], str(item["msg"]).removeprefix("Input should be ").removeprefix("Value error, "))
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; BadInput naming each bad DB_BACKUP_* variable in one line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            # loc[0] is the field; a union type may add the member it tried after it.
+            f"{ENV_PREFIX}{str(item['loc'][0]).upper()}={_shown(item['input'])} "
+            f"is not valid: it must be {_rule(item)}"
+            for item in exc.errors()
+        ]
+        fix = "fix or unset it" if len(problems) == 1 else "fix or unset them"
+        # Not chained: the ValidationError repeats every value in full under --verbose.
+        raise BadInput("; ".join(problems) + f"; {fix}") from None
 
 
 class GithubEnv(BaseSettings):

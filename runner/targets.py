@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,10 +14,61 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .compression import Compression, parse_compression
-from .errors import RestoreRefused, TargetsInvalid, UnknownTarget
+from .durations import parse_duration
+from .errors import BadInput, RestoreRefused, TargetsInvalid, UnknownTarget
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SECRET_PREFIXES = ("ssm:", "env:")
+# Far larger than any real registry; a bigger file is the wrong file, and is refused before it is read.
+MAX_TARGETS_BYTES = 1024 * 1024
+DEFAULT_LOCK_WAIT_TIMEOUT = timedelta(minutes=5)
+# pg_dump counts its lock wait in whole milliseconds and treats 0 as "wait forever": at least 1s.
+LOCK_WAIT_RANGE = (timedelta(seconds=1), timedelta(hours=24))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that records every mapping key given twice (plain YAML lets the last one win)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.found: list[tuple[int, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first: dict[Hashable, int] = {}
+        for key_node, _value in node.value:
+            # `<<: *anchor` merges may repeat on purpose; what they bring in may be overridden.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if not isinstance(key, Hashable):
+                continue
+            line = key_node.start_mark.line + 1
+            if key in first:
+                self.found.append((line, f"line {line}: duplicate key {key!r} (first on line {first[key]}); remove one of them"))
+            else:
+                first[key] = line
+        return super().construct_mapping(node, deep)
+
+    @property
+    def duplicates(self) -> list[str]:
+        """Every repeated key, in the order of the file."""
+        return [problem for _line, problem in sorted(self.found)]
+
+
+def _lock_wait_timeout(value: object) -> object:
+    """Checks a lock_wait_timeout as written (`5m`); stays text in the model, a timedelta in Target."""
+    if value is None:
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} has no unit; write a duration such as 30s, 5m or 2h")
+    try:
+        duration = parse_duration(value)
+    except BadInput:
+        raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 5m or 2h") from None
+    low, high = LOCK_WAIT_RANGE
+    if not low <= duration <= high:
+        raise ValueError(f"{value!r} is out of range; write from 1s to 24h, e.g. 5m")
+    return value
 
 
 class _Strict(BaseModel):
@@ -65,7 +117,10 @@ class DefaultsModel(_Strict):
     compression: str = "zstd:3"
     executor: Literal["local", "ecs"] | None = None
     keep_previous: bool = True
+    lock_wait_timeout: str = "5m"
     ecs: EcsModel | None = None
+
+    _lock_wait = field_validator("lock_wait_timeout", mode="before")(_lock_wait_timeout)
 
     @field_validator("storage")
     @classmethod
@@ -95,7 +150,10 @@ class TargetModel(_Strict):
     storage_class: str | None = None
     compression: str | None = None
     executor: Literal["local", "ecs"] | None = None
+    lock_wait_timeout: str | None = None
     database: DatabaseModel | None = None
+
+    _lock_wait = field_validator("lock_wait_timeout", mode="before")(_lock_wait_timeout)
 
     @field_validator("compression")
     @classmethod
@@ -165,6 +223,8 @@ class Target:
     executor: str
     ecs: EcsConfig | None
     database: DatabaseRef
+    # How long pg_dump waits for each table's lock before failing the backup, instead of hanging.
+    lock_wait_timeout: timedelta = DEFAULT_LOCK_WAIT_TIMEOUT
 
     @property
     def name(self) -> str:
@@ -230,7 +290,10 @@ def _place(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
             items = raw.get("targets")
             if position == 1 and loc[0] == "targets" and isinstance(items, list) and item < len(items) and isinstance(items[item], dict):
                 label = f" ({items[item].get('identifier', '?')}/{items[item].get('env', '?')})"
-            parts[-1] = f"{parts[-1]}[{item}]{label}" if parts else f"[{item}]"
+            if parts:
+                parts[-1] = f"{parts[-1]}[{item}]{label}"
+            else:  # a top-level key YAML read as a number
+                parts.append(str(item))
         else:
             parts.append(item)
     return ".".join(parts) or "(top level)"
@@ -329,6 +392,7 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping
                 executor=t.executor or defaults.executor or ("ecs" if ecs else "local"),
                 ecs=ecs,
                 database=db,
+                lock_wait_timeout=parse_duration(t.lock_wait_timeout or defaults.lock_wait_timeout),
             )
         )
     return Registry(
@@ -340,29 +404,75 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping
     )
 
 
-def parse_registry(text: str, path: str = "targets.yaml", base_dir: Path | None = None) -> Registry:
-    """Validate targets.yaml text; TargetsInvalid lists every problem with its place."""
+def _read_yaml(text: str, path: str) -> tuple[Any, list[str]]:
+    """The document and its duplicate keys; TargetsInvalid if it is not YAML at all."""
+    loader: _UniqueKeyLoader | None = None
     try:
-        raw = yaml.safe_load(text)
+        # The loader checks the characters as it is created: inside the try too.
+        loader = _UniqueKeyLoader(text)
+        return loader.get_single_data(), loader.duplicates
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "somewhere"
-        raise TargetsInvalid(path, [f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from exc
+        position = getattr(exc, "position", None)  # a character YAML does not allow
+        if mark is not None:
+            where = f"line {mark.line + 1}"
+        elif isinstance(position, int):
+            where = f"line {text.count(chr(10), 0, position) + 1}"
+        else:
+            where = "somewhere"
+        reason = getattr(exc, "problem", None) or getattr(exc, "reason", None) or exc
+        problem = f"{where}: not valid YAML ({' '.join(str(reason).split())})"
+    except RecursionError:
+        problem = "(top level): nested too deeply to be a targets file; check its brackets"
+    finally:
+        if loader is not None:
+            loader.dispose()
+    raise TargetsInvalid(path, [problem]) from None
+
+
+def parse_registry(text: str, path: str = "targets.yaml", base_dir: Path | None = None) -> Registry:
+    """Validate targets.yaml text; TargetsInvalid lists every problem with its place."""
+    raw, duplicates = _read_yaml(text, path)
     if not isinstance(raw, dict):
-        raise TargetsInvalid(path, ["(top level): must be a mapping with version, defaults, environments, targets"])
-    problems = _cross_problems(raw)
+        raise TargetsInvalid(path, [*duplicates, "(top level): must be a mapping with version, defaults, environments, targets"])
+    cross = _cross_problems(raw)
     try:
         model = TargetsFileModel.model_validate(raw)
     except ValidationError as exc:
-        raise TargetsInvalid(path, _pydantic_problems(exc, raw) + problems) from exc
-    if problems:
-        raise TargetsInvalid(path, problems)
+        raise TargetsInvalid(path, duplicates + _pydantic_problems(exc, raw) + cross) from exc
+    if duplicates or cross:
+        raise TargetsInvalid(path, duplicates + cross)
     return _build(model, path, base_dir or Path.cwd(), raw)
 
 
-def load_registry(path: Path) -> Registry:
+def _read_text(path: Path) -> str:
+    """The file's text, checked before it is parsed: a file, not too large, readable, UTF-8."""
+    point = "point --targets (or DB_BACKUP_TARGETS) at"
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise TargetsInvalid(str(path), ["file not found; pass --targets PATH or set DB_BACKUP_TARGETS"]) from exc
-    return parse_registry(text, str(path), path.resolve().parent)
+        if path.is_dir():
+            raise BadInput(f"targets file {path} is a folder; {point} the targets.yaml file inside it")
+        size = path.stat().st_size
+        if size > MAX_TARGETS_BYTES:
+            raise BadInput(f"targets file {path} is {size:,} bytes, more than the 1 MiB a targets file may be; {point} targets.yaml")
+        with path.open("rb") as handle:
+            # Bounded even when stat() says nothing useful (a pipe, a device, a file still growing).
+            data = handle.read(MAX_TARGETS_BYTES + 1)
+    except PermissionError:
+        raise BadInput(f"targets file {path} cannot be read (permission denied); "
+                       f"make it readable by this user, e.g. chmod a+r {path}") from None
+    except FileNotFoundError:
+        raise TargetsInvalid(str(path), ["file not found; pass --targets PATH or set DB_BACKUP_TARGETS"]) from None
+    except OSError as exc:
+        raise BadInput(f"targets file {path} cannot be read ({exc.strerror or exc}); {point} a readable targets.yaml") from None
+    if len(data) > MAX_TARGETS_BYTES:
+        raise BadInput(f"targets file {path} is more than the 1 MiB a targets file may be; {point} targets.yaml")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BadInput(f"targets file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8") from None
+
+
+def load_registry(path: Path) -> Registry:
+    """Read and validate targets.yaml; BadInput or TargetsInvalid (exit 2) for any problem."""
+    return parse_registry(_read_text(path), str(path), path.resolve().parent)

@@ -100,17 +100,71 @@ def test_refused_with_one_line_naming_the_parameter_and_the_fix(url: str, words:
     assert "\n" not in message
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "postgresql://dev:Se%zzcret-Word@localhost/curation",  # libpq would quote the bad token
-        "postgresql://dev@localhost/curation?password=Se%zzcret-Word",
-    ],
-)
-def test_an_unparsable_url_with_a_password_never_quotes_it(url: str) -> None:
+# Each holds a password whose pieces are "Hidden" and "Word": neither may appear in a message.
+MALFORMED_WITH_PASSWORD = [
+    "postgresql://dev:Se%zzHidden-Word@localhost/curation",  # libpq would quote the bad token
+    "postgresql://dev@localhost/curation?password=Se%zzHidden-Word",
+    "postgresql://dev:Hidden Word@localhost/curation",  # libpq quotes the token with the space
+    "postgresql://dev:Hidden-Word@[::1/curation",  # unclosed IPv6 bracket
+    "postgresql://dev:Hidden-Word@localhost/curation?bogus=1",
+    "postgresql://dev:Hidden/Word@localhost/curation",  # libpq: host 'dev', port 'Hidden', database 'Word@localhost/...'
+    "postgresql://dev:5432/HiddenWord@localhost/curation",  # the same, with a port that parses
+    "postgresql://dev:Hidden@Word@localhost/curation",  # libpq: host 'Word@localhost'
+    "postgresql://dev:Hidden-Word@localhost:notaport/curation",
+    "postgresql://dev:Hidden-Word@localhost:5432:1/curation",
+    "postgresql://dev:Hidden-Word@localhost/curation?port=HiddenWord",
+    "postgresql://dev:Hidden-Word@localhost/curation?sslmode=HiddenWord",
+    "postgresql://dev:Hidden-Word@h1,h2/curation",
+    "postgresql://localhost/curation?password=Hidden-Word&port=HiddenWord",
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED_WITH_PASSWORD)
+def test_a_malformed_url_with_a_password_never_shows_any_of_it(url: str) -> None:
     with pytest.raises(BadInput) as refused:
         parse_url(url)
-    assert "not a valid PostgreSQL URL" in str(refused.value)
-    assert "cret-Word" not in str(refused.value)
-    # Not chained either: --verbose prints the traceback, causes included.
-    assert refused.value.__cause__ is None and refused.value.__suppress_context__
+    message = str(refused.value)
+    assert message.startswith("--to-url ") and "\n" not in message
+    assert "Hidden" not in message and "Word" not in message
+    # Neither chained nor raised while handling libpq's error: --verbose prints the traceback, causes included.
+    assert refused.value.__cause__ is None and refused.value.__context__ is None
+
+
+def test_a_slash_or_at_sign_in_the_password_says_to_percent_encode_it() -> None:
+    for url in ("postgresql://dev:a/b@localhost/curation", "postgresql://dev:a@b@localhost/curation"):
+        with pytest.raises(BadInput, match="percent-encode them as %2F and %40"):
+            parse_url(url)
+    assert parse_url("postgresql://dev:a%2Fb%40c@localhost/curation").password == "a/b@c"
+    # An '@' in the query is a value, not a misplaced password.
+    assert parse_url("postgresql://localhost/curation?user=app@server").user == "app@server"
+
+
+def test_values_are_quoted_from_a_url_without_a_password() -> None:
+    with pytest.raises(BadInput, match="--to-url port 'notaport' is not a port number"):
+        parse_url("postgresql://dev@localhost:notaport/curation")
+    with pytest.raises(BadInput, match=r"--to-url port is not a port number"):
+        parse_url("postgresql://dev:pw@localhost:notaport/curation")
+
+
+SPECIALS = ["/", "?", "@", "#", ",", ":", "[", "]", "&", "=", "%zz", " ", "?user=", "?dbname=", "?host=", "?port=", "/1?", ":1/"]
+WITH_PASSWORD = [
+    "postgresql://dev:AAA{0}BBB{1}CCC@localhost:5432/db",
+    "postgresql://dev:5432{0}BBB{1}CCC@localhost/db?sslmode=require",
+    "postgresql://localhost/db?password=AAA{0}BBB{1}CCC&port=1",
+    "postgresql://dev@localhost/db?password=AAA{0}BBB{1}CCC",
+]
+
+
+def test_no_piece_of_a_password_with_special_characters_is_ever_shown() -> None:
+    """Unencoded special characters make libpq cut the password anywhere: no piece may reach a message or a field."""
+    for template in WITH_PASSWORD:
+        for first in SPECIALS:
+            for second in SPECIALS:
+                url = template.format(first, second)
+                try:
+                    conn = parse_url(url)
+                except BadInput as refused:
+                    shown = str(refused)
+                else:
+                    shown = f"{conn.describe()} {conn!r}"
+                assert not any(piece in shown for piece in ("AAA", "BBB", "CCC")), (url, shown)

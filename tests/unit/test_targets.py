@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from runner import remote
-from runner.errors import ExitCode, RestoreRefused, TargetsInvalid, UnknownTarget
-from runner.targets import load_registry, parse_registry
+from runner.errors import BadInput, ExitCode, RestoreRefused, TargetsInvalid, UnknownTarget
+from runner.targets import MAX_TARGETS_BYTES, Target, load_registry, parse_registry
 from tests.conftest import REPO, run_cli
 
 GOOD = """
@@ -150,3 +153,129 @@ def test_an_excerpt_carries_just_the_chosen_targets_with_their_defaults() -> Non
     assert sorted(sent.targets, key=lambda t: t.env) == [dest, source]
     assert (sent.environments, sent.protected) == (registry.environments, registry.protected)
     assert len(text) < remote.MAX_TARGETS_JSON
+
+
+# --- keys given twice, the file itself, lock_wait_timeout ----------------------------------------
+
+
+def _line(text: str, needle: str, occurrence: int = 1) -> int:
+    """1-based line number of the n-th line that contains `needle`."""
+    found = [number for number, line in enumerate(text.splitlines(), 1) if needle in line]
+    return found[occurrence - 1]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("      name: literature\n", "      name: literature\n      name: curation\n", "name"),
+        ("    env: beta\n", "    env: beta\n    env: production\n", "env"),
+        ("targets:\n", "defaults:\n  storage: s3://somewhere-else\ntargets:\n", "defaults"),
+        ("  beta: {}\n", "  beta: {protected: false, protected: true}\n", "protected"),
+    ],
+    ids=["database-name", "target-env", "defaults", "flow-mapping"],
+)
+def test_a_key_given_twice_is_named_with_its_line(old: str, new: str, key: str) -> None:
+    assert old in GOOD
+    text = GOOD.replace(old, new, 1)
+    inserted = [n for n, line in enumerate(new.splitlines()) if f"{key}:" in line][-1]
+    second = text[: text.index(new)].count("\n") + 1 + inserted
+    found = problems(text)
+    assert any(p.startswith(f"line {second}: duplicate key '{key}'") and p.endswith("remove one of them") for p in found), found
+
+
+def test_every_key_given_twice_is_reported_in_file_order() -> None:
+    text = GOOD.replace("  region: us-east-1\n", "  region: us-east-1\n  region: eu-west-1\n").replace(
+        "    ignore_privileges: true\n", "    ignore_privileges: true\n    ignore_privileges: false\n")
+    found = problems(text)
+    assert [p.split(":")[0] for p in found] == [f"line {_line(text, 'region:', 2)}", f"line {_line(text, 'ignore_privileges:', 2)}"]
+
+
+def test_a_merged_key_overridden_on_purpose_is_not_a_duplicate() -> None:
+    text = GOOD.replace("    database:\n", "    database: &literature\n") + (
+        "  - identifier: literature\n    env: alpha\n    database:\n      <<: *literature\n      name: literature_alpha\n")
+    database = parse_registry(text).get("literature", "alpha").database
+    assert (database.name, database.host) == ("literature_alpha", "literature-beta.example.internal")
+
+
+def test_a_file_that_is_not_utf8_names_the_byte_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_bytes(GOOD.replace("region: us-east-1", "region: us-east-1 # caf\xe9").encode("latin-1"))
+    with pytest.raises(BadInput, match=r"is not UTF-8 text \(byte 0xe9 on line 5\); save it as UTF-8") as raised:
+        load_registry(path)
+    assert raised.value.exit_code == ExitCode.BAD_INPUT
+
+
+def test_a_folder_is_not_a_targets_file(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match=re.escape(f"targets file {tmp_path} is a folder; point --targets")):
+        load_registry(tmp_path)
+
+
+def test_a_huge_file_is_refused_by_its_size_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "targets.yaml"
+    with path.open("wb") as handle:
+        handle.truncate(8 * 1024**3)  # sparse: 8 GiB that would take a long time (and the memory) to read
+    started = time.monotonic()
+    with pytest.raises(BadInput, match="8,589,934,592 bytes, more than the 1 MiB a targets file may be"):
+        load_registry(path)
+    assert time.monotonic() - started < 5
+
+
+def test_a_file_of_exactly_the_limit_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_bytes(GOOD.encode() + b"#" * (MAX_TARGETS_BYTES - len(GOOD.encode())))
+    assert load_registry(path).environments == ("production", "beta", "alpha")
+
+
+def test_a_character_yaml_forbids_names_its_line() -> None:
+    assert problems(GOOD.replace("  alpha: {}\n", "  alpha: {}\x07\n")) == [
+        f"line {_line(GOOD, 'alpha: {}')}: not valid YAML (special characters are not allowed)"]
+
+
+def test_lock_wait_timeout_defaults_to_five_minutes_and_is_set_per_target() -> None:
+    registry = parse_registry(GOOD)
+    assert {t.lock_wait_timeout for t in registry.targets} == {timedelta(minutes=5)}
+    text = GOOD.replace("  region: us-east-1\n", "  region: us-east-1\n  lock_wait_timeout: 30s\n").replace(
+        "    compression: gzip:6\n", "    compression: gzip:6\n    lock_wait_timeout: 1.5h\n")
+    registry = parse_registry(text)
+    assert registry.get("curation", "production").lock_wait_timeout == timedelta(seconds=30)
+    assert registry.get("literature", "beta").lock_wait_timeout == timedelta(minutes=90)
+    assert parse_registry(text.replace("30s", "24h")).get("curation", "alpha").lock_wait_timeout == timedelta(hours=24)
+
+
+def test_a_target_built_without_lock_wait_timeout_gets_the_default() -> None:
+    built = parse_registry(GOOD).get("curation", "production")
+    fields = {name: getattr(built, name) for name in built.__dataclass_fields__ if name != "lock_wait_timeout"}
+    assert Target(**fields).lock_wait_timeout == timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "expected"),
+    [
+        ("defaults", "0s", "defaults.lock_wait_timeout: '0s' is out of range; write from 1s to 24h"),
+        ("defaults", "0.5s", "defaults.lock_wait_timeout: '0.5s' is out of range"),
+        ("target", "25h", "targets[2] (literature/beta).lock_wait_timeout: '25h' is out of range; write from 1s to 24h, e.g. 5m"),
+        ("target", "2d", "targets[2] (literature/beta).lock_wait_timeout: '2d' is out of range"),
+        ("target", "5 minutes", "targets[2] (literature/beta).lock_wait_timeout: '5 minutes' is not a duration; write e.g. 30s, 5m or 2h"),
+        ("target", "-5m", "'-5m' is not a duration"),
+        ("target", "300", "targets[2] (literature/beta).lock_wait_timeout: 300 has no unit; write a duration such as 30s, 5m or 2h"),
+        ("defaults", "1:30", "defaults.lock_wait_timeout: 90 has no unit"),  # YAML 1.1 reads 1:30 as 90
+    ],
+)
+def test_a_bad_lock_wait_timeout_is_named_with_its_place(where: str, value: str, expected: str) -> None:
+    if where == "defaults":
+        text = GOOD.replace("  region: us-east-1\n", f"  region: us-east-1\n  lock_wait_timeout: {value}\n")
+    else:
+        text = GOOD.replace("    compression: gzip:6\n", f"    compression: gzip:6\n    lock_wait_timeout: {value}\n")
+    found = problems(text)
+    assert any(expected in p for p in found), found
+
+
+def test_duration_parsing_moved_but_the_cli_name_still_works() -> None:
+    from runner import cli, durations
+
+    assert cli.parse_duration is durations.parse_duration
+    assert durations.parse_duration("90m") == timedelta(minutes=90)
+    with pytest.raises(BadInput, match=re.escape("duration '90 m' is not valid; write e.g. 90m, 26h or 2d")):
+        durations.parse_duration("90 m")
+    with pytest.raises(BadInput, match="is too long"):
+        durations.parse_duration("99999999999999d")
