@@ -9,7 +9,16 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    SSOError,
+    TokenRetrievalError,
+)
 
 from .aws import error_code, infra_error
 from .clock import Clock
@@ -27,11 +36,18 @@ RETRYABLE_CODES = frozenset({
     "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
     "ServerException", "ServiceUnavailable", "ServiceUnavailableException", "InternalFailure",
 })
-# Fatal at once: waiting does not change permissions or configuration.
+# Fatal at once: waiting does not change permissions, credentials or configuration.
 FATAL_CODES = frozenset({
     "AccessDeniedException", "AccessDenied", "UnauthorizedOperation", "ClusterNotFoundException",
-    "InvalidParameterException", "UnrecognizedClientException", "ExpiredTokenException",
+    "InvalidParameterException", "UnrecognizedClientException", "ExpiredTokenException", "ExpiredToken",
+    "InvalidClientTokenId", "InvalidSignatureException", "SignatureDoesNotMatch", "IncompleteSignature",
+    "MissingAuthenticationToken", "MissingAuthenticationTokenException",
 })
+# No usable credentials. botocore raises these before the request is sent, so ECS cannot have
+# started anything, and only the user can fix them: never retried, never read as ECS trouble.
+CREDENTIAL_ERRORS: tuple[type[BotoCoreError], ...] = (
+    NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, ProfileNotFound, SSOError, TokenRetrievalError,
+)
 _CAPACITY = re.compile(r"capacity|RESOURCE:|insufficient|not enough", re.IGNORECASE)
 _TAG_VALUE_BAD = re.compile(r"[^\w .:/=+\-@]")
 _STARTED_BY_BAD = re.compile(r"[^A-Za-z0-9_/-]")
@@ -177,6 +193,8 @@ def start(
             reason = f"{code}: {message}".rstrip(": ")
             if _CAPACITY.search(message):
                 token += 1  # refused outright; a server error may have started it, so its token stays
+        except CREDENTIAL_ERRORS as exc:
+            raise infra_error(f"starting the ECS task in cluster {config.cluster}", exc) from exc
         except BotoCoreError as exc:
             reason = str(exc)  # unknown whether the task started: the same token finds out
         else:
@@ -222,6 +240,8 @@ def _poll(client: ECSClient, cluster: str, arn: str) -> tuple[TaskTypeDef | None
             raise infra_error(f"watching ECS task {task_id(arn)}", exc) from exc
         message = str(exc.response.get("Error", {}).get("Message", ""))
         return None, f"{code}: {message}".rstrip(": "), 0 if code in RETRYABLE_CODES else 1
+    except CREDENTIAL_ERRORS as exc:
+        raise infra_error(f"watching ECS task {task_id(arn)}", exc) from exc
     except BotoCoreError as exc:
         return None, str(exc), 1
     if task is None:
@@ -303,6 +323,9 @@ def stop(client: ECSClient, cluster: str, arn: str, reason: str) -> bool:
     """Ask ECS to stop the task; False (and a warning) when that failed."""
     try:
         client.stop_task(cluster=cluster, task=arn, reason=reason[:255])
+    except CREDENTIAL_ERRORS as exc:
+        log.warning("%s; stop it in the console", infra_error(f"stopping ECS task {arn}", exc))
+        return False
     except (ClientError, BotoCoreError) as exc:
         log.warning("could not stop ECS task %s: %s; stop it in the console", arn, exc)
         return False
@@ -317,6 +340,9 @@ def wait_stopped(client: ECSClient, cluster: str, arn: str, clock: Clock, limit_
     while True:
         try:
             task = describe(client, cluster, arn)
+        except CREDENTIAL_ERRORS as exc:
+            log.warning("%s; not waiting for the stop", infra_error(f"watching ECS task {arn}", exc))
+            return None
         except (ClientError, BotoCoreError) as exc:
             log.warning("describe_tasks failed while waiting for the stop: %s", exc)
             task = None

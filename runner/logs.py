@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .aws import error_code
+from .aws import error_code, infra_error
 from .clock import Clock
+from .ecs import CREDENTIAL_ERRORS
 
 if TYPE_CHECKING:
     from mypy_boto3_logs import CloudWatchLogsClient
@@ -62,6 +63,10 @@ class LogTail:
             except ClientError as exc:
                 self._trouble(exc)
                 return emitted
+            except CREDENTIAL_ERRORS as exc:
+                # Trying again every few seconds would only repeat this warning for the whole run.
+                self._disable(str(infra_error("GetLogEvents", exc)))
+                return emitted
             except BotoCoreError as exc:
                 log.warning("reading log stream %s failed (%s); trying again later", self.stream, exc)
                 return emitted
@@ -106,6 +111,9 @@ class LogTail:
             self._resume_at = self._clock.monotonic() + self._throttle_s
             log.info("CloudWatch Logs is throttling; reading the log again in %.0fs", self._throttle_s)
             return
-        self.disabled = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+        self._disable(f"{code}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": "))
+
+    def _disable(self, reason: str) -> None:
+        self.disabled = reason
         log.warning("cannot read log stream %s in %s (%s); the task goes on, follow its logs in the console",
-                    self.stream, self.group, self.disabled)
+                    self.stream, self.group, reason)

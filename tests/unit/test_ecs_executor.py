@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+    UnauthorizedSSOTokenError,
+)
 
 from runner import cli, ecs, remote
 from runner.errors import Cancelled, ExitCode, InfraError, Interrupted, JobFailed, TimedOut
@@ -283,12 +290,58 @@ def test_run_task_gives_up_after_bounded_attempts_with_the_reason(tmp_path: Path
 
 
 def test_run_task_access_denied_is_not_retried(tmp_path: Path) -> None:
+    clock = FakeClock()
     fake = FakeEcs([None], runs=[client_error("AccessDeniedException", "not authorized to perform ecs:RunTask", "RunTask")])
     t = target(tmp_path)
     assert t.ecs is not None
-    with pytest.raises(InfraError, match="AccessDeniedException: not authorized"):
-        ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), FakeClock(), FAST)  # type: ignore[arg-type]
-    assert len(fake.run_calls) == 1
+    with pytest.raises(InfraError, match="AccessDeniedException: not authorized") as caught:
+        ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), clock, FAST)  # type: ignore[arg-type]
+    assert caught.value.exit_code == ExitCode.INFRA
+    assert len(fake.run_calls) == 1 and clock.sleeps == []
+    assert "capacity" not in str(caught.value)
+
+
+def test_run_task_without_credentials_fails_at_once(tmp_path: Path) -> None:
+    # botocore gives up before sending anything: no task can have started, and no wait brings credentials.
+    clock = FakeClock()
+    fake = FakeEcs([None], runs=[NoCredentialsError()] * 10)
+    t = target(tmp_path)
+    assert t.ecs is not None
+    with pytest.raises(InfraError) as caught:
+        ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), clock, FAST)  # type: ignore[arg-type]
+    assert caught.value.exit_code == ExitCode.INFRA
+    assert "no AWS credentials" in str(caught.value) and "cluster db-backup" in str(caught.value)
+    assert "capacity" not in str(caught.value) and "attempts" not in str(caught.value)
+    assert len(fake.run_calls) == 1 and clock.sleeps == [] and clock.t == 0
+
+
+@pytest.mark.parametrize("error", [
+    PartialCredentialsError(provider="env", cred_var="AWS_SECRET_ACCESS_KEY"),
+    CredentialRetrievalError(provider="assume-role-with-web-identity", error_msg="token expired"),
+    UnauthorizedSSOTokenError(),
+], ids=lambda e: type(e).__name__)
+def test_run_task_with_unusable_credentials_fails_at_once_with_botocores_reason(tmp_path: Path, error: Exception) -> None:
+    clock = FakeClock()
+    fake = FakeEcs([None], runs=[error] * 10)
+    t = target(tmp_path)
+    assert t.ecs is not None
+    with pytest.raises(InfraError) as caught:
+        ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), clock, FAST)  # type: ignore[arg-type]
+    assert caught.value.exit_code == ExitCode.INFRA
+    assert str(error) in str(caught.value) and "capacity" not in str(caught.value)
+    assert len(fake.run_calls) == 1 and clock.sleeps == []
+
+
+def test_remote_run_without_credentials_reports_the_failure_and_stops_nothing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    fake = FakeEcs([None], runs=[NoCredentialsError()] * 10)
+    output = tmp_path / "output"
+    with pytest.raises(InfraError, match="no AWS credentials") as caught:
+        remote.run(backup_job(target(tmp_path)), services(clock, FakeAws(fake)), GithubEnv(output=output),
+                   timeout_s=3600, policy=FAST, out=io.StringIO())
+    assert caught.value.exit_code == ExitCode.INFRA
+    assert len(fake.run_calls) == 1 and clock.t == 0 and fake.stops == [] and fake.describe_calls == 0
+    assert "result=failure\n" in output.read_text()
 
 
 # --- judging ------------------------------------------------------------------------------------
@@ -450,6 +503,33 @@ def test_describe_errors_give_up_after_a_bound_and_stop_the_task(tmp_path: Path)
     assert len(fake.stops) == 1 and "was stopped" in str(caught.value)
 
 
+@pytest.mark.parametrize("error", [
+    NoCredentialsError(),
+    client_error("InvalidClientTokenId", "The security token included in the request is invalid."),
+    client_error("ExpiredToken", "The security token included in the request is expired"),
+], ids=lambda e: type(e).__name__ if not isinstance(e, ClientError) else e.response["Error"]["Code"])
+def test_credentials_lost_while_following_fail_at_once(tmp_path: Path, error: Exception) -> None:
+    # Without credentials the stop request fails too: the task is left to the user, and the error says so.
+    clock = FakeClock()
+    fake = FakeEcs([task("RUNNING"), error])
+    stop_calls: list[dict[str, str]] = []
+
+    def stop_task(**kwargs: str) -> dict[str, Any]:
+        stop_calls.append(kwargs)
+        raise error
+
+    fake.stop_task = stop_task  # type: ignore[method-assign]
+    with pytest.raises(InfraError, match=f"watching ECS task {TASK_ID} failed") as caught:
+        remote.run(backup_job(target(tmp_path)), services(clock, FakeAws(fake, FakeLogs(clock, []))), GithubEnv(),
+                   timeout_s=3600, policy=FAST, out=io.StringIO())
+    assert caught.value.exit_code == ExitCode.INFRA
+    assert fake.describe_calls == 2 and len(stop_calls) == 1
+    assert str(caught.value).endswith(f"stopping ECS task {TASK_ID} failed, stop it in the console")
+    if isinstance(error, NoCredentialsError):
+        assert "no AWS credentials" in str(caught.value)
+    assert clock.t < 10  # one poll interval, not the describe_errors backoff
+
+
 def test_cancel_stops_the_task_reports_and_exits_130(tmp_path: Path) -> None:
     clock = FakeClock(cancel_at=50)
     fake = FakeEcs([task("PENDING"), task("RUNNING")])
@@ -545,3 +625,19 @@ def test_log_tail_disables_itself_on_access_denied(tmp_path: Path) -> None:
     assert tail.poll() == 0 and tail.disabled and "AccessDeniedException" in tail.disabled
     tail.drain(4, 30)
     assert clock.t == 0  # a broken tail does not hold the job up
+
+
+def test_log_tail_disables_itself_without_credentials() -> None:
+    clock = FakeClock()
+    calls: list[dict[str, Any]] = []
+
+    class NoCredentials:
+        def get_log_events(self, **kwargs: Any) -> dict[str, Any]:
+            calls.append(kwargs)
+            raise NoCredentialsError()
+
+    tail = LogTail(lambda: NoCredentials(), "/g", "s", clock, [].append)  # type: ignore[arg-type,return-value]
+    assert tail.poll() == 0 and tail.disabled and "no AWS credentials" in tail.disabled
+    assert tail.poll() == 0
+    tail.drain(4, 30)
+    assert len(calls) == 1 and clock.t == 0
