@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -20,6 +22,17 @@ _CONFIG = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeou
 # For calls made while cancel signals are held (run_task, stop_task): with _CONFIG a hung endpoint
 # could hold a cancel for 8 x 120 s; these end within about 30 s, and ECS answers them in about one.
 _HELD_CONFIG = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=10)
+# S3 has its own bounds: a dead or silent endpoint fails a command within about 3 minutes (3 attempts
+# of at most 10 s to connect and 60 s to answer) instead of _CONFIG's 8 x 120 s. 60 s is far more
+# than S3 needs to answer, even after a 16 MiB part.
+_S3_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+# Aborting a multipart upload, often on the way out of a cancel that must end within seconds: one
+# attempt of at most 3 + 5 s. An upload it fails to abort is removed by the next backup of the
+# target or by the bucket's lifecycle rule.
+_S3_ABORT_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=5)
+
+# The abort client of each S3 client made here, for the stores built from it.
+_ABORT_CLIENTS: weakref.WeakKeyDictionary[Any, Callable[[], Any]] = weakref.WeakKeyDictionary()
 
 
 class AwsClients:
@@ -38,7 +51,13 @@ class AwsClients:
         return self._clients[key]
 
     def s3(self, region: str) -> S3Client:
-        client: S3Client = self._client("s3", region)
+        client: S3Client = self._client("s3", region, _S3_CONFIG)
+        _ABORT_CLIENTS[client] = lambda: self.s3_abort(region)
+        return client
+
+    def s3_abort(self, region: str) -> S3Client:
+        """S3 for abort_multipart_upload: one attempt, short timeouts."""
+        client: S3Client = self._client("s3", region, _S3_ABORT_CONFIG)
         return client
 
     def ssm(self, region: str) -> SSMClient:
@@ -57,6 +76,13 @@ class AwsClients:
     def logs(self, region: str) -> CloudWatchLogsClient:
         client: CloudWatchLogsClient = self._client("logs", region)
         return client
+
+
+def abort_client_for(client: S3Client) -> S3Client:
+    """The short-timeout, one-attempt sibling of an S3 client from AwsClients.s3; the client itself otherwise."""
+    sibling = _ABORT_CLIENTS.get(client)
+    made: S3Client = sibling() if sibling else client
+    return made
 
 
 def error_code(exc: ClientError) -> str:

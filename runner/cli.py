@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import signal
 import sys
 import time
@@ -22,9 +21,10 @@ from . import github, jobs, remote
 from .aws import AwsClients
 from .clock import SystemClock
 from .credentials import parse_url
+from .durations import parse_duration
 from .errors import BadInput, Cancelled, DbBackupError, ExitCode, Interrupted, JobFailed, StaleBackups, TargetsInvalid, cancel_reason
 from .humanize import human_size
-from .settings import GithubEnv, Settings
+from .settings import GithubEnv, Settings, load_settings
 from .storage import entry_to_json, list_backups
 from .targets import Registry, Target, load_registry, parse_registry
 
@@ -94,7 +94,7 @@ def main_callback(
     logging.Formatter.converter = time.gmtime
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = Settings()
+    settings = load_settings()
     ctx.obj = State(targets=targets or settings.targets, verbose=verbose, settings=settings)
 
 
@@ -143,7 +143,7 @@ def list_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     limit: Annotated[int, typer.Option(min=1, help="Show at most N backups.")] = 20,
 ) -> None:
-    """Backups of one target, newest first."""
+    """Backups of one target, newest first: complete, legacy (no manifest) or damaged (and why)."""
     state = _state(ctx)
     target = state.registry().get(identifier, env)
     store = state.services().store(target)
@@ -155,8 +155,8 @@ def list_cmd(
         typer.echo(f"no backups for {target.name} in {store.url}")
         return
     _table(
-        [[e.id, e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"), human_size(e.size_bytes),
-          (e.sha256 or "-")[:16], e.status] for e in entries],
+        [[e.id, e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"), human_size(e.size_bytes) if e.has_dump else "-",
+          (e.sha256 or "-")[:16], f"damaged: {e.problem}" if e.problem else e.status] for e in entries],
         ["ID", "CREATED", "SIZE", "SHA256", "STATUS"],
     )
 
@@ -275,17 +275,6 @@ def report(
         raise JobFailed("at least one scheduled backup failed; see the table above")
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-
-
-def parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise BadInput(f"duration {text!r} is not valid; write e.g. 90m, 26h or 2d")
-    value, unit = float(match.group(1)), match.group(2)
-    return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
-
-
 @app.command()
 def status(
     ctx: typer.Context,
@@ -293,16 +282,21 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     schedule: Annotated[str, typer.Option(help="Which schedule's targets to check.")] = "nightly",
 ) -> None:
-    """Age of each scheduled target's newest backup; exit 1 if any is stale."""
+    """Age of each scheduled target's newest good backup, naming damaged newer ones; exit 1 if any is stale."""
     state = _state(ctx)
     limit = parse_duration(max_age)
     results = jobs.status(state.registry(), state.services(), limit, schedule)
     rows: list[dict[str, Any]] = [
         {"identifier": r.target.identifier, "env": r.target.env, "newest": r.newest.id if r.newest else None,
          "status": r.newest.status if r.newest else None,
-         "age_hours": round(r.age.total_seconds() / 3600, 1) if r.age is not None else None, "stale": r.stale}
+         "age_hours": round(r.age.total_seconds() / 3600, 1) if r.age is not None else None, "stale": r.stale,
+         "damaged": [{"id": d.id, "reason": d.problem} for d in r.damaged]}
         for r in results
     ]
+    for r in results:
+        for d in r.damaged:
+            judged = f"judged by {r.newest.id}" if r.newest else "no good backup"
+            log.warning("%s: backup %s is damaged (%s); %s", r.target.name, d.id, d.problem, judged)
     if as_json:
         _echo_json(rows)
     else:

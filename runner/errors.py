@@ -91,3 +91,7 @@ class Interrupted(KeyboardInterrupt):
 def cancel_reason(exc: KeyboardInterrupt) -> str:
     """`cancelled by SIGTERM` and the like; a bare KeyboardInterrupt came from Python's own SIGINT handling."""
     return str(exc) if isinstance(exc, Interrupted) and str(exc) else "cancelled by SIGINT"
+
+
+class IdTaken(JobFailed):
+    """Another backup holds or wrote this backup id; the backup tries the next id of the same second."""

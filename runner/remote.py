@@ -161,8 +161,8 @@ class _Run:
         try:
             entry = resolve_backup(store, source.identifier, source.env, self.job.backup or "latest")
         except DbBackupError as exc:
-            if exc.exit_code == BadInput.exit_code:
-                raise  # no such backup: refuse before starting anything
+            if exc.exit_code in (BadInput.exit_code, JobFailed.exit_code):
+                raise  # no such backup, or a damaged one: refuse before starting anything
             log.warning("could not resolve backup %s of %s here (%s); the task resolves it", self.job.backup, source.name, exc)
             self.report = replace(self.report, source=f"{source.name} {self.job.backup or 'latest'}")
             return None
@@ -213,6 +213,9 @@ class _Run:
         store = self.services.store(target)
         for entry in list_backups(store, target.identifier, target.env, limit=MANIFEST_SEARCH):
             if entry.manifest is not None and entry.manifest.request_id == self.request_id:
+                if entry.problem is not None:
+                    raise JobFailed(f"ECS task {ecs.task_id(self.arn or '')} wrote backup {entry.id} of {target.name}, "
+                                    f"but it is damaged ({entry.problem}); see the task's log")
                 m = entry.manifest
                 return replace(report, backup_id=m.id, backup_uri=store.uri(entry.key), size_bytes=m.size_bytes, sha256=m.sha256)
         raise JobFailed(

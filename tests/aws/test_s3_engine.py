@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +21,7 @@ from botocore.awsrequest import AWSPreparedRequest
 from botocore.config import Config
 from moto.s3.responses import S3Response
 
+from runner import postgres
 from tests.conftest import (
     MotoServer,
     PgCluster,
@@ -108,7 +111,7 @@ def test_backup_to_s3_with_ssm_credentials_and_restore(pg: PgCluster, dbname: st
     assert manifest["size_bytes"] == head["ContentLength"] and manifest["database"] == dbname
     assert manifest["server_version"].startswith(str(pg.bindir).split("/")[4])
     listed = json.loads(run_cli("list", "app", "production", "--json", env=env).stdout)
-    assert [(e["id"], e["status"], e["sha256"]) for e in listed] == [(manifest["id"], "verified", manifest["sha256"])]
+    assert [(e["id"], e["status"], e["sha256"]) for e in listed] == [(manifest["id"], "complete", manifest["sha256"])]
     restored = run_cli("restore", "app", "--from", "production", "--to", "beta", env=env)
     assert restored.returncode == 0, restored.stderr
     assert fingerprint(pg, f"{dbname}__beta") == fingerprint(pg, dbname)
@@ -193,11 +196,16 @@ def test_signal_while_fetching_the_dump_leaves_the_target(pg: PgCluster, dbname:
     before = fingerprint(pg, beta)
     fetching, release = threading.Event(), threading.Event()
     original = S3Response._key_response_get
+    gets: list[str] = []
 
     def stalled_get(self: S3Response, query: dict[str, Any], key_name: str) -> Any:
-        if key_name.endswith(".dump") and not fetching.is_set():
-            fetching.set()
-            release.wait(timeout=60)
+        if key_name.endswith(".dump"):
+            gets.append(key_name)
+            # The first GET reads the archive's header (checked before anything is touched); the
+            # second streams the dump into the fresh database.
+            if len(gets) == 2 and not fetching.is_set():
+                fetching.set()
+                release.wait(timeout=60)
         return original(self, query, key_name)
 
     monkeypatch.setattr(S3Response, "_key_response_get", stalled_get)
@@ -390,3 +398,73 @@ def test_s3_unreachable_while_fetching_the_dump_exits_3_and_leaves_the_target(
         assert restore_leftovers(pg) == set()
         assert redirected
         redirected.clear()
+
+
+# --- uploads left open by backups that died: the next backup aborts them, never a live one's -------
+
+
+def real_upload_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto reports one fixed Initiated time (in 2010) for every open upload; report when each was opened, as S3 does.
+
+    Without this every upload would look 6 h idle to db-backup, a live one's too.
+    """
+    from moto.s3.models import FakeMultipart
+
+    original_init = FakeMultipart.__init__
+    original_list = S3Response.list_multipart_uploads
+
+    def init(self: FakeMultipart, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.initiated = datetime.now(UTC)  # type: ignore[attr-defined]
+
+    def listing(self: S3Response) -> Any:
+        status, headers, body = original_list(self)
+        uploads = self.backend.list_multipart_uploads(self.bucket_name)
+
+        def initiated(match: re.Match[str]) -> str:
+            upload = uploads.get(re.search(r"<UploadId>([^<]+)</UploadId>", match.group(0)).group(1))  # type: ignore[union-attr]
+            when: datetime | None = getattr(upload, "initiated", None)
+            if when is None:
+                return match.group(0)
+            stamp = f"{when:%Y-%m-%dT%H:%M:%S}.{when.microsecond // 1000:03d}Z"
+            return re.sub(r"<Initiated>[^<]*</Initiated>", f"<Initiated>{stamp}</Initiated>", match.group(0))
+
+        text = body.decode() if isinstance(body, bytes) else body
+        return status, headers, re.sub(r"<Upload>.*?</Upload>", initiated, text, flags=re.DOTALL)
+
+    monkeypatch.setattr(FakeMultipart, "__init__", init)
+    monkeypatch.setattr(S3Response, "list_multipart_uploads", listing)
+
+
+def test_a_backup_aborts_uploads_whose_backup_no_longer_runs_and_keeps_the_rest(
+    pg: PgCluster, dbname: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backup start aborts its target's open uploads that no running backup holds; a live run's and another target's stay."""
+    real_upload_times(monkeypatch)
+    fill_small(pg, dbname, "prod")
+    _ssm_layout(pg, dbname)
+    s3 = boto3.client("s3", region_name="us-east-1")
+
+    def opened(key: str, parts: int = 0) -> str:
+        upload_id = s3.create_multipart_upload(Bucket=BUCKET, Key=f"nightly/app/{key}")["UploadId"]
+        for number in range(1, parts + 1):
+            s3.upload_part(Bucket=BUCKET, Key=f"nightly/app/{key}", UploadId=upload_id, PartNumber=number, Body=b"x" * 1024)
+        return upload_id
+
+    dead = opened("production/2020-01-01_00-00-00.dump")
+    dead_with_parts = opened("production/2020-01-02_00-00-00.dump", parts=2)
+    live = opened("production/2020-01-03_00-00-00.dump", parts=1)
+    other_target = opened("beta/2020-01-01_00-00-00.dump")
+    # A running backup holds its upload's lock in the backed-up database for as long as its session lives.
+    with pg.connect(dbname) as running:
+        assert postgres.UploadLocks(running).claim(f"s3://{BUCKET}/nightly/app/production/2020-01-03_00-00-00.dump")
+        result = run_cli("backup", "app", "production", env=env)
+    assert result.returncode == 0, result.stderr
+    for key in ("2020-01-01_00-00-00", "2020-01-02_00-00-00"):
+        assert f"aborted the multipart upload of s3://{BUCKET}/nightly/app/production/{key}.dump" in result.stderr
+    assert "2020-01-03" not in result.stderr
+    left = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    assert sorted(u["UploadId"] for u in left) == sorted([live, other_target])
+    assert dead not in {u["UploadId"] for u in left} and dead_with_parts not in {u["UploadId"] for u in left}
+    listed = json.loads(run_cli("list", "app", "production", "--json", env=env).stdout)
+    assert [e["status"] for e in listed] == ["complete"]

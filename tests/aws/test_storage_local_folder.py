@@ -14,15 +14,16 @@ from tests.conftest import PgCluster, fill_small, write_targets
 
 
 @pytest.mark.parametrize(
-    ("fault", "code", "reason"),
+    ("fault", "code", "reason", "step"),
     [
-        ("link", errno.EPERM, "Operation not permitted"),  # a filesystem without hard links
-        ("fsync", errno.ENOSPC, "No space left on device"),  # the disk filled up as the dump ended
+        # A filesystem without hard links: found when the id is reserved (a link), before pg_dump runs.
+        ("link", errno.EPERM, "Operation not permitted", "starting"),
+        ("fsync", errno.ENOSPC, "No space left on device", "completing"),  # the disk filled up as the dump ended
     ],
 )
 def test_a_backup_whose_file_cannot_be_completed_exits_3_and_leaves_nothing(
     pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str], fault: str, code: int, reason: str,
+    capsys: pytest.CaptureFixture[str], fault: str, code: int, reason: str, step: str,
 ) -> None:
     fill_small(pg, dbname, "prod")
     backups = tmp_path / "backups"
@@ -36,7 +37,7 @@ def test_a_backup_whose_file_cannot_be_completed_exits_3_and_leaves_nothing(
     monkeypatch.setattr(os, fault, failing)
     exit_code, err = _run_in_process(["backup", "app", "production"], capsys)
     assert exit_code == 3, err
-    assert err[-1].startswith(f"error: completing {backups}/app/production/")
+    assert err[-1].startswith(f"error: {step} {backups}/app/production/")
     assert f".dump failed: {reason}; check the folder's" in err[-1] and err[-1].endswith(", then run again")
     assert not any("unexpected" in line or "Traceback" in line for line in err)
     assert [p.name for p in backups.rglob("*") if p.is_file()] == []  # no dump, no manifest, no hidden .partial

@@ -56,7 +56,7 @@ def test_round_trip_keeps_every_row_and_object(
     assert restore_leftovers(pg) == set()
 
 
-def test_list_shows_verified_backups_newest_first(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str]) -> None:
+def test_list_shows_complete_backups_newest_first(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str]) -> None:
     fill_small(pg, dbname, "x")
     targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, "file://./backups")
     env = {**pg_env, "DB_BACKUP_TARGETS": str(targets)}
@@ -66,11 +66,11 @@ def test_list_shows_verified_backups_newest_first(pg: PgCluster, dbname: str, tm
     assert listed.returncode == 0, listed.stderr
     entries = json.loads(listed.stdout)
     assert len(entries) == 2
-    assert [e["status"] for e in entries] == ["verified", "verified"]
+    assert [e["status"] for e in entries] == ["complete", "complete"]
     assert entries[0]["id"] > entries[1]["id"] or entries[0]["id"].endswith("_2")
     assert all(len(e["sha256"]) == 64 for e in entries)
     table = run_cli("list", "app", "production", env=env)
-    assert "verified" in table.stdout and entries[0]["id"] in table.stdout.splitlines()[1]
+    assert "complete" in table.stdout and entries[0]["id"] in table.stdout.splitlines()[1]
 
 
 def test_restore_into_a_url_creates_the_missing_database(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str]) -> None:

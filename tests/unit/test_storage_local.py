@@ -6,13 +6,15 @@ import errno
 import os
 import pathlib
 import re
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runner.errors import ExitCode, InfraError, JobFailed
+from runner.errors import ExitCode, IdTaken, InfraError, JobFailed
 from runner.storage import LocalStore, Manifest, Upload
 
 KEY = "app/production/2026-01-02_03-04-05.dump"
@@ -99,14 +101,96 @@ def test_a_full_disk_mid_write_removes_the_partial(tmp_path: Path) -> None:
 
 
 def test_an_existing_backup_is_never_replaced(tmp_path: Path) -> None:
+    """A dump that appears under the id while a backup writes it (a hand copy) is kept; the backup fails."""
     store = LocalStore(tmp_path)
-    (tmp_path / KEY).parent.mkdir(parents=True)
-    (tmp_path / KEY).write_bytes(b"first")
     upload = store.start_upload(KEY, "STANDARD")
+    (tmp_path / KEY).write_bytes(b"first")
     upload.write(b"second")
     with pytest.raises(JobFailed, match="already exists; another backup took this id"):
         upload.complete()
     assert _files(tmp_path) == [KEY] and (tmp_path / KEY).read_bytes() == b"first"
+
+
+@pytest.mark.parametrize("existing", [KEY, KEY + ".json"])
+def test_an_id_with_a_dump_or_a_manifest_is_not_reserved(tmp_path: Path, existing: str) -> None:
+    """An id that already has a dump or a manifest is taken: start_upload says so and writes nothing."""
+    (tmp_path / existing).parent.mkdir(parents=True)
+    (tmp_path / existing).write_bytes(b"first")
+    with pytest.raises(IdTaken, match="already exists"):
+        LocalStore(tmp_path).start_upload(KEY, "STANDARD")
+    assert _files(tmp_path) == [existing] and (tmp_path / existing).read_bytes() == b"first"
+
+
+def test_a_live_partial_holds_its_id(tmp_path: Path) -> None:
+    """While one backup writes an id, a second cannot take it, and the first completes untouched."""
+    store = LocalStore(tmp_path)
+    first = store.start_upload(KEY, "STANDARD")
+    first.write(b"PGDMP first")
+    with pytest.raises(IdTaken, match="being written by another backup"):
+        store.start_upload(KEY, "STANDARD")
+    first.complete()
+    assert _files(tmp_path) == [KEY] and (tmp_path / KEY).read_bytes() == b"PGDMP first"
+
+
+def test_a_dead_runs_partial_gives_its_id_back(tmp_path: Path) -> None:
+    """A partial nobody holds (its backup was killed) is removed and its id taken by the next run."""
+    dead = tmp_path / "app/production/.2026-01-02_03-04-05.dump.partial"
+    dead.parent.mkdir(parents=True)
+    dead.write_bytes(b"half a dump")
+    upload = LocalStore(tmp_path).start_upload(KEY, "STANDARD")
+    upload.write(b"PGDMP whole")
+    upload.complete()
+    assert _files(tmp_path) == [KEY] and (tmp_path / KEY).read_bytes() == b"PGDMP whole"
+
+
+def test_concurrent_uploads_of_one_id_reserve_it_once(tmp_path: Path) -> None:
+    """Eight threads start the same id at once: exactly one gets it, the others are told it is taken."""
+    store = LocalStore(tmp_path)
+    barrier = threading.Barrier(8, timeout=30)
+    won: list[Upload] = []
+    taken: list[IdTaken] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            won.append(store.start_upload(KEY, "STANDARD"))
+        except IdTaken as exc:
+            taken.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(won) == 1 and len(taken) == 7
+    won[0].write(b"PGDMP")
+    won[0].complete()
+    assert _files(tmp_path) == [KEY]
+
+
+def test_leftovers_of_dead_runs_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """clean_leftovers removes this target's unheld partials, never a live run's, never a younger staging file."""
+    store = LocalStore(tmp_path)
+    live = store.start_upload(KEY, "STANDARD")
+    live.write(b"PGDMP live")
+    folder = tmp_path / "app/production"
+    dead = folder / ".2026-01-01_00-00-00.dump.partial"
+    old_staging = folder / ".2025-12-31_00-00-00.dump.1a2b3c4d.partial"  # what older versions left
+    young_staging = folder / ".2026-01-02_03-04-06.dump.5e6f7a8b.partial"  # a run between creating and locking it
+    other_target = tmp_path / "app/beta/.2026-01-01_00-00-00.dump.partial"
+    other_target.parent.mkdir(parents=True)
+    for path in (dead, old_staging, young_staging, other_target):
+        path.write_bytes(b"leftover")
+    an_hour_ago = time.time() - 3600
+    os.utime(old_staging, (an_hour_ago, an_hour_ago))
+    removed = store.clean_leftovers("app", "production", datetime.now(UTC))
+    assert sorted(removed) == sorted([str(dead), str(old_staging)])
+    assert _files(tmp_path) == sorted([
+        "app/beta/.2026-01-01_00-00-00.dump.partial", "app/production/.2026-01-02_03-04-05.dump.partial",
+        "app/production/.2026-01-02_03-04-06.dump.5e6f7a8b.partial",
+    ])
+    live.complete()
+    assert (tmp_path / KEY).read_bytes() == b"PGDMP live"
 
 
 def test_an_unwritable_folder_is_a_storage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
