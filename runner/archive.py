@@ -246,3 +246,21 @@ def fill_offsets(path: Path) -> int:
             f.write(bytes([OFFSET_SET]) + pos.to_bytes(toc.off_size, "little"))
             written += 1
     return written
+
+
+# The oldest pg_restore that reads each archive version (pg_backup_archiver.h's K_VERS_* history).
+_READER_SINCE = {(1, 12): 9, (1, 13): 10, (1, 14): 12, (1, 15): 16, (1, 16): 17}
+
+
+def header_version(head: bytes) -> tuple[int, int] | None:
+    """The archive version from a custom-format archive's first bytes; None if they are not one."""
+    if len(head) < 8 or not head.startswith(MAGIC):
+        return None
+    return head[5], head[6]
+
+
+def oldest_reader(version: tuple[int, int]) -> int | None:
+    """The oldest pg_restore major that reads `version`; None for one newer than db-backup knows."""
+    if version > NEWEST:
+        return None
+    return _READER_SINCE.get(version, 9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import logging
@@ -10,21 +11,25 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import IO
 
-from . import __version__, archive, postgres
+from . import __version__, archive, postgres, workdir
 from .aws import AwsClients
 from .clock import Clock
 from .compression import sniff
 from .credentials import Connection, Resolver
-from .errors import BadInput, Cancelled, JobFailed, NoBackup, RestoreRefused, cancel_reason
+from .errors import BadInput, Cancelled, IdTaken, InfraError, JobFailed, RestoreRefused, cancel_reason
 from .humanize import human_size
 from .settings import Settings
-from .storage import BackupEntry, BackupStore, Manifest, make_id, open_store, resolve_backup
+from .storage import BackupEntry, BackupStore, Manifest, Upload, make_id, newest_good, open_store, resolve_backup
 from .targets import Registry, Target
 
 log = logging.getLogger(__name__)
@@ -58,14 +63,26 @@ class BackupResult:
     uri: str
 
 
-def _free_id(store: BackupStore, target: Target, now: datetime) -> str:
-    for seq in itertools.count(1):
+MAX_IDS_PER_SECOND = 100
+
+
+def _reserve_id(store: BackupStore, target: Target, now: datetime, locks: postgres.UploadLocks) -> tuple[str, str, Upload]:
+    """The first free id of this second, reserved by starting its upload: two runs never share one.
+
+    Its lock is taken first, so another run's cleanup never sees this upload without it.
+    """
+    for seq in range(1, MAX_IDS_PER_SECOND + 1):
         backup_id = make_id(now, seq)
         key = store.key(target.identifier, target.env, backup_id)
-        # One listing answers for the dump and its manifest (both start with the dump's key).
-        if not store.list_keys(key):
-            return backup_id
-    raise AssertionError("unreachable")
+        if not locks.claim(store.uri(key)):
+            log.debug("backup id %s is held by a running backup; trying the next", backup_id)
+            continue
+        try:
+            return backup_id, key, store.start_upload(key, target.storage_class)
+        except IdTaken as taken:
+            locks.release(store.uri(key))
+            log.debug("backup id %s is taken (%s); trying the next", backup_id, taken)
+    raise JobFailed(f"all {MAX_IDS_PER_SECOND} backup ids of {make_id(now)} for {target.name} are taken; run again")
 
 
 def backup(target: Target, services: Services, request_id: str | None = None) -> BackupResult:
@@ -79,33 +96,33 @@ def backup(target: Target, services: Services, request_id: str | None = None) ->
         raise JobFailed(
             f"pg_dump {dump_version} cannot dump server {server}; install PostgreSQL client tools {postgres.major(server)} or newer"
         )
-    plan = postgres.plan_dump(pg_dump, target.compression)
+    plan = postgres.plan_dump(pg_dump, target.compression, target.lock_wait_timeout)
     now = services.clock.now()
-    backup_id = _free_id(store, target, now)
-    key = store.key(target.identifier, target.env, backup_id)
-    log.info("backing up %s (%s, server %s) to %s with %s", target.name, conn.describe(), server, store.uri(key), plan.compression)
-    started = services.clock.monotonic()
-    digest = hashlib.sha256()
-    size = 0
-    upload = store.start_upload(key, target.storage_class)
-    try:
-        with postgres.dump_stream(conn, plan) as output:
-            for chunk in output:
-                digest.update(chunk)
-                size += len(chunk)
-                upload.write(chunk)
-    except BaseException:
-        upload.abort()
-        raise
-    upload.complete()
-    manifest = Manifest(
-        identifier=target.identifier, env=target.env, id=backup_id, key=key,
-        created_at=now, duration_s=round(services.clock.monotonic() - started, 3),
-        size_bytes=size, sha256=digest.hexdigest(), format="custom", compression=plan.compression,
-        compressed_by=plan.compressed_by, pg_dump_version=dump_version, server_version=server,
-        database=conn.dbname, tool_version=__version__, request_id=request_id, uncompressed_bytes=output.raw_bytes,
-    )
-    store.put_manifest(manifest)
+    with postgres.upload_locks(conn) as locks:
+        store.clean_leftovers(target.identifier, target.env, now, locks.abandoned)  # it logs what it removed
+        backup_id, key, upload = _reserve_id(store, target, now, locks)
+        try:
+            log.info("backing up %s (%s, server %s) to %s with %s", target.name, conn.describe(), server, store.uri(key), plan.compression)
+            started = services.clock.monotonic()
+            digest = hashlib.sha256()
+            size = 0
+            with postgres.dump_stream(conn, plan) as output:
+                for chunk in output:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    upload.write(chunk)
+        except BaseException:
+            upload.abort()
+            raise
+        upload.complete()
+        manifest = Manifest(
+            identifier=target.identifier, env=target.env, id=backup_id, key=key,
+            created_at=now, duration_s=round(services.clock.monotonic() - started, 3),
+            size_bytes=size, sha256=digest.hexdigest(), format="custom", compression=plan.compression,
+            compressed_by=plan.compressed_by, pg_dump_version=dump_version, server_version=server,
+            database=conn.dbname, tool_version=__version__, request_id=request_id, uncompressed_bytes=output.raw_bytes,
+        )
+        store.put_manifest(manifest)
     log.info("backup %s done: %s in %.1fs, sha256 %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256)
     return BackupResult(manifest, store.uri(key))
 
@@ -229,6 +246,23 @@ def _check_digest(entry: BackupEntry, actual: str, size: int, where: str) -> Non
 
 def _download(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connection) -> tuple[Path, str, int]:
     """Copy the dump into a seekable local file (decompressed), hashing the stored bytes."""
+    try:
+        return _copy(store, entry, folder, conn)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(folder) from exc
+        raise
+
+
+def _disk_full(folder: Path) -> InfraError:
+    """The local disk, not the dump, is the problem: say where and what to do."""
+    return InfraError(
+        f"the work folder {folder.parent} is full (no space left on device) while copying the dump for a parallel restore; "
+        "free space there, set DB_BACKUP_WORK_DIR to a larger disk, or set DB_BACKUP_RESTORE_MODE=stream; the target was not touched"
+    )
+
+
+def _copy(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connection) -> tuple[Path, str, int]:
     digest = hashlib.sha256()
     size = 0
     chunks, decompress = _open_dump(store, entry)
@@ -241,7 +275,7 @@ def _download(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connec
                 size += len(chunk)
                 out.write(chunk)
             return path, digest.hexdigest(), size
-        proc = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE, env=env)
+        proc = env.spawn(decompress, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
         assert proc.stdin is not None and proc.stderr is not None
         tail = postgres.Tail(proc.stderr, decompress[0])
         try:
@@ -263,6 +297,8 @@ def _download(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connec
             # complaint about the input that stopped short.
             postgres.stop([(decompress[0], proc, tail)])
             raise
+        if code != 0 and (tail.mentions("No space left") or tail.mentions("quota exceeded")):
+            raise _disk_full(folder)
         if code != 0 or stopped_early:
             how = f"exit {code}" if code else "it stopped reading early"
             raise JobFailed(f"decompressing {where} failed ({how}): {tail.last_error()}; the dump is damaged")
@@ -309,6 +345,7 @@ def _fits_on_disk(entry: BackupEntry, work_dir: Path | None) -> bool:
 def restore(plan: RestorePlan, services: Services) -> RestoreResult:
     """Restore into a fresh database, verify, then swap it in; the target is never left broken."""
     settings = services.settings
+    checkpoint = _checkpoints(settings)
     store = services.store(plan.source)
     entry = resolve_backup(store, plan.source.identifier, plan.source.env, plan.backup)
     where = store.uri(entry.key)
@@ -318,7 +355,7 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
         raise BadInput(f"refusing to restore into {conn.dbname}; choose another database")
     keep_previous = plan.dest.keep_previous if plan.dest else True
     ignore_privileges = plan.dest.ignore_privileges if plan.dest else plan.source.ignore_privileges
-    fresh = postgres.derived_name(conn.dbname, f"__restore_{entry.id}")
+    fresh = postgres.fresh_name(conn.dbname, entry.id)
     previous = postgres.derived_name(conn.dbname, "__previous")
     pg_restore = postgres.find_tool("pg_restore")
     jobs = restore_jobs(settings)
@@ -327,22 +364,34 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
         log.warning("not enough free disk for a parallel restore's copy of %s; streaming instead", entry.id)
         parallel = False
     started = services.clock.monotonic()
-    log.info("restoring %s (%s, %s) into %s as %s", where, entry.status, human_size(entry.size_bytes), conn.describe(), fresh)
     admin_conn = postgres.admin_connection(conn)
-    with tempfile.TemporaryDirectory(prefix="db-backup-restore-", dir=settings.work_dir) as work:
-        if parallel:
-            # Verify before touching any database: a damaged download changes nothing.
-            path, actual, size = _download(store, entry, Path(work), conn)
-            _check_digest(entry, actual, size, where)
-            if indexed := archive.fill_offsets(path):
-                log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
-        with postgres.connect(admin_conn) as admin:
+    # Checked before a byte is downloaded: the server takes these credentials and lets them create
+    # databases, no other restore into this target runs, and this pg_restore reads the archive.
+    with postgres.connect(admin_conn) as admin:
+        postgres.bound_statements(admin, settings.admin_timeout_s)
+        postgres.check_can_create(admin, conn)
+        postgres.lock_target(admin, conn.dbname)
+        for leftover in postgres.restore_leftovers(admin, conn.dbname):
+            if problem := postgres.try_drop_database(admin, leftover):
+                raise JobFailed(f"cannot drop {leftover}, left by an interrupted restore: {problem}; drop it by hand, then run again")
+            log.info("dropped %s, left by an interrupted restore", leftover)
+        workdir.sweep(settings.work_dir or Path(tempfile.gettempdir()))
+        _check_reader(store, entry, pg_restore)
+        checkpoint("restore:checked")
+        log.info("restoring %s (%s, %s) into %s as %s", where, entry.status, human_size(entry.size_bytes), conn.describe(), fresh)
+        with workdir.claim(settings.work_dir) if parallel else contextlib.nullcontext(None) as work:
+            if work is not None:
+                # Verify before touching any database: a damaged download changes nothing.
+                path, actual, size = _download(store, entry, work, conn)
+                _check_digest(entry, actual, size, where)
+                if indexed := archive.fill_offsets(path):
+                    log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
             like = postgres.database_info(admin, conn.dbname)
-            postgres.drop_database(admin, fresh)  # a leftover of an interrupted restore
             postgres.create_database(admin, fresh, like)
+            checkpoint("restore:created")
             swap = postgres.SwapState()
             try:
-                if parallel:
+                if work is not None:
                     postgres.run_restore_file(conn, postgres.pg_restore_argv(pg_restore, fresh, ignore_privileges, jobs, path))
                 else:
                     chunks, decompress = _open_dump(store, entry)
@@ -351,16 +400,17 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
                         conn, postgres.pg_restore_argv(pg_restore, fresh, ignore_privileges, 1, None), counted, decompress
                     )
                     _check_digest(entry, actual, counted.size, where)
+                checkpoint("restore:loaded")
                 if like is not None:
                     postgres.apply_settings(admin, fresh, like)
-                kept = postgres.swap_in(admin, conn.dbname, fresh, previous, settings.swap_wait_s, swap)
+                kept = postgres.swap_in(admin, admin_conn, conn.dbname, fresh, previous, settings.swap_wait_s, swap, checkpoint)
             except BaseException as exc:
                 if swap.committed:
                     _after_swap(exc, conn.dbname, previous if swap.kept_previous else None)
                     raise
                 log.error("restore failed; dropping %s, %s is unchanged", fresh, conn.dbname)
                 if problem := postgres.try_drop_database(admin, fresh):
-                    log.warning("could not drop %s: %s; drop it by hand", fresh, problem)
+                    log.warning("could not drop %s: %s; the next restore into %s drops it", fresh, problem, conn.dbname)
                 raise
             if kept and not keep_previous:
                 kept = _drop_previous(admin, conn.dbname, previous)
@@ -371,6 +421,81 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
         previous=previous if kept else None, duration_s=duration, size_bytes=entry.size_bytes,
         sha256=actual, verified=entry.manifest is not None, mode=f"parallel -j{jobs}" if parallel else "stream",
     )
+
+
+def _checkpoints(settings: Settings) -> postgres.Checkpoint:
+    """Named steps where a fault test can hold a run (DB_BACKUP_TEST_PAUSE_AT) to kill it there."""
+    wanted = {name for name in (settings.test_pause_at or "").split(",") if name}
+    if not wanted:
+        return lambda _step: None
+
+    def pause(step: str) -> None:
+        if step in wanted:
+            log.warning("paused at %s (DB_BACKUP_TEST_PAUSE_AT)", step)
+            time.sleep(PAUSE_S)
+
+    return pause
+
+
+PAUSE_S = 120.0
+
+
+def _archive_head(store: BackupStore, entry: BackupEntry) -> bytes:
+    """The first bytes of the archive inside the stored dump (decompressed if need be)."""
+    chunks = store.read(entry.key)
+    try:
+        head = next(iter(chunks), b"")
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    kind = sniff(head)
+    if kind == "gzip":
+        return zlib.decompressobj(wbits=47).decompress(head, 64)
+    if kind == "zstd":
+        command = _decompressor(kind, store.uri(entry.key))
+        assert command is not None
+        return _first_bytes(command, head)
+    return head[:64]
+
+
+def _first_bytes(command: tuple[str, ...], head: bytes, count: int = 64) -> bytes:
+    """The first bytes `command` makes of `head`, a piece of a stream: read no more, then stop it."""
+    # Only PATH: the decompressor inherits nothing that could hold a password (PGPASSWORD, env:VAR).
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={"PATH": os.environ.get("PATH", "")})
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def feed(sink: IO[bytes]) -> None:
+        with contextlib.suppress(OSError):  # stopped once it had written enough
+            sink.write(head)
+            sink.close()
+
+    feeder = threading.Thread(target=feed, args=(proc.stdin,), daemon=True, name="archive-head")
+    feeder.start()
+    try:
+        return proc.stdout.read(count)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        feeder.join(timeout=30)
+
+
+def _check_reader(store: BackupStore, entry: BackupEntry, pg_restore: str) -> None:
+    """Refuse, before anything is touched, an archive this pg_restore cannot read (pg_dump 16+ needs 16+)."""
+    version = archive.header_version(_archive_head(store, entry))
+    if version is None:
+        return  # not a custom archive: _decompressor and the restore say what it is
+    needed = archive.oldest_reader(version)
+    have = postgres.tool_version(pg_restore)
+    if needed is None or postgres.major(have) < needed:
+        newer = f"{needed} or newer" if needed else f"newer than {postgres.major(have)}"
+        raise BadInput(
+            f"backup {entry.id} is a PostgreSQL archive of format {version[0]}.{version[1]}, which pg_restore {have} "
+            f"cannot read; install the PostgreSQL client tools {newer} (e.g. apt-get install postgresql-client-{needed or 'NEW'}) "
+            "or set DB_BACKUP_PG_BINDIR to their bin folder"
+        )
 
 
 def _after_swap(exc: BaseException, target: str, previous: str | None) -> None:
@@ -415,22 +540,20 @@ class _Counter:
 @dataclass(frozen=True)
 class TargetStatus:
     target: Target
-    newest: BackupEntry | None
+    newest: BackupEntry | None  # the newest good backup: what `restore --backup latest` would take
     age: timedelta | None
     stale: bool
+    damaged: tuple[BackupEntry, ...] = ()  # damaged backups newer than `newest`, passed over
 
 
 def status(registry: Registry, services: Services, max_age: timedelta, schedule: str = "nightly") -> list[TargetStatus]:
+    """Each scheduled target's newest good backup and its age; damaged backups never count as fresh."""
     result = []
     now = services.clock.now()
     for target in registry.scheduled(schedule):
-        store = services.store(target)
-        try:
-            newest: BackupEntry | None = resolve_backup(store, target.identifier, target.env, "latest")
-        except NoBackup:
-            newest = None
-        age = now - newest.created_at if newest else None
-        result.append(TargetStatus(target, newest, age, age is None or age > max_age))
+        found = newest_good(services.store(target), target.identifier, target.env)
+        age = now - found.entry.created_at if found.entry else None
+        result.append(TargetStatus(target, found.entry, age, age is None or age > max_age, found.damaged))
     return result
 
 

@@ -6,14 +6,16 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
@@ -22,7 +24,8 @@ from psycopg import sql
 
 from .compression import Compression
 from .credentials import Connection
-from .errors import BadInput, JobFailed
+from .errors import BadInput, JobFailed, RestoreRefused
+from .humanize import human_duration
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,22 @@ def find_tool(name: str) -> str:
     return found
 
 
+_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*(?:devel|(?:alpha|beta|rc)\d*)?)")
+
+
 def tool_version(path: str) -> str:
+    """`15.18` from `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`."""
     env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"}
     out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False, env=env).stdout
-    return out.strip().rsplit(" ", 1)[-1] if out else "unknown"
+    return parse_tool_version(out)
+
+
+def parse_tool_version(text: str) -> str:
+    match = _VERSION.search(text)
+    if match:
+        return match.group(1)
+    words = text.split()
+    return words[-1] if words else "unknown"
 
 
 def major(version: str) -> int:
@@ -65,9 +80,50 @@ def _escape_passfile(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
+@dataclass(frozen=True)
+class ToolEnv:
+    """The environment of a libpq tool, and the descriptor of its in-memory passfile if any."""
+
+    env: dict[str, str]
+    fds: tuple[int, ...] = ()
+
+    def spawn(self, argv: Iterable[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(argv), env=self.env, pass_fds=self.fds, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def _passfile_line(user: str, password: str) -> bytes:
+    return f"*:*:*:{_escape_passfile(user)}:{_escape_passfile(password)}\n".encode()
+
+
 @contextlib.contextmanager
-def libpq_env(conn: Connection) -> Iterator[dict[str, str]]:
-    """Environment for libpq tools: connection in PG* variables, the password in a 0600 passfile.
+def _memory_passfile(user: str, password: str) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """A passfile that exists only in memory and dies with this process (and its children).
+
+    A file on disk would outlive a kill -9 with the password in it. Linux's memfd has no path;
+    each child reaches it as /dev/fd/N through the descriptor it inherits. Elsewhere (a macOS
+    laptop) a 0600 file in a private directory is the fallback, removed on any exit but SIGKILL.
+    """
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        fd = memfd_create("db-backup-pgpass", os.MFD_CLOEXEC)  # only children given it in pass_fds see it
+        try:
+            os.fchmod(fd, 0o600)  # libpq ignores a passfile that group or others could read
+            os.write(fd, _passfile_line(user, password))
+            yield f"/dev/fd/{fd}", (fd,)
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="db-backup-") as private:
+        passfile = Path(private) / "pgpass"
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(_passfile_line(user, password))
+        yield str(passfile), ()
+
+
+@contextlib.contextmanager
+def libpq_env(conn: Connection) -> Iterator[ToolEnv]:
+    """Environment for libpq tools: connection in PG* variables, the password in a private passfile.
 
     Without a password of its own, db-backup lets the tools find one where the connection check
     (libpq inside this process) found it: PGPASSWORD, else the user's PGPASSFILE or ~/.pgpass.
@@ -83,43 +139,71 @@ def libpq_env(conn: Connection) -> Iterator[dict[str, str]]:
                PGAPPNAME="db-backup", PGCONNECT_TIMEOUT="15")
     if conn.sslmode:
         env["PGSSLMODE"] = conn.sslmode
-    with tempfile.TemporaryDirectory(prefix="db-backup-") as private:
-        if password is not None:
-            # A passfile, not PGPASSWORD: other processes may read a process's environment.
-            passfile = Path(private) / "pgpass"
-            fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(f"*:*:*:{_escape_passfile(conn.user)}:{_escape_passfile(password)}\n")
-            env["PGPASSFILE"] = str(passfile)
-        elif "PGPASSFILE" in os.environ:
+    if password is None:
+        if "PGPASSFILE" in os.environ:
             env["PGPASSFILE"] = os.environ["PGPASSFILE"]  # a path, not a secret; unset, libpq reads ~/.pgpass
-        yield env
+        yield ToolEnv(env)
+        return
+    # A passfile, not PGPASSWORD: other processes may read a process's environment.
+    with _memory_passfile(conn.user, password) as (path, fds):
+        env["PGPASSFILE"] = path
+        yield ToolEnv(env, fds)
+
+
+_CONTEXT_PREFIXES = ("command was:", "context:", "detail:", "hint:", "query was:")
 
 
 class Tail:
-    """Collects the last lines a process writes to stderr, in a thread, so the pipe never fills."""
+    """Collects what a process writes to stderr, in a thread, so the pipe never fills.
+
+    Keeps the last lines, and the first error with the lines that explain it (`Command was:`,
+    `CONTEXT:`): later errors are often consequences, e.g. `a worker process died unexpectedly`.
+    """
 
     def __init__(self, stream: IO[bytes], name: str, keep: int = 20) -> None:
         self.lines: deque[str] = deque(maxlen=keep)
+        self.first_error: list[str] = []
         self._name = name
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True, name=f"{name}-stderr")
         self._thread.start()
 
     def _run(self, stream: IO[bytes]) -> None:
+        collecting = False
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                self.lines.append(line)
-                log.debug("%s: %s", self._name, line)
+            if not line:
+                continue
+            self.lines.append(line)
+            log.debug("%s: %s", self._name, line)
+            bare = line.split(": ", 1)[1] if line.startswith(f"{self._name}: ") else line
+            if not self.first_error and _is_error(line):
+                self.first_error.append(line)
+                collecting = True
+            elif collecting and bare.lower().startswith(_CONTEXT_PREFIXES) and len(self.first_error) < 3:
+                self.first_error.append(bare)
+            else:
+                collecting = False
 
     def join(self) -> None:
         self._thread.join(timeout=30)
 
     def last_error(self) -> str:
-        for line in reversed(self.lines):
-            if "error" in line.lower() or "fatal" in line.lower():
-                return line
-        return self.lines[-1] if self.lines else "no message"
+        """The first error and its context in one line; else the last line written."""
+        if self.first_error:
+            return _clip("; ".join(self.first_error))
+        return _clip(self.lines[-1]) if self.lines else "no message"
+
+    def mentions(self, text: str) -> bool:
+        return any(text in line for line in self.lines) or any(text in line for line in self.first_error)
+
+
+def _is_error(line: str) -> bool:
+    lowered = line.lower()
+    return "error" in lowered or "fatal" in lowered or "no space left" in lowered
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _conninfo_dbname(name: str) -> str:
@@ -127,15 +211,27 @@ def _conninfo_dbname(name: str) -> str:
     return f"dbname='{escaped}'"
 
 
-def _pipeline_failure(steps: list[tuple[str, subprocess.Popen[bytes], Tail]]) -> JobFailed | None:
-    for name, proc, tail in steps:
-        if proc.returncode not in (0, None):
-            tail.join()
-            return JobFailed(f"{name} failed (exit {proc.returncode}): {tail.last_error()}")
-    return None
+Step = tuple[str, subprocess.Popen[bytes], Tail]
 
 
-def stop(steps: list[tuple[str, subprocess.Popen[bytes], Tail]]) -> None:
+def _victim(proc: subprocess.Popen[bytes], tail: Tail) -> bool:
+    """Died because the process it wrote to had already quit: a consequence, not the cause."""
+    return proc.returncode == -13 or tail.mentions("Broken pipe")
+
+
+def _pipeline_failure(steps: list[Step]) -> JobFailed | None:
+    failed = [(name, proc, tail) for name, proc, tail in steps if proc.returncode not in (0, None)]
+    for _name, _proc, tail in failed:
+        tail.join()
+    # zstd -d killed by SIGPIPE only says that pg_restore stopped reading: pg_restore says why.
+    cause = next((step for step in failed if not _victim(step[1], step[2])), failed[0] if failed else None)
+    if cause is None:
+        return None
+    name, proc, tail = cause
+    return JobFailed(f"{name} failed (exit {proc.returncode}): {tail.last_error()}")
+
+
+def stop(steps: list[Step]) -> None:
     for _name, proc, _tail in steps:
         if proc.poll() is None:
             proc.kill()
@@ -151,22 +247,44 @@ class DumpPlan:
     compressor: tuple[str, ...] | None
     compression: str
     compressed_by: str
+    lock_wait: timedelta | None = None
 
 
-def plan_dump(pg_dump: str, compression: Compression) -> DumpPlan:
+def plan_dump(pg_dump: str, compression: Compression, lock_wait: timedelta | None = None) -> DumpPlan:
     """zstd always wraps pg_dump's uncompressed stream, whatever the client version.
 
     pg_dump 16+ could compress with zstd itself, but single-threaded, and its archives need
     pg_restore 16+: a laptop with older client tools could not restore the Fargate task's backups.
     """
-    base = (pg_dump, "--format=custom", "--no-password")
+    base: tuple[str, ...] = (pg_dump, "--format=custom", "--no-password")
+    if lock_wait is not None:
+        # Without it pg_dump waits forever for a table that a migration holds ACCESS EXCLUSIVE.
+        base += (f"--lock-wait-timeout={max(1, int(lock_wait.total_seconds() * 1000))}",)
     if compression.method == "zstd":
         zstd = shutil.which("zstd")
         if not zstd:
             raise BadInput("compression zstd needs the zstd program; install it (apt-get install zstd) or set compression: gzip")
-        return DumpPlan((*base, "--compress=0"), (zstd, f"-{compression.level}", "-T0", "-q", "-c"), str(compression), "zstd")
+        return DumpPlan((*base, "--compress=0"), (zstd, f"-{compression.level}", "-T0", "-q", "-c"), str(compression), "zstd", lock_wait)
     level = compression.level if compression.method == "gzip" else 0
-    return DumpPlan((*base, f"--compress={level}"), None, str(compression), "pg_dump")
+    return DumpPlan((*base, f"--compress={level}"), None, str(compression), "pg_dump", lock_wait)
+
+
+_LOCKED_TABLE = re.compile(r"LOCK TABLE (\S+) IN ")
+
+
+def _lock_timeout(plan: DumpPlan, tail: Tail) -> JobFailed | None:
+    """pg_dump gave up waiting for a table's lock: name the table and what to do."""
+    if plan.lock_wait is None:
+        return None
+    # pg_dump 15 waits under statement_timeout, newer ones under lock_timeout; either way the query named is the LOCK.
+    table = next((m.group(1) for line in [*tail.first_error, *tail.lines] if (m := _LOCKED_TABLE.search(line))), None)
+    if table is None or not (tail.mentions("statement timeout") or tail.mentions("lock timeout")):
+        return None
+    return JobFailed(
+        f"pg_dump could not lock {table} within {human_duration(plan.lock_wait.total_seconds())} (lock_wait_timeout): "
+        "another session holds a conflicting lock, e.g. a migration; find it in pg_locks and retry, "
+        "or raise lock_wait_timeout in targets.yaml"
+    )
 
 
 class _Pump:
@@ -237,14 +355,14 @@ class DumpOutput:
 def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
     """Yield pg_dump's (optionally compressed) output; raise JobFailed if any step fails."""
     with libpq_env(conn) as env:
-        steps: list[tuple[str, subprocess.Popen[bytes], Tail]] = []
-        dump = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        steps: list[Step] = []
+        dump = env.spawn(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert dump.stdout is not None and dump.stderr is not None
         steps.append(("pg_dump", dump, Tail(dump.stderr, "pg_dump")))
         out: IO[bytes] = dump.stdout
         pump = None
         if plan.compressor:
-            comp = subprocess.Popen(plan.compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            comp = env.spawn(plan.compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             assert comp.stdin is not None and comp.stdout is not None and comp.stderr is not None
             steps.append(("zstd", comp, Tail(comp.stderr, "zstd")))
             pump = _Pump(dump.stdout, comp.stdin)
@@ -264,7 +382,7 @@ def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
                 raise pump_failure
             failure = _pipeline_failure(steps) or pump_failure
             if failure:
-                raise failure
+                raise _lock_timeout(plan, steps[0][2]) or failure
         except BaseException:
             stop(steps)
             raise
@@ -285,13 +403,13 @@ def restore_stream(conn: Connection, argv: list[str], chunks: Iterable[bytes], d
     """Feed chunks into [zstd -d |] pg_restore; returns the sha256 of what was fed."""
     digest = hashlib.sha256()
     with libpq_env(conn) as env:
-        steps: list[tuple[str, subprocess.Popen[bytes], Tail]] = []
-        restore = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        steps: list[Step] = []
+        restore = env.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert restore.stdin is not None and restore.stderr is not None
         steps.append(("pg_restore", restore, Tail(restore.stderr, "pg_restore")))
         sink = restore.stdin
         if decompress:
-            dec = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE, env=env)
+            dec = env.spawn(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE)
             restore.stdin.close()
             assert dec.stdin is not None and dec.stderr is not None
             steps.insert(0, ("zstd", dec, Tail(dec.stderr, "zstd")))
@@ -318,7 +436,7 @@ def restore_stream(conn: Connection, argv: list[str], chunks: Iterable[bytes], d
 
 def run_restore_file(conn: Connection, argv: list[str]) -> None:
     with libpq_env(conn) as env:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        proc = env.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert proc.stderr is not None
         tail = Tail(proc.stderr, "pg_restore")
         try:
@@ -342,10 +460,23 @@ def connect(conn: Connection) -> psycopg.Connection[tuple[object, ...]]:
         raise JobFailed(f"cannot connect to {conn.describe()}: {_pg_message(exc)}") from exc
 
 
+def bound_statements(admin: AdminConnection, seconds: float) -> None:
+    """No statement on this connection may wait longer than `seconds` (psycopg's cancel ends it)."""
+    admin.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{max(1, int(seconds * 1000))}ms")))
+
+
 def _pg_message(exc: BaseException) -> str:
+    """The server's or libpq's reason in one line, with its cause: `... failed: Connection refused`."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else type(exc).__name__
-    return text.removeprefix("FATAL:").strip()
+    if not lines:
+        return type(exc).__name__
+    text = lines[0].removeprefix("connection failed:").strip()
+    # libpq names the address tried, then the cause; a hint such as "Is the server running" follows.
+    text = re.sub(r"\bFATAL:\s+", "", text).strip()
+    hints = [line for line in lines[1:] if not line.upper().startswith(("DETAIL:", "CONTEXT:"))]
+    if hints and hints[0].startswith("Is the server running"):
+        text += f" ({hints[0][0].lower()}{hints[0][1:].rstrip('?')}?)"
+    return text
 
 
 def server_version(conn: Connection) -> str:
@@ -583,17 +714,6 @@ def apply_settings(admin: psycopg.Connection[tuple[object, ...]], name: str, lik
         ) from exc
 
 
-def _sessions(admin: psycopg.Connection[tuple[object, ...]], name: str) -> int:
-    row = admin.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
-    ).fetchone()
-    return int(str(row[0])) if row else 0
-
-
-def _allow_connections(admin: psycopg.Connection[tuple[object, ...]], name: str, allow: bool) -> None:
-    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(sql.Identifier(name), sql.Literal(allow)))
-
-
 @dataclass
 class SwapState:
     """Whether the swap has committed: from then on the target holds the restored data, and a
@@ -603,44 +723,215 @@ class SwapState:
     kept_previous: bool = False
 
 
-def swap_in(
-    admin: psycopg.Connection[tuple[object, ...]], target: str, fresh: str, previous: str,
-    wait_s: float, state: SwapState,
-) -> bool:
-    """Make `fresh` the database called `target`; the old one becomes `previous`. True if one was kept."""
+Checkpoint = Callable[[str], None]
 
+
+def _no_checkpoint(_step: str) -> None:
+    return None
+
+
+class _SessionEnder:
+    """Ends every session on the given databases, over and over, from a second connection.
+
+    It runs while the swap's transaction waits in ALTER DATABASE ... RENAME: that statement holds
+    the target's database lock, so no new session can start, and waits up to 5 s for the ones
+    that exist to go; this thread makes them go.
+    """
+
+    def __init__(self, conn: Connection, names: tuple[str, ...]) -> None:
+        self._conn = conn
+        self._names = list(names)
+        self._stop = threading.Event()
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="swap-session-ender")
+
+    def __enter__(self) -> _SessionEnder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            with connect(self._conn) as db:
+                while not self._stop.is_set():
+                    db.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = ANY(%s) AND pid <> pg_backend_pid()", (self._names,),
+                    )
+                    self._stop.wait(0.1)
+        except (psycopg.Error, JobFailed) as exc:
+            self.error = _pg_message(exc)
+
+
+def _blockers(admin: AdminConnection, name: str) -> str:
+    rows = admin.execute(
+        "SELECT pid, usename, coalesce(nullif(application_name, ''), '-'), state FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY backend_start LIMIT 5", (name,),
+    ).fetchall()
+    return ", ".join(f"pid {r[0]} ({r[1]}, {r[2]}, {r[3]})" for r in rows) or "sessions that have ended since"
+
+
+def _rename(admin: AdminConnection, old: str, new: str) -> None:
+    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+
+def swap_in(
+    admin: AdminConnection, admin_conn: Connection, target: str, fresh: str, previous: str,
+    wait_s: float, state: SwapState, checkpoint: Checkpoint = _no_checkpoint,
+) -> bool:
+    """Make `fresh` the database called `target`; the old one becomes `previous`. True if one was kept.
+
+    Both renames happen in one transaction and nothing else is ever committed to the target (no
+    ALLOW_CONNECTIONS false): killed at any instant, the server rolls the transaction back and the
+    target is as it was, connectable, or the commit went through and it holds the new data.
+    """
     if database_info(admin, target) is None:
-        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(target)))
+        checkpoint("swap:create")
+        _rename(admin, fresh, target)  # one statement: committed whole or not at all
         state.committed = True
         return False
     try:
         drop_database(admin, previous)
     except psycopg.Error as exc:
         raise JobFailed(f"cannot drop the older {previous} to make room: {_pg_message(exc)}; the target is unchanged") from exc
-    _allow_connections(admin, target, False)
-    try:
-        deadline = time.monotonic() + wait_s
+    checkpoint("swap:dropped-previous")
+    deadline = time.monotonic() + wait_s
+    with _SessionEnder(admin_conn, (target, fresh)) as ender:
         while True:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (target,),
-            )
-            if _sessions(admin, target) == 0:
+            try:
+                with admin.transaction():
+                    admin.execute("SET LOCAL lock_timeout = '10s'")
+                    _rename(admin, target, previous)
+                    checkpoint("swap:renamed-target")
+                    _rename(admin, fresh, target)
+                    checkpoint("swap:before-commit")
+                state.committed = state.kept_previous = True
                 break
-            if time.monotonic() > deadline:
-                raise JobFailed(f"sessions on {target} did not end within {wait_s:.0f}s; the target is unchanged")
-            time.sleep(0.1)
-        # Both renames commit together or not at all: the target is never left missing.
-        with admin.transaction():
-            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(target), sql.Identifier(previous)))
-            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(target)))
-        state.committed = state.kept_previous = True
-    except psycopg.Error as exc:
-        raise JobFailed(f"swapping the restored database into {target} failed: {_pg_message(exc)}; the target is unchanged") from exc
-    finally:
-        with contextlib.suppress(psycopg.Error):
-            _allow_connections(admin, previous if state.committed else target, True)
+            except psycopg.errors.ObjectInUse as exc:
+                if time.monotonic() >= deadline:
+                    raise JobFailed(
+                        f"sessions on {target} did not end within {wait_s:.0f}s ({_blockers(admin, target)}); "
+                        "the target is unchanged and the restore was not applied"
+                    ) from exc
+                log.info("waiting for sessions on %s to end: %s", target, _blockers(admin, target))
+            except psycopg.OperationalError as exc:
+                if _committed(admin_conn, fresh, previous):
+                    state.committed = state.kept_previous = True
+                    break
+                raise _swap_failed(target, exc) from exc
+            except psycopg.Error as exc:
+                raise _swap_failed(target, exc) from exc
+        if ender.error:
+            log.debug("ending sessions on %s: %s", target, ender.error)
+    checkpoint("swap:committed")
     return True
+
+
+def _swap_failed(target: str, exc: psycopg.Error) -> JobFailed:
+    return JobFailed(f"swapping the restored database into {target} failed: {_pg_message(exc)}; the target is unchanged")
+
+
+def _committed(admin_conn: Connection, fresh: str, previous: str) -> bool:
+    """After a connection lost at COMMIT: did the renames go through? Asked over a new connection."""
+    with connect(admin_conn) as db:
+        names = {str(r[0]) for r in db.execute("SELECT datname FROM pg_database WHERE datname IN (%s, %s)", (fresh, previous))}
+    return fresh not in names and previous in names
+
+
+# --- one restore per target, live backups, and what crashed ones left ---------------------------
+
+
+def _advisory_key(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+class UploadLocks:
+    """Session advisory locks on the backed-up database, one per upload in progress.
+
+    Storage cannot tell a live backup's unfinished upload from a dead one's; the database server
+    can: a session's locks go when it ends, kill -9 included. All runs of a target lock in the
+    same database, so they see each other's.
+    """
+
+    def __init__(self, db: AdminConnection) -> None:
+        self._db = db
+
+    def claim(self, name: str) -> bool:
+        row = self._db.execute("SELECT pg_try_advisory_lock(%s)", (_advisory_key(f"db-backup upload {name}"),)).fetchone()
+        return bool(row and row[0])
+
+    def release(self, name: str) -> None:
+        self._db.execute("SELECT pg_advisory_unlock(%s)", (_advisory_key(f"db-backup upload {name}"),))
+
+    def abandoned(self, name: str) -> bool:
+        """True when no live run holds `name` (checked by taking its lock for an instant)."""
+        if not self.claim(name):
+            return False
+        self.release(name)
+        return True
+
+
+@contextlib.contextmanager
+def upload_locks(conn: Connection) -> Iterator[UploadLocks]:
+    with connect(conn) as db:
+        yield UploadLocks(db)
+
+
+def _lock_key(target: str) -> int:
+    return _advisory_key(f"db-backup restore into {target}")
+
+
+def lock_target(admin: AdminConnection, target: str) -> None:
+    """Claim the right to restore into `target` for this session, or refuse at once.
+
+    A session-level advisory lock: the server releases it when the session ends, however the
+    process ended (a kill -9 included), so no stale lock is ever left to clean up.
+    """
+    key = _lock_key(target)
+    row = admin.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    if row and row[0]:
+        return
+    holder = admin.execute(
+        """SELECT a.pid, a.usename, coalesce(host(a.client_addr), 'local socket'), a.backend_start
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+             AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid""",
+        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+    ).fetchone()
+    who = (f"session {holder[0]} of {holder[1]} from {holder[2]}, running since "
+           f"{holder[3]:%Y-%m-%d %H:%M:%S %Z}") if holder else "another session"
+    raise RestoreRefused(f"another restore into {target} is running ({who}); wait for it to finish, then run again")
+
+
+def restore_leftovers(admin: AdminConnection, target: str) -> list[str]:
+    """Temporary databases of earlier restores into `target` (any backup id), by their exact names."""
+    found = []
+    for (name,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", ("%\\_\\_restore\\_%",)).fetchall():
+        text = str(name)
+        backup_id = text[text.rfind(RESTORE_INFIX) + len(RESTORE_INFIX):]
+        if text == fresh_name(target, backup_id):
+            found.append(text)
+    return found
+
+
+RESTORE_INFIX = "__restore_"
+
+
+def fresh_name(target: str, backup_id: str) -> str:
+    return derived_name(target, f"{RESTORE_INFIX}{backup_id}")
+
+
+def check_can_create(admin: AdminConnection, conn: Connection) -> None:
+    """The restore needs CREATE DATABASE: say so before downloading anything."""
+    row = admin.execute("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user").fetchone()
+    if not (row and row[0]):
+        raise RestoreRefused(
+            f"{conn.user} may not create databases on {conn.describe()}, and a restore builds the new data in a "
+            f"fresh database; grant it (ALTER ROLE {conn.user} CREATEDB) or restore as a user who may"
+        )
 
 
 def try_drop_database(admin: psycopg.Connection[tuple[object, ...]], name: str) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from runner import cli, postgres
+from runner import cli, jobs, postgres
 from runner.errors import Interrupted
 from tests.conftest import PgCluster, fill_small, restore_leftovers, write_targets
 
@@ -93,14 +93,14 @@ def test_signal_after_the_swap_committed(
 ) -> None:
     _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=True)
     assert _cli(["backup", "app", "production"], capsys)[0] == 0
-    real_allow = postgres._allow_connections
 
-    def allow(admin: Any, name: str, allowed: bool) -> None:
-        if allowed and name == f"{beta}__previous":
-            raise Interrupted("cancelled by SIGINT")  # lands in swap_in's cleanup, after both renames committed
-        real_allow(admin, name, allowed)
+    def checkpoints(_settings: Any) -> Any:
+        def at(step: str) -> None:
+            if step == "swap:committed":
+                raise Interrupted("cancelled by SIGINT")  # lands right after both renames committed
+        return at
 
-    monkeypatch.setattr(postgres, "_allow_connections", allow)
+    monkeypatch.setattr(jobs, "_checkpoints", checkpoints)
 
     code, output = _cli(["restore", "app", "--from", "production", "--to", "beta"], capsys)
 

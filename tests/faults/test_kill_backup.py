@@ -1,0 +1,71 @@
+"""Promises of a backup under faults: killed at any moment it stores nothing half-written that
+looks good, leaves no password on disk, and the next backup cleans up and succeeds; a held lock
+fails it in bounded time, naming the table."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import PgCluster, fill_rich, fill_small, lock_waiters, run_cli, table_locked, wait_for, write_targets
+from tests.faults.conftest import Run, files_holding, private_tmp
+
+BACKUP = ("backup", "app", "production")
+
+
+def _statuses(env: dict[str, str]) -> list[str]:
+    listed = run_cli("list", "app", "production", "--json", "--limit", "100", env=env)
+    assert listed.returncode == 0, listed.stderr
+    return [entry["status"] for entry in json.loads(listed.stdout)]
+
+
+def test_backup_killed_at_seeded_random_moments(
+    pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], start_cli: Callable[..., Run]
+) -> None:
+    """Eight kills -9 of a backup's process tree: no damaged backup, no partial file after the next run, no password on disk."""
+    fill_rich(pg, dbname)
+    backups = tmp_path / "backups"
+    tmp = private_tmp(tmp_path)
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, f"file://{backups}")
+    env = {**pg_env, "DB_BACKUP_TARGETS": str(targets), "TMPDIR": str(tmp)}
+    began = time.monotonic()
+    first = run_cli(*BACKUP, env=env)
+    assert first.returncode == 0, first.stderr
+    span = time.monotonic() - began
+    rnd = random.Random("backup-folder")
+    for attempt in range(8):
+        run = start_cli(*BACKUP, env=env, name=f"backup-{attempt}")
+        time.sleep(rnd.uniform(0.05, span))
+        run.kill_tree()
+        assert files_holding(pg.password, tmp, backups) == []
+        assert "damaged" not in _statuses(env)
+    done = run_cli(*BACKUP, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in backups.rglob(".*")) == [], "a partial file of a killed backup survived the next run"
+    assert _statuses(env).count("complete") >= 2
+    restored = run_cli("restore", "app", "--from", "production", "--to-url", pg.url(f"{dbname}__check", password=False),
+                       env={**env, "PGPASSWORD": pg.password})
+    assert restored.returncode == 0, restored.stderr
+
+
+def test_a_table_locked_by_another_session_fails_the_backup_in_bounded_time(
+    pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str]
+) -> None:
+    """pg_dump waits lock_wait_timeout for a table held ACCESS EXCLUSIVE, then the backup fails naming it; nothing is stored."""
+    fill_small(pg, dbname, "x")
+    backups = tmp_path / "backups"
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, f"file://{backups}", extra="lock_wait_timeout: 2s")
+    env = {**pg_env, "DB_BACKUP_TARGETS": str(targets)}
+    with table_locked(pg, dbname, "marker"):
+        began = time.monotonic()
+        done = run_cli(*BACKUP, env=env, timeout=120)
+        elapsed = time.monotonic() - began
+    assert done.returncode == 1
+    assert "could not lock public.marker within 2.0s (lock_wait_timeout)" in done.stderr
+    assert "raise lock_wait_timeout in targets.yaml" in done.stderr
+    assert elapsed < 60
+    assert [p for p in backups.rglob("*") if p.is_file()] == []
+    wait_for(lambda: lock_waiters(pg, dbname) == 0, "no one to wait on the lock any more")

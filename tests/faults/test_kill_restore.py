@@ -1,0 +1,200 @@
+"""Promises of a restore under faults: killed at any moment, the target accepts connections and holds
+all of its old data or all of the new, no password is left on disk, and the next run cleans up."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from tests.conftest import PgCluster, fill_rich, fill_small, fingerprint, run_cli, wait_for, write_targets
+from tests.faults.conftest import Run, connectable_fingerprint, files_holding, leftovers, private_tmp, wait_paused
+
+RESTORE = ("restore", "app", "--from", "production", "--to", "beta")
+STEPS_BEFORE_COMMIT = ("restore:checked", "restore:created", "restore:loaded",
+                       "swap:dropped-previous", "swap:renamed-target", "swap:before-commit")
+MODES = ("stream", "parallel")
+
+
+@dataclass(frozen=True)
+class Scene:
+    pg: PgCluster
+    target: str
+    env: dict[str, str]
+    tmp: Path
+    old: dict[str, object]
+    new: dict[str, object]
+
+    def env_for(self, mode: str, **extra: str) -> dict[str, str]:
+        return {**self.env, "DB_BACKUP_RESTORE_MODE": mode, **extra}
+
+    def restore_ok(self, mode: str = "stream") -> None:
+        done = run_cli(*RESTORE, env=self.env_for(mode))
+        assert done.returncode == 0, done.stderr
+        assert fingerprint(self.pg, self.target) == self.new
+        assert leftovers(self.pg, self.tmp) == []
+
+    def swap_waiting(self) -> bool:
+        """The swap has started to wait for the target's sessions, as the server shows it."""
+        with self.pg.connect() as conn:
+            row = conn.execute(
+                """SELECT (SELECT NOT datallowconn FROM pg_database WHERE datname = %s)
+                          OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'db-backup%%'
+                                     AND query ILIKE 'ALTER DATABASE%%RENAME%%' AND state = 'active')""",
+                (self.target,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def pg_pids(self) -> set[int]:
+        with self.pg.connect() as conn:
+            return {int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_activity")}
+
+    def after_kill(self, expected: dict[str, object] | None = None) -> dict[str, object]:
+        """The checks every kill must pass; the data the target was found holding."""
+        seen = connectable_fingerprint(self.pg, self.target)
+        assert seen in (self.old, self.new), "the target holds neither its old data nor the backup"
+        if expected is not None:
+            assert seen == expected
+        assert files_holding(self.pg.password, self.tmp) == [], "a file holding the password survived the kill"
+        return seen
+
+
+@pytest.fixture
+def scene(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str]) -> Scene:
+    """beta (the target) holds small data; production holds rich data and has one backup."""
+    source = f"{dbname}__src"
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(source)))
+    fill_rich(pg, source)
+    fill_small(pg, dbname, "old")
+    tmp = private_tmp(tmp_path)
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": source, "beta": dbname}, f"file://{tmp_path / 'backups'}")
+    env = {**pg_env, "DB_BACKUP_TARGETS": str(targets), "TMPDIR": str(tmp), "DB_BACKUP_PARALLEL_THRESHOLD_MB": "0"}
+    done = run_cli("backup", "app", "production", env=env)
+    assert done.returncode == 0, done.stderr
+    return Scene(pg, dbname, env, tmp, fingerprint(pg, dbname), fingerprint(pg, source))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("step", STEPS_BEFORE_COMMIT)
+def test_kill_before_the_swap_commits_leaves_the_old_data(scene: Scene, start_cli: Callable[..., Run], step: str, mode: str) -> None:
+    """kill -9 at each step before the commit: the target keeps all of its old data, connectable."""
+    run = start_cli(*RESTORE, env=scene.env_for(mode, DB_BACKUP_TEST_PAUSE_AT=step))
+    wait_paused(run, step)
+    run.kill_tree()
+    scene.after_kill(expected=scene.old)
+    scene.restore_ok(mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kill_right_after_the_commit_leaves_the_new_data(scene: Scene, start_cli: Callable[..., Run], mode: str) -> None:
+    """kill -9 once the swap committed: the target holds the backup's data, and the old is kept as __previous."""
+    run = start_cli(*RESTORE, env=scene.env_for(mode, DB_BACKUP_TEST_PAUSE_AT="swap:committed"))
+    wait_paused(run, "swap:committed")
+    run.kill_tree()
+    scene.after_kill(expected=scene.new)
+    assert fingerprint(scene.pg, f"{scene.target}__previous") == scene.old
+    scene.restore_ok(mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kill_at_seeded_random_moments(scene: Scene, start_cli: Callable[..., Run], mode: str) -> None:
+    """Eight kills -9 at seeded random moments of a restore: every one leaves old or new data, nothing else."""
+    began = time.monotonic()
+    scene.restore_ok(mode)  # also measures how long a whole restore takes here
+    span = time.monotonic() - began
+    rnd = random.Random(f"restore-{mode}")
+    for attempt in range(8):
+        run = start_cli(*RESTORE, env=scene.env_for(mode), name=f"random-{attempt}")
+        time.sleep(rnd.uniform(0.05, span))
+        run.kill_tree()
+        scene.after_kill()
+    scene.restore_ok(mode)
+
+
+@pytest.fixture
+def frozen_session(scene: Scene) -> Iterator[int]:
+    """A session on the target whose server process is stopped (SIGSTOP): it cannot end when told to."""
+    holder = scene.pg.connect(scene.target)
+    row = holder.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    pid = int(row[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # ended already once a test let it go on
+            os.kill(pid, signal.SIGCONT)
+        holder.close()
+
+
+def test_a_session_that_cannot_end_fails_the_restore_and_changes_nothing(scene: Scene, frozen_session: int) -> None:
+    """The swap waits a bounded time for the target's sessions, then gives up naming them; the target is as it was.
+
+    A stopped backend also holds every DROP DATABASE on the server (it never answers the barrier),
+    so dropping the fresh copy is bounded too; the next restore drops it once the server lets it.
+    """
+    began = time.monotonic()
+    env = scene.env_for("stream", DB_BACKUP_SWAP_WAIT_S="6", DB_BACKUP_ADMIN_TIMEOUT_S="5")
+    done = run_cli(*RESTORE, env=env, timeout=120)
+    assert done.returncode == 1
+    assert "did not end within 6s" in done.stderr and f"pid {frozen_session}" in done.stderr
+    assert "the target is unchanged" in done.stderr
+    assert time.monotonic() - began < 60
+    scene.after_kill(expected=scene.old)
+    os.kill(frozen_session, signal.SIGCONT)
+    wait_for(lambda: frozen_session not in scene.pg_pids(), "the unfrozen session to end")
+    scene.restore_ok()
+
+
+def test_kill_while_the_swap_waits_for_a_session_leaves_the_target_connectable(
+    scene: Scene, frozen_session: int, start_cli: Callable[..., Run]
+) -> None:
+    """kill -9 while the swap waits for a session that will not end: no ALLOW_CONNECTIONS false is left behind."""
+    run = start_cli(*RESTORE, env=scene.env_for("stream", DB_BACKUP_SWAP_WAIT_S="60"))
+    wait_for(lambda: scene.swap_waiting() or run.proc.poll() is not None, "the swap to wait for the session", 90)
+    time.sleep(1)  # well inside the wait
+    run.kill_tree()
+    scene.after_kill(expected=scene.old)  # while the frozen session still exists
+    with scene.pg.connect() as conn:
+        row = conn.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (scene.target,)).fetchone()
+    assert row == (True,)
+
+
+def test_two_restores_into_one_target_exactly_one_runs(scene: Scene, start_cli: Callable[..., Run]) -> None:
+    """A second restore into a target that is being restored fails at once with exit 2, naming the first."""
+    first = start_cli(*RESTORE, env=scene.env_for("stream", DB_BACKUP_TEST_PAUSE_AT="restore:created"))
+    wait_paused(first, "restore:created")
+    began = time.monotonic()
+    second = run_cli(*RESTORE, env=scene.env_for("stream"))
+    assert second.returncode == 2
+    assert "another restore into" in second.stderr and "is running" in second.stderr
+    assert time.monotonic() - began < 30
+    # The first one's fresh database is in use, not a leftover: the second must not have dropped it.
+    assert any("__restore_" in name for name in scene.pg.databases())
+    first.kill_tree()
+    scene.restore_ok()
+
+
+def test_leftover_databases_of_any_backup_id_are_dropped_by_the_next_restore(scene: Scene, pg: PgCluster) -> None:
+    """Temporary databases of earlier restores into this target go; another database's do not."""
+    mine = f"{scene.target}__restore_2020-01-01_00-00-00"
+    other = f"{scene.target}x__restore_2020-01-01_00-00-00"
+    with pg.connect() as conn:
+        for name in (mine, other):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        done = run_cli(*RESTORE, env=scene.env_for("stream"))
+        assert done.returncode == 0, done.stderr
+        assert f"dropped {mine}, left by an interrupted restore" in done.stderr
+        assert mine not in pg.databases() and other in pg.databases()
+    finally:
+        pg.drop(other)
