@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    SSOError,
+    TokenRetrievalError,
+)
 
 from .errors import InfraError
 
@@ -35,6 +44,12 @@ _S3_ABORT_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, conne
 _ABORT_CLIENTS: weakref.WeakKeyDictionary[Any, Callable[[], Any]] = weakref.WeakKeyDictionary()
 
 
+# botocore raises these before a request is sent: nothing happened on AWS, and retrying cannot help.
+CREDENTIAL_ERRORS: tuple[type[BotoCoreError], ...] = (
+    NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, ProfileNotFound, SSOError, TokenRetrievalError,
+)
+
+
 class AwsClients:
     """Lazily built clients per (service, region); nothing talks to AWS until asked."""
 
@@ -45,9 +60,12 @@ class AwsClients:
     def _client(self, service: str, region: str, config: Config = _CONFIG) -> Any:
         key = (service, region, id(config))
         if key not in self._clients:
-            if self._session is None:
-                self._session = boto3.session.Session()
-            self._clients[key] = self._session.client(service, region_name=region, config=config)  # type: ignore[call-overload]
+            try:
+                if self._session is None:
+                    self._session = boto3.session.Session()
+                self._clients[key] = self._session.client(service, region_name=region, config=config)  # type: ignore[call-overload]
+            except BotoCoreError as exc:  # a profile that does not exist, half a key pair
+                raise infra_error(f"setting up the AWS {service} client", exc) from exc
         return self._clients[key]
 
     def s3(self, region: str) -> S3Client:
@@ -93,6 +111,8 @@ def infra_error(action: str, exc: Exception) -> InfraError:
     """Turn an AWS failure into one sentence that names the action and the AWS reason."""
     if isinstance(exc, NoCredentialsError):
         return InfraError(f"{action} failed: no AWS credentials found; configure them (aws configure, OIDC role) and retry")
+    if isinstance(exc, CREDENTIAL_ERRORS):
+        return InfraError(f"{action} failed: no usable AWS credentials ({exc}); fix them (aws configure, OIDC role) and retry")
     if isinstance(exc, ClientError):
         code = error_code(exc)
         message = exc.response.get("Error", {}).get("Message", "")

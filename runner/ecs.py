@@ -12,15 +12,9 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    CredentialRetrievalError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ProfileNotFound,
-    SSOError,
-    TokenRetrievalError,
 )
 
-from .aws import error_code, infra_error
+from .aws import CREDENTIAL_ERRORS, error_code, infra_error
 from .clock import Clock
 from .errors import InfraError, JobFailed, TimedOut
 from .targets import EcsConfig
@@ -45,9 +39,6 @@ FATAL_CODES = frozenset({
 })
 # No usable credentials. botocore raises these before the request is sent, so ECS cannot have
 # started anything, and only the user can fix them: never retried, never read as ECS trouble.
-CREDENTIAL_ERRORS: tuple[type[BotoCoreError], ...] = (
-    NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, ProfileNotFound, SSOError, TokenRetrievalError,
-)
 _CAPACITY = re.compile(r"capacity|RESOURCE:|insufficient|not enough", re.IGNORECASE)
 _TAG_VALUE_BAD = re.compile(r"[^\w .:/=+\-@]")
 _STARTED_BY_BAD = re.compile(r"[^A-Za-z0-9_/-]")

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .aws import error_code, infra_error
+from .aws import CREDENTIAL_ERRORS, error_code, infra_error
 from .clock import Clock
-from .ecs import CREDENTIAL_ERRORS
 
 if TYPE_CHECKING:
     from mypy_boto3_logs import CloudWatchLogsClient

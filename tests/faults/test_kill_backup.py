@@ -10,10 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import boto3
+import pytest
+
 from tests.conftest import PgCluster, fill_rich, fill_small, lock_waiters, run_cli, table_locked, wait_for, write_targets
 from tests.faults.conftest import Run, files_holding, private_tmp
 
 BACKUP = ("backup", "app", "production")
+BUCKET = "kill-backups"
 
 
 def _statuses(env: dict[str, str]) -> list[str]:
@@ -22,29 +26,55 @@ def _statuses(env: dict[str, str]) -> list[str]:
     return [entry["status"] for entry in json.loads(listed.stdout)]
 
 
+@pytest.fixture(params=["folder", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "folder":
+        return f"file://{tmp_path / 'backups'}"
+    request.getfixturevalue("aws")
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    return f"s3://{BUCKET}"
+
+
+def _unfinished(storage: str, backups: Path) -> list[str]:
+    """Partial files (folder) or open multipart uploads (S3): what a killed backup leaves."""
+    if storage.startswith("file://"):
+        return sorted(p.name for p in backups.rglob(".*"))
+    return [u["Key"] for u in boto3.client("s3", region_name="us-east-1").list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])]
+
+
 def test_backup_killed_at_seeded_random_moments(
-    pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], start_cli: Callable[..., Run]
+    pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], start_cli: Callable[..., Run], storage: str
 ) -> None:
-    """Eight kills -9 of a backup's process tree: no damaged backup, no partial file after the next run, no password on disk."""
+    """Eight kills -9 of a backup's process tree: no damaged backup, nothing unfinished after the next run, no password on disk."""
     fill_rich(pg, dbname)
     backups = tmp_path / "backups"
+    backups.mkdir()
     tmp = private_tmp(tmp_path)
-    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, f"file://{backups}")
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, storage)
     env = {**pg_env, "DB_BACKUP_TARGETS": str(targets), "TMPDIR": str(tmp)}
     began = time.monotonic()
     first = run_cli(*BACKUP, env=env)
     assert first.returncode == 0, first.stderr
     span = time.monotonic() - began
-    rnd = random.Random("backup-folder")
+    rnd = random.Random(f"backup-{storage[:2]}")
+    # One kill at a known moment: pg_dump blocked on a lock, the upload open.
+    fill_small(pg, dbname, "x")
+    with table_locked(pg, dbname, "marker"):
+        held = start_cli(*BACKUP, env=env, name="backup-held")
+        wait_for(lambda: lock_waiters(pg, dbname) > 0 and bool(_unfinished(storage, backups)), "the backup to block mid-upload")
+        held.kill_tree()
+    left_behind = 1
     for attempt in range(8):
         run = start_cli(*BACKUP, env=env, name=f"backup-{attempt}")
         time.sleep(rnd.uniform(0.05, span))
         run.kill_tree()
+        left_behind += bool(_unfinished(storage, backups))
         assert files_holding(pg.password, tmp, backups) == []
         assert "damaged" not in _statuses(env)
+    print(f"{left_behind} of 9 kills left an unfinished upload behind")
     done = run_cli(*BACKUP, env=env)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in backups.rglob(".*")) == [], "a partial file of a killed backup survived the next run"
+    assert _unfinished(storage, backups) == [], "what a killed backup left survived the next run"
     assert _statuses(env).count("complete") >= 2
     restored = run_cli("restore", "app", "--from", "production", "--to-url", pg.url(f"{dbname}__check", password=False),
                        env={**env, "PGPASSWORD": pg.password})

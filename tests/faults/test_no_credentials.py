@@ -80,3 +80,16 @@ def test_ecs_run_without_credentials_fails_at_once_with_exit_3(no_credentials: d
     assert "no AWS credentials" in errors[0] and "starting the ECS task" in errors[0]
     assert "capacity" not in result.stderr and "retrying" not in result.stderr
     assert elapsed < 20, f"took {elapsed:.1f}s: {result.stderr}"
+
+
+@pytest.mark.parametrize("broken", [
+    {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEONLYHALF"},
+    {"AWS_PROFILE": "no-such-profile"},
+], ids=["half-a-key-pair", "unknown-profile"])
+def test_unusable_credentials_fail_at_once_with_exit_3(no_credentials: dict[str, str], tmp_path: Path, broken: dict[str, str]) -> None:
+    """Half a key pair or a profile that does not exist: exit 3 naming the credentials, not an unexpected error."""
+    result = run_cli("backup", "app", "production", "--executor", "ecs", env={**no_credentials, **broken}, cwd=tmp_path, timeout=60)
+    assert result.returncode == ExitCode.INFRA, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "no usable AWS credentials" in errors[0] and "unexpected" not in errors[0]
