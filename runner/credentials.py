@@ -55,6 +55,12 @@ class Connection:
             "user": self.user,
             "connect_timeout": 15,
             "application_name": "db-backup",
+            # A restore's admin session and a backup's lock session sit idle for the whole job: a
+            # peer that vanished is noticed in about a minute, not after the kernel's two hours.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
         }
         if self.password is not None:
             kwargs["password"] = self.password

@@ -275,7 +275,7 @@ def _copy(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connection
                 size += len(chunk)
                 out.write(chunk)
             return path, digest.hexdigest(), size
-        proc = env.spawn(decompress, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
+        proc = env.without_password().spawn(decompress, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
         assert proc.stdin is not None and proc.stderr is not None
         tail = postgres.Tail(proc.stderr, decompress[0])
         try:
@@ -348,7 +348,6 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
     checkpoint = _checkpoints(settings)
     store = services.store(plan.source)
     entry = resolve_backup(store, plan.source.identifier, plan.source.env, plan.backup)
-    where = store.uri(entry.key)
     conn = services.resolver(plan.dest).resolve(plan.dest.database) if plan.dest else plan.dest_url
     assert conn is not None
     if conn.dbname in ("template0", "template1"):
@@ -365,55 +364,14 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
         parallel = False
     started = services.clock.monotonic()
     admin_conn = postgres.admin_connection(conn)
-    # Checked before a byte is downloaded: the server takes these credentials and lets them create
-    # databases, no other restore into this target runs, and this pg_restore reads the archive.
-    with postgres.connect(admin_conn) as admin:
-        postgres.bound_statements(admin, settings.admin_timeout_s)
-        postgres.check_can_create(admin, conn)
-        postgres.lock_target(admin, conn.dbname)
-        for leftover in postgres.restore_leftovers(admin, conn.dbname):
-            if problem := postgres.try_drop_database(admin, leftover):
-                raise JobFailed(f"cannot drop {leftover}, left by an interrupted restore: {problem}; drop it by hand, then run again")
-            log.info("dropped %s, left by an interrupted restore", leftover)
-        workdir.sweep(settings.work_dir or Path(tempfile.gettempdir()))
-        _check_reader(store, entry, pg_restore)
-        checkpoint("restore:checked")
-        log.info("restoring %s (%s, %s) into %s as %s", where, entry.status, human_size(entry.size_bytes), conn.describe(), fresh)
-        with workdir.claim(settings.work_dir) if parallel else contextlib.nullcontext(None) as work:
-            if work is not None:
-                # Verify before touching any database: a damaged download changes nothing.
-                path, actual, size = _download(store, entry, work, conn)
-                _check_digest(entry, actual, size, where)
-                if indexed := archive.fill_offsets(path):
-                    log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
-            like = postgres.database_info(admin, conn.dbname)
-            postgres.create_database(admin, fresh, like)
-            checkpoint("restore:created")
-            swap = postgres.SwapState()
-            try:
-                if work is not None:
-                    postgres.run_restore_file(conn, postgres.pg_restore_argv(pg_restore, fresh, ignore_privileges, jobs, path))
-                else:
-                    chunks, decompress = _open_dump(store, entry)
-                    counted = _Counter(chunks)
-                    actual = postgres.restore_stream(
-                        conn, postgres.pg_restore_argv(pg_restore, fresh, ignore_privileges, 1, None), counted, decompress
-                    )
-                    _check_digest(entry, actual, counted.size, where)
-                checkpoint("restore:loaded")
-                if like is not None:
-                    postgres.apply_settings(admin, fresh, like)
-                kept = postgres.swap_in(admin, admin_conn, conn.dbname, fresh, previous, settings.swap_wait_s, swap, checkpoint)
-            except BaseException as exc:
-                if swap.committed:
-                    _after_swap(exc, conn.dbname, previous if swap.kept_previous else None)
-                    raise
-                log.error("restore failed; dropping %s, %s is unchanged", fresh, conn.dbname)
-                if problem := postgres.try_drop_database(admin, fresh):
-                    log.warning("could not drop %s: %s; the next restore into %s drops it", fresh, problem, conn.dbname)
-                raise
-            if kept and not keep_previous:
-                kept = _drop_previous(admin, conn.dbname, previous)
+    swap = postgres.SwapState()
+    try:
+        job = _RestoreJob(store, entry, conn, admin_conn, fresh, previous, pg_restore, jobs, parallel, ignore_privileges, keep_previous)
+        kept, actual = _restore_and_swap(job, settings, swap, checkpoint)
+    except KeyboardInterrupt as exc:
+        if swap.committed:  # e.g. while the work folder's copy was being removed
+            _after_swap(exc, conn.dbname, previous if swap.kept_previous else None)
+        raise
     duration = round(services.clock.monotonic() - started, 3)
     log.info("restored %s into %s in %.1fs%s", entry.id, conn.describe(), duration, f"; previous kept as {previous}" if kept else "")
     return RestoreResult(
@@ -421,6 +379,82 @@ def restore(plan: RestorePlan, services: Services) -> RestoreResult:
         previous=previous if kept else None, duration_s=duration, size_bytes=entry.size_bytes,
         sha256=actual, verified=entry.manifest is not None, mode=f"parallel -j{jobs}" if parallel else "stream",
     )
+
+
+@dataclass(frozen=True)
+class _RestoreJob:
+    """What one restore works with, decided before anything is touched."""
+
+    store: BackupStore
+    entry: BackupEntry
+    conn: Connection
+    admin_conn: Connection
+    fresh: str
+    previous: str
+    pg_restore: str
+    jobs: int
+    parallel: bool
+    ignore_privileges: bool
+    keep_previous: bool
+
+
+def _restore_and_swap(
+    job: _RestoreJob, settings: Settings, swap: postgres.SwapState, checkpoint: postgres.Checkpoint,
+) -> tuple[bool, str]:
+    """Checks, load into the fresh database, swap: whether the old data was kept, and the sha256 read."""
+    where = job.store.uri(job.entry.key)
+    # Checked before a byte is downloaded: the server takes these credentials and lets them create
+    # databases, no other restore into this target runs, and this pg_restore reads the archive.
+    with postgres.connect(job.admin_conn) as admin:
+        postgres.bound_statements(admin, settings.admin_timeout_s)
+        postgres.check_can_create(admin, job.conn)
+        postgres.lock_target(admin, job.conn.dbname)
+        for leftover in postgres.restore_leftovers(admin, job.conn.dbname):
+            if problem := postgres.try_drop_database(admin, leftover):
+                raise JobFailed(f"cannot drop {leftover}, left by an interrupted restore: {problem}; drop it by hand, then run again")
+            log.info("dropped %s, left by an interrupted restore", leftover)
+        workdir.sweep(settings.work_dir or Path(tempfile.gettempdir()))
+        _check_reader(job.store, job.entry, job.pg_restore)
+        checkpoint("restore:checked")
+        log.info("restoring %s (%s, %s) into %s as %s", where, job.entry.status, human_size(job.entry.size_bytes),
+                 job.conn.describe(), job.fresh)
+        with workdir.claim(settings.work_dir) if job.parallel else contextlib.nullcontext(None) as work:
+            if work is not None:
+                # Verify before touching any database: a damaged download changes nothing.
+                path, actual, size = _download(job.store, job.entry, work, job.conn)
+                _check_digest(job.entry, actual, size, where)
+                if indexed := archive.fill_offsets(path):
+                    log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
+            like = postgres.database_info(admin, job.conn.dbname)
+            try:
+                postgres.create_database(admin, job.fresh, like)
+                checkpoint("restore:created")
+                if work is not None:
+                    argv = postgres.pg_restore_argv(job.pg_restore, job.fresh, job.ignore_privileges, job.jobs, path)
+                    postgres.run_restore_file(job.conn, argv)
+                else:
+                    chunks, decompress = _open_dump(job.store, job.entry)
+                    counted = _Counter(chunks)
+                    actual = postgres.restore_stream(
+                        job.conn, postgres.pg_restore_argv(job.pg_restore, job.fresh, job.ignore_privileges, 1, None), counted, decompress
+                    )
+                    _check_digest(job.entry, actual, counted.size, where)
+                checkpoint("restore:loaded")
+                if like is not None:
+                    postgres.apply_settings(admin, job.fresh, like)
+                kept = postgres.swap_in(admin, job.admin_conn, job.conn.dbname, job.fresh, job.previous,
+                                        settings.swap_wait_s, swap, checkpoint)
+            except BaseException as exc:
+                if swap.committed:
+                    _after_swap(exc, job.conn.dbname, job.previous if swap.kept_previous else None)
+                    raise
+                log.error("restore failed; dropping %s, %s is unchanged", job.fresh, job.conn.dbname)
+                if problem := postgres.try_drop_database(admin, job.fresh):
+                    log.warning("could not drop %s: %s; the next restore into %s drops it", job.fresh, problem, job.conn.dbname)
+                raise
+            if kept and not job.keep_previous:
+                kept = _drop_previous(admin, job.conn.dbname, job.previous)
+    return kept, actual
 
 
 def _checkpoints(settings: Settings) -> postgres.Checkpoint:

@@ -26,6 +26,7 @@ from .compression import Compression
 from .credentials import Connection
 from .errors import BadInput, JobFailed, RestoreRefused
 from .humanize import human_duration
+from .storage import ID_RE
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ class ToolEnv:
 
     def spawn(self, argv: Iterable[str], **kwargs: object) -> subprocess.Popen[bytes]:
         return subprocess.Popen(list(argv), env=self.env, pass_fds=self.fds, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    def without_password(self) -> ToolEnv:
+        """For zstd and gzip, which never connect: no passfile, no descriptor."""
+        return ToolEnv({k: v for k, v in self.env.items() if k != "PGPASSFILE"})
 
 
 def _passfile_line(user: str, password: str) -> bytes:
@@ -269,7 +274,7 @@ def plan_dump(pg_dump: str, compression: Compression, lock_wait: timedelta | Non
     return DumpPlan((*base, f"--compress={level}"), None, str(compression), "pg_dump", lock_wait)
 
 
-_LOCKED_TABLE = re.compile(r"LOCK TABLE (\S+) IN ")
+_LOCKED_TABLE = re.compile(r"LOCK TABLE (.+?) IN \w+ \w+ MODE")
 
 
 def _lock_timeout(plan: DumpPlan, tail: Tail) -> JobFailed | None:
@@ -362,7 +367,7 @@ def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
         out: IO[bytes] = dump.stdout
         pump = None
         if plan.compressor:
-            comp = env.spawn(plan.compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            comp = env.without_password().spawn(plan.compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             assert comp.stdin is not None and comp.stdout is not None and comp.stderr is not None
             steps.append(("zstd", comp, Tail(comp.stderr, "zstd")))
             pump = _Pump(dump.stdout, comp.stdin)
@@ -409,7 +414,7 @@ def restore_stream(conn: Connection, argv: list[str], chunks: Iterable[bytes], d
         steps.append(("pg_restore", restore, Tail(restore.stderr, "pg_restore")))
         sink = restore.stdin
         if decompress:
-            dec = env.spawn(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE)
+            dec = env.without_password().spawn(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE)
             restore.stdin.close()
             assert dec.stdin is not None and dec.stderr is not None
             steps.insert(0, ("zstd", dec, Tail(dec.stderr, "zstd")))
@@ -697,7 +702,9 @@ def apply_settings(admin: psycopg.Connection[tuple[object, ...]], name: str, lik
     """
     ident = sql.Identifier(name)
     try:
-        admin.execute(sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(ident, sql.Literal(like.connlimit)))
+        # -2 marks a database an interrupted DROP left invalid; the restored one is valid, unlimited.
+        limit = -1 if like.connlimit == -2 else like.connlimit
+        admin.execute(sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(ident, sql.Literal(limit)))
         for setting in like.settings:
             admin.execute(_setting_statement(sql.SQL("ALTER DATABASE {}").format(ident), setting))
         for role, settings in like.role_settings:
@@ -757,10 +764,18 @@ class _SessionEnder:
         try:
             with connect(self._conn) as db:
                 while not self._stop.is_set():
-                    db.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = ANY(%s) AND pid <> pg_backend_pid()", (self._names,),
-                    )
+                    pids = [int(str(r[0])) for r in db.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid() "
+                        # Other roles' backend_type reads as NULL to a non-superuser: those are clients too.
+                        "AND coalesce(backend_type, 'client backend') = 'client backend'", (self._names,),
+                    ).fetchall()]
+                    for pid in pids:
+                        # One at a time: a session this user may not end (a superuser's, without
+                        # pg_signal_backend) must not spare all the others.
+                        try:
+                            db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                        except psycopg.errors.InsufficientPrivilege as exc:
+                            self.error = f"may not end session {pid}: {_pg_message(exc)}"
                     self._stop.wait(0.1)
         except (psycopg.Error, JobFailed) as exc:
             self.error = _pg_message(exc)
@@ -804,6 +819,8 @@ def swap_in(
             try:
                 with admin.transaction():
                     admin.execute("SET LOCAL lock_timeout = '10s'")
+                    # A client frozen mid-transaction (suspended, partitioned) must not keep the target locked.
+                    admin.execute("SET LOCAL idle_in_transaction_session_timeout = '15s'")
                     _rename(admin, target, previous)
                     checkpoint("swap:renamed-target")
                     _rename(admin, fresh, target)
@@ -812,8 +829,9 @@ def swap_in(
                 break
             except psycopg.errors.ObjectInUse as exc:
                 if time.monotonic() >= deadline:
+                    why = f"; {ender.error}" if ender.error else ""
                     raise JobFailed(
-                        f"sessions on {target} did not end within {wait_s:.0f}s ({_blockers(admin, target)}); "
+                        f"sessions on {target} did not end within {wait_s:.0f}s ({_blockers(admin, target)}{why}); "
                         "the target is unchanged and the restore was not applied"
                     ) from exc
                 log.info("waiting for sessions on %s to end: %s", target, _blockers(admin, target))
@@ -824,6 +842,12 @@ def swap_in(
                 raise _swap_failed(target, exc) from exc
             except psycopg.Error as exc:
                 raise _swap_failed(target, exc) from exc
+            except KeyboardInterrupt:
+                # A cancel while COMMIT was on its way: psycopg re-raises it after the commit went through.
+                with contextlib.suppress(psycopg.Error, JobFailed):
+                    if _committed(admin_conn, fresh, previous):
+                        state.committed = state.kept_previous = True
+                raise
         if ender.error:
             log.debug("ending sessions on %s: %s", target, ender.error)
     checkpoint("swap:committed")
@@ -912,7 +936,8 @@ def restore_leftovers(admin: AdminConnection, target: str) -> list[str]:
     for (name,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", ("%\\_\\_restore\\_%",)).fetchall():
         text = str(name)
         backup_id = text[text.rfind(RESTORE_INFIX) + len(RESTORE_INFIX):]
-        if text == fresh_name(target, backup_id):
+        # Only names db-backup makes: a database of the user's called `app__restore_notes` stays.
+        if ID_RE.match(backup_id) and text == fresh_name(target, backup_id):
             found.append(text)
     return found
 

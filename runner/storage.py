@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, cast
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .aws import abort_client_for, error_code, infra_error
+from .aws import CREDENTIAL_ERRORS, abort_client_for, error_code, infra_error
 from .errors import IdTaken, InfraError, JobFailed, NoBackup
 
 if TYPE_CHECKING:
@@ -775,7 +775,7 @@ def _short_reason(exc: ClientError | BotoCoreError) -> str:
 def _s3_error(action: str, exc: Exception, bucket: str) -> InfraError:
     if isinstance(exc, ClientError) and error_code(exc) == "NoSuchBucket":
         return InfraError(f"{action} failed: bucket {bucket} does not exist; check storage in targets.yaml")
-    if isinstance(exc, BotoCoreError) and not isinstance(exc, NoCredentialsError):
+    if isinstance(exc, BotoCoreError) and not isinstance(exc, CREDENTIAL_ERRORS):
         # Connection refused, timeouts, a broken response stream: S3 (or the way to it) is unreachable.
         return InfraError(
             f"{action} failed: {_short_reason(exc)}; check the network path to S3 "
@@ -784,10 +784,6 @@ def _s3_error(action: str, exc: Exception, bucket: str) -> InfraError:
     return infra_error(action, exc)
 
 
-# An open multipart upload with no activity for this long belongs to a backup that died: a live one
-# sends a part per part size of dump (16 MiB: seconds of pg_dump output), or completes within
-# seconds if its whole dump fits in one part. Only a pg_dump blocked on a lock goes quiet; 6 h is
-# also the longest an ECS run waits by default (--timeout), and any clock skew fits well inside it.
 class S3Store:
     def __init__(
         self, client: S3Client, bucket: str, prefix: str, part_size: int, parallel: int, abort_client: S3Client | None = None,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -188,13 +189,53 @@ def test_leftover_databases_of_any_backup_id_are_dropped_by_the_next_restore(sce
     """Temporary databases of earlier restores into this target go; another database's do not."""
     mine = f"{scene.target}__restore_2020-01-01_00-00-00"
     other = f"{scene.target}x__restore_2020-01-01_00-00-00"
+    users = f"{scene.target}__restore_notes"  # not a name db-backup makes
     with pg.connect() as conn:
-        for name in (mine, other):
+        for name in (mine, other, users):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         done = run_cli(*RESTORE, env=scene.env_for("stream"))
         assert done.returncode == 0, done.stderr
         assert f"dropped {mine}, left by an interrupted restore" in done.stderr
-        assert mine not in pg.databases() and other in pg.databases()
+        assert mine not in pg.databases() and other in pg.databases() and users in pg.databases()
     finally:
         pg.drop(other)
+        pg.drop(users)
+
+
+RESTORER = "swap_restorer"
+RESTORER_PASSWORD = "swap-restorer-Pw-77"  # the throwaway cluster's test role
+
+
+def test_a_session_the_restorer_may_not_end_is_named_and_the_others_still_end(pg: PgCluster, dbname: str, tmp_path: Path) -> None:
+    """A non-superuser restorer cannot end a superuser's session: the swap still ends its own sessions, then names the one it may not."""
+    target = f"{dbname}__owned"
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(sql.Identifier(RESTORER), sql.Literal(RESTORER_PASSWORD)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(target), sql.Identifier(RESTORER)))
+    try:
+        fill_small(pg, dbname, "new")
+        targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, f"file://{tmp_path / 'backups'}",
+                                target_extra="ignore_privileges: true")
+        env = {"TEST_PG_PASSWORD": pg.password, "DB_BACKUP_TARGETS": str(targets)}
+        assert run_cli("backup", "app", "production", env=env).returncode == 0
+        url = f"postgresql://{RESTORER}@{pg.host}:{pg.port}/{target}"
+        with pg.connect(target) as superuser_session, psycopg.connect(
+            host=pg.host, port=pg.port, user=RESTORER, password=RESTORER_PASSWORD, dbname=target, autocommit=True,
+        ) as own_session:
+            su_pid = superuser_session.info.backend_pid
+            own_pid = own_session.info.backend_pid
+            done = run_cli("restore", "app", "--from", "production", "--to-url", url,
+                           env={**env, "PGPASSWORD": RESTORER_PASSWORD, "DB_BACKUP_SWAP_WAIT_S": "6"}, timeout=120)
+            assert done.returncode == 1
+            assert f"pid {su_pid}" in done.stderr and f"may not end session {su_pid}" in done.stderr
+            assert "the target is unchanged" in done.stderr
+            with pg.connect() as conn:
+                alive = {int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_activity")}
+            assert su_pid in alive and own_pid not in alive
+    finally:
+        pg.drop(target)
+        with pg.connect() as conn:
+            for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datdba = %s::regrole", (RESTORER,)).fetchall():
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(RESTORER)))
