@@ -468,6 +468,13 @@ def connect(conn: Connection) -> psycopg.Connection[tuple[object, ...]]:
 def bound_statements(admin: AdminConnection, seconds: float) -> None:
     """No statement on this connection may wait longer than `seconds` (psycopg's cancel ends it)."""
     admin.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{max(1, int(seconds * 1000))}ms")))
+    keep_when_idle(admin)
+
+
+def keep_when_idle(db: AdminConnection) -> None:
+    """This session holds a lock while it waits for the job: a server's idle_session_timeout must not end it."""
+    if db.info.server_version >= 140000:  # the setting exists from PostgreSQL 14
+        db.execute("SET idle_session_timeout = 0")
 
 
 def _pg_message(exc: BaseException) -> str:
@@ -901,6 +908,7 @@ class UploadLocks:
 @contextlib.contextmanager
 def upload_locks(conn: Connection) -> Iterator[UploadLocks]:
     with connect(conn) as db:
+        keep_when_idle(db)
         yield UploadLocks(db)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -717,14 +718,30 @@ class _S3Upload:
             if self._error is not None:
                 raise self._error
             parts = sorted(self._parts, key=lambda p: p["PartNumber"])
-            self._client.complete_multipart_upload(
-                Bucket=self._bucket, Key=self._key, UploadId=self.upload_id,
-                MultipartUpload={"Parts": parts}, IfNoneMatch="*",
-            )
+            try:
+                self._client.complete_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, UploadId=self.upload_id,
+                    MultipartUpload={"Parts": parts}, IfNoneMatch="*",
+                )
+            except ClientError as exc:
+                # botocore retries a request whose answer was lost: the retry then meets the object
+                # the first attempt made. That object is ours when its ETag is the one these parts make.
+                if error_code(exc) not in ("PreconditionFailed", "NoSuchUpload") or not self._landed(parts):
+                    raise
+                log.info("s3://%s/%s was completed by an earlier attempt of the same request", self._bucket, self._key)
         except BaseException as exc:
             self._fail(exc)
         finally:
             self._stop_workers()
+
+    def _landed(self, parts: list[CompletedPartTypeDef]) -> bool:
+        """The stored object is the one these parts make (S3's multipart ETag: md5 of the parts' md5s)."""
+        digests = b"".join(bytes.fromhex(part["ETag"].strip('"')) for part in parts)
+        expected = f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"'
+        try:
+            return self._client.head_object(Bucket=self._bucket, Key=self._key)["ETag"] == expected
+        except (ClientError, BotoCoreError, ValueError):
+            return False
 
     def _fail(self, exc: BaseException) -> NoReturn:
         """Abort the upload, then raise: AWS failures as one sentence naming the object (exit 3)."""
@@ -869,13 +886,25 @@ class S3Store:
         return aborted
 
     def put_manifest(self, manifest: Manifest) -> None:
+        text = manifest.to_json()
         try:
             self._client.put_object(
-                Bucket=self.bucket, Key=manifest.key + ".json", Body=manifest.to_json().encode(),
+                Bucket=self.bucket, Key=manifest.key + ".json", Body=text.encode(),
                 ContentType="application/json", IfNoneMatch="*",
             )
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            # A retried request whose first attempt landed meets its own manifest: that is success.
+            if error_code(exc) == "PreconditionFailed" and self._read_quietly(manifest.key + ".json") == text:
+                return
             raise _s3_error(f"writing the manifest of {self.uri(manifest.key)}", exc, self.bucket) from exc
+        except BotoCoreError as exc:
+            raise _s3_error(f"writing the manifest of {self.uri(manifest.key)}", exc, self.bucket) from exc
+
+    def _read_quietly(self, key: str) -> str | None:
+        try:
+            return self.read_text(key)
+        except InfraError:
+            return None
 
     def read(self, key: str) -> Iterator[bytes]:
         try:

@@ -468,3 +468,51 @@ def test_a_backup_aborts_uploads_whose_backup_no_longer_runs_and_keeps_the_rest(
     assert dead not in {u["UploadId"] for u in left} and dead_with_parts not in {u["UploadId"] for u in left}
     listed = json.loads(run_cli("list", "app", "production", "--json", env=env).stdout)
     assert [e["status"] for e in listed] == ["complete"]
+
+
+class _RetriedAfterLostAnswer:
+    """An S3 client whose completing writes land, lose their answer, and are sent again, as botocore's retry does.
+
+    moto accepts a second CompleteMultipartUpload; S3 with If-None-Match answers the retry with
+    412, so that answer is stubbed here. The manifest's retry meets moto's own 412.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def complete_multipart_upload(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        self._client.complete_multipart_upload(**kwargs)
+        raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "At least one of the pre-conditions you "
+                                     "specified did not hold"}}, "CompleteMultipartUpload")
+
+    def put_object(self, **kwargs: Any) -> Any:
+        self._client.put_object(**kwargs)
+        return self._client.put_object(**kwargs)
+
+
+def test_a_retried_write_that_already_landed_is_a_success(pg: PgCluster, dbname: str, env: dict[str, str],
+                                                           monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The retry of a completed upload or manifest meets its own object: the backup succeeds, complete, not 'id taken'."""
+    from runner import jobs
+    from runner.aws import AwsClients
+    from runner.clock import SystemClock
+    from runner.settings import Settings
+    from runner.targets import load_registry
+
+    fill_small(pg, dbname, "prod")
+    _ssm_layout(pg, dbname)
+    target = load_registry(Path(env["DB_BACKUP_TARGETS"])).get("app", "production")
+    aws = AwsClients()
+    real_s3 = aws.s3
+    monkeypatch.setattr(aws, "s3", lambda region: _RetriedAfterLostAnswer(real_s3(region)))
+    with caplog.at_level(logging.INFO, logger="runner.storage"):
+        result = jobs.backup(target, jobs.Services(settings=Settings(), clock=SystemClock(), aws=aws))
+    assert "was completed by an earlier attempt of the same request" in caplog.text
+    listed = json.loads(run_cli("list", "app", "production", "--json", env=env).stdout)
+    assert [(e["id"], e["status"]) for e in listed] == [(result.manifest.id, "complete")]
+    assert boto3.client("s3", region_name="us-east-1").list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
