@@ -102,3 +102,29 @@ def test_a_whole_download_is_decompressed_and_hashed(tmp_path: Path) -> None:
     path, digest, size = _download(FakeStore(packed), tmp_path)
     assert path.read_bytes() == PLAIN
     assert (digest, size) == (hashlib.sha256(packed).hexdigest(), len(packed))
+
+
+@pytest.mark.parametrize("stored", ["zstd", "plain"])
+def test_a_full_work_folder_is_a_disk_problem_not_a_damaged_dump(tmp_path: Path, stored: str) -> None:
+    """Writing the copy fails with ENOSPC (here: the copy is /dev/full): exit 3 naming the folder and the ways out."""
+    (tmp_path / "restore.dump").symlink_to("/dev/full")
+    data = _zstd(PLAIN) if stored == "zstd" else PLAIN
+    with pytest.raises(InfraError) as raised:
+        _download(FakeStore(data), tmp_path)
+    message = str(raised.value)
+    assert raised.value.exit_code == ExitCode.INFRA
+    assert "is full (no space left on device)" in message and "DB_BACKUP_WORK_DIR" in message
+    assert "damaged" not in message
+
+
+@pytest.mark.parametrize(("printed", "version"), [
+    ("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n", "15.18"),
+    ("pg_dump (PostgreSQL) 17.2\n", "17.2"),
+    ("pg_restore (PostgreSQL) 18devel\n", "18devel"),
+    ("pg_dump (PostgreSQL) 16.4 (Ubuntu 16.4-1.pgdg22.04+1)\n", "16.4"),
+])
+def test_the_tools_version_is_the_version_number(printed: str, version: str) -> None:
+    """The manifest records `15.18`, not the distribution's `15.18-0+deb12u1)`."""
+    from runner.postgres import parse_tool_version
+
+    assert parse_tool_version(printed) == version
