@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -282,6 +283,16 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def run_in_threads(count: int, target: Callable[[], object], timeout: float = 120) -> None:
+    """Run `target` in `count` threads at once and wait for all of them, bounded."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert not any(thread.is_alive() for thread in threads), f"a thread did not end within {timeout:.0f} s"
 
 
 def record_spawns(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:

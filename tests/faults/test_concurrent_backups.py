@@ -19,7 +19,7 @@ from runner.settings import Settings
 from runner.storage import LocalStore, S3Store, make_id
 from runner.targets import load_registry
 from tests.aws.test_s3_engine import real_upload_times
-from tests.conftest import PgCluster, fill_small, lock_waiters, run_cli, table_locked, wait_for, write_targets
+from tests.conftest import PgCluster, fill_small, lock_waiters, run_cli, run_in_threads, table_locked, wait_for, write_targets
 from tests.faults.conftest import Run
 
 BUCKET = "concurrent-backups"
@@ -115,12 +115,7 @@ def test_two_backups_in_the_same_second_get_distinct_ids_and_both_complete(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a backup did not end within 120 s"
+    run_in_threads(2, run, timeout=120)
     assert errors == []
     first, second = make_id(now), make_id(now, 2)
     assert sorted(r.manifest.id for r in results) == [first, second]

@@ -16,6 +16,7 @@ import pytest
 
 from runner.errors import ExitCode, IdTaken, InfraError, JobFailed
 from runner.storage import LocalStore, Manifest, Upload
+from tests.conftest import run_in_threads
 
 KEY = "app/production/2026-01-02_03-04-05.dump"
 
@@ -157,11 +158,7 @@ def test_concurrent_uploads_of_one_id_reserve_it_once(tmp_path: Path) -> None:
         except IdTaken as exc:
             taken.append(exc)
 
-    threads = [threading.Thread(target=start) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    run_in_threads(8, start, timeout=60)
     assert len(won) == 1 and len(taken) == 7
     won[0].write(b"PGDMP")
     won[0].complete()
