@@ -91,14 +91,15 @@ def backup(target: Target, services: Services, request_id: str | None = None) ->
     conn = services.resolver(target).resolve(target.database)
     pg_dump = postgres.find_tool("pg_dump")
     dump_version = postgres.tool_version(pg_dump)
-    server = postgres.server_version(conn)
-    if postgres.major(dump_version) < postgres.major(server):
-        raise JobFailed(
-            f"pg_dump {dump_version} cannot dump server {server}; install PostgreSQL client tools {postgres.major(server)} or newer"
-        )
     plan = postgres.plan_dump(pg_dump, target.compression, target.lock_wait_timeout)
-    now = services.clock.now()
+    # One session for the whole backup: the connection check, the server's version, the upload's lock.
     with postgres.upload_locks(conn) as locks:
+        server = locks.server_version
+        if postgres.major(dump_version) < postgres.major(server):
+            raise JobFailed(
+                f"pg_dump {dump_version} cannot dump server {server}; install PostgreSQL client tools {postgres.major(server)} or newer"
+            )
+        now = services.clock.now()
         store.clean_leftovers(target.identifier, target.env, now, locks.abandoned)  # it logs what it removed
         backup_id, key, upload = _reserve_id(store, target, now, locks)
         try:

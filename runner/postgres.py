@@ -491,10 +491,10 @@ def _pg_message(exc: BaseException) -> str:
     return text
 
 
-def server_version(conn: Connection) -> str:
-    with connect(conn) as db:
-        row = db.execute("SHOW server_version").fetchone()
-    return str(row[0]).split(" ", 1)[0] if row else "unknown"
+def server_version(db: AdminConnection) -> str:
+    """`15.18` (a server may append its build, e.g. `15.18 (Debian 15.18-0+deb12u1)`)."""
+    reported = db.info.parameter_status("server_version")
+    return reported.split(" ", 1)[0] if reported else "unknown"
 
 
 def derived_name(base: str, suffix: str) -> str:
@@ -889,6 +889,10 @@ class UploadLocks:
 
     def __init__(self, db: AdminConnection) -> None:
         self._db = db
+
+    @property
+    def server_version(self) -> str:
+        return server_version(self._db)
 
     def claim(self, name: str) -> bool:
         row = self._db.execute("SELECT pg_try_advisory_lock(%s)", (_advisory_key(f"db-backup upload {name}"),)).fetchone()
