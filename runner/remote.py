@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # Tuning settings the task may inherit from the runner; none of them is a secret.
 FORWARDED_SETTINGS = (
     "DB_BACKUP_PART_SIZE_MB", "DB_BACKUP_PARALLEL_UPLOADS", "DB_BACKUP_RESTORE_MODE",
-    "DB_BACKUP_RESTORE_JOBS", "DB_BACKUP_PARALLEL_THRESHOLD_MB", "DB_BACKUP_SWAP_WAIT_S",
+    "DB_BACKUP_RESTORE_JOBS", "DB_BACKUP_PARALLEL_THRESHOLD_MB", "DB_BACKUP_SWAP_WAIT_S", "DB_BACKUP_ADMIN_TIMEOUT_S",
 )
 MANIFEST_SEARCH = 20  # newest backups searched for the task's request id
 # ECS allows 8192 characters of overrides in all; the command and settings need the rest.
