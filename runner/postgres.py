@@ -812,7 +812,10 @@ def swap_in(
     """
     if database_info(admin, target) is None:
         checkpoint("swap:create")
-        _rename(admin, fresh, target)  # one statement: committed whole or not at all
+        try:
+            _rename(admin, fresh, target)  # one statement: committed whole or not at all
+        except psycopg.Error as exc:  # e.g. someone created the target meanwhile
+            raise _swap_failed(target, exc) from exc
         state.committed = True
         return False
     try:
