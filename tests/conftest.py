@@ -287,7 +287,7 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) ->
 
 def run_in_threads(count: int, target: Callable[[], object], timeout: float = 120) -> None:
     """Run `target` in `count` threads at once and wait for all of them, bounded."""
-    threads = [threading.Thread(target=target) for _ in range(count)]
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(count)]  # a stuck one must not hold pytest's exit
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -44,7 +44,9 @@ def start_cli(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     def start(*argv: str, env: dict[str, str], name: str = "run") -> Run:
         err = tmp_path / f"{name}-{len(runs)}.stderr"
         with err.open("w") as handle:
-            proc = subprocess.Popen([DB_BACKUP, *argv], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+            # As run_cli: no GITHUB_* from a CI runner, which would make the CLI emit masks and summaries.
+            base = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
+            proc = subprocess.Popen([DB_BACKUP, *argv], env={**base, **env}, stdout=subprocess.DEVNULL,
                                     stderr=handle, text=True, start_new_session=True)
         run = Run(proc, err)
         runs.append(run)

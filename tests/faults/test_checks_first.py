@@ -47,6 +47,11 @@ def test_an_archive_too_new_for_this_pg_restore_is_refused_before_anything_is_to
     assert archive[:5] == b"PGDMP" and archive[6] <= 14
     archive[6] = 15
     _rewrite(dump, subprocess.run(["zstd", "-q", "-c"], input=bytes(archive), capture_output=True, check=True).stdout)
+    beta = f"{dbname}__beta"
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(beta)))
+    fill_small(pg, beta, "beta")
+    old = fingerprint(pg, beta)
     before = pg.databases()
     done = run_cli("restore", "app", "--from", "production", "--to", "beta",
                    env={**env, "DB_BACKUP_RESTORE_MODE": mode, "DB_BACKUP_PARALLEL_THRESHOLD_MB": "0"})
@@ -55,6 +60,7 @@ def test_an_archive_too_new_for_this_pg_restore_is_refused_before_anything_is_to
     assert "archive of format 1.15, which pg_restore 15." in line
     assert "install the PostgreSQL client tools 16 or newer" in line
     assert pg.databases() == before
+    assert fingerprint(pg, beta) == old
     assert restore_leftovers(pg) == set()
 
 
@@ -78,8 +84,9 @@ def test_a_user_who_may_not_create_databases_is_refused_before_the_download(
     url = f"postgresql://{no_createdb}@{pg.host}:{pg.port}/{dbname}"
     done = run_cli("restore", "app", "--from", "production", "--to-url", url, env={**env, "PGPASSWORD": NO_CREATEDB_PASSWORD})
     assert done.returncode == 2, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [done.stderr.strip().splitlines()[-1]]
     assert f"{no_createdb} may not create databases" in done.stderr
     assert f"ALTER ROLE {no_createdb} CREATEDB" in done.stderr
-    assert "restoring" not in done.stderr  # refused before the download began
+    assert "INFO restoring " not in done.stderr  # refused before the download began (the log line that starts it)
     assert fingerprint(pg, dbname) == old
     assert restore_leftovers(pg) == set()

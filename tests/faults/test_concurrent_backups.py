@@ -138,9 +138,12 @@ def test_a_running_backup_is_left_alone_by_the_next_one(
     targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, storage)
     env = {**pg_env, "DB_BACKUP_TARGETS": str(targets)}
     dead = tmp_path / "backups/app/production/.2020-01-01_00-00-00.dump.partial"
-    if store_kind == "folder":  # what a killed run leaves: no one holds its lock
+    # What a killed run leaves, which no one holds: the first backup's cleanup removes it.
+    if store_kind == "folder":
         dead.parent.mkdir(parents=True)
         dead.write_bytes(b"half a dump")
+    else:
+        boto3.client("s3", region_name="us-east-1").create_multipart_upload(Bucket=BUCKET, Key="app/production/2020-01-01_00-00-00.dump")
     with table_locked(pg, dbname, "marker"):
         first = start_cli("backup", "app", "production", env=env, name="first")
         wait_for(lambda: lock_waiters(pg, dbname) == 1 and len(_leftovers(store_kind, tmp_path)) == 1, "the first backup to hold its id mid-dump")
@@ -154,4 +157,7 @@ def test_a_running_backup_is_left_alone_by_the_next_one(
     assert _leftovers(store_kind, tmp_path) == []
     if store_kind == "folder":
         assert f"removed {dead}, a partial file left by a backup that did not finish" in first.stderr()
-    assert "aborted the multipart upload" not in first.stderr() + second.stderr()
+        assert "aborted the multipart upload" not in first.stderr() + second.stderr()
+    else:
+        assert f"aborted the multipart upload of s3://{BUCKET}/app/production/2020-01-01_00-00-00.dump" in first.stderr()
+        assert (first.stderr() + second.stderr()).count("aborted the multipart upload") == 1  # never the live one

@@ -40,8 +40,18 @@ class Scene:
     def restore_ok(self, mode: str = "stream") -> None:
         done = run_cli(*RESTORE, env=self.env_for(mode))
         assert done.returncode == 0, done.stderr
+        assert f", {mode}" in done.stdout, f"the restore did not run in {mode} mode: {done.stdout}"
         assert fingerprint(self.pg, self.target) == self.new
         assert leftovers(self.pg, self.tmp) == []
+
+    def fresh_old_data(self, label: str) -> dict[str, object]:
+        """Give the target data of its own again (and no __previous), so old and new differ; its fingerprint."""
+        for name in (self.target, f"{self.target}__previous"):
+            self.pg.drop(name)
+        with self.pg.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.target)))
+        fill_small(self.pg, self.target, label)
+        return fingerprint(self.pg, self.target)
 
     def swap_waiting(self) -> bool:
         """The swap has started to wait for the target's sessions, as the server shows it."""
@@ -64,7 +74,7 @@ class Scene:
         assert seen in (self.old, self.new), "the target holds neither its old data nor the backup"
         if expected is not None:
             assert seen == expected
-        assert files_holding(self.pg.password, self.tmp) == [], "a file holding the password survived the kill"
+        assert files_holding(self.pg.password, self.tmp.parent) == [], "a file holding the password survived the kill"
         return seen
 
 
@@ -108,16 +118,26 @@ def test_kill_right_after_the_commit_leaves_the_new_data(scene: Scene, start_cli
 
 @pytest.mark.parametrize("mode", MODES)
 def test_kill_at_seeded_random_moments(scene: Scene, start_cli: Callable[..., Run], mode: str) -> None:
-    """Eight kills -9 at seeded random moments of a restore: every one leaves old or new data, nothing else."""
+    """Eight kills -9 at seeded random moments of a restore's work (download, load, swap): each leaves old or new data."""
+    measured = start_cli(*RESTORE, env=scene.env_for(mode), name="measured")
+    wait_for(lambda: "INFO restoring " in measured.stderr() or measured.proc.poll() is not None, "the restore to start its work")
     began = time.monotonic()
-    scene.restore_ok(mode)  # also measures how long a whole restore takes here
-    span = time.monotonic() - began
+    assert measured.wait() == 0, measured.stderr()
+    work = time.monotonic() - began  # from the checks' end to the exit
     rnd = random.Random(f"restore-{mode}")
+    landed = 0
     for attempt in range(8):
+        old = scene.fresh_old_data(f"old-{attempt}")
         run = start_cli(*RESTORE, env=scene.env_for(mode), name=f"random-{attempt}")
-        time.sleep(rnd.uniform(0.05, span))
+        wait_for(lambda run=run: "INFO restoring " in run.stderr() or run.proc.poll() is not None,
+                 "the restore to start its work")
+        time.sleep(rnd.uniform(0.0, 0.8 * work))
+        landed += run.proc.poll() is None
         run.kill_tree()
-        scene.after_kill()
+        seen = connectable_fingerprint(scene.pg, scene.target)
+        assert seen in (old, scene.new), f"kill {attempt}: the target holds neither its old data nor the backup"
+        assert files_holding(scene.pg.password, scene.tmp.parent) == [], "a file holding the password survived the kill"
+    assert landed >= 5, f"only {landed} of 8 kills landed while the restore was still running"
     scene.restore_ok(mode)
 
 
@@ -144,7 +164,7 @@ def test_a_session_that_cannot_end_fails_the_restore_and_changes_nothing(scene: 
     so dropping the fresh copy is bounded too; the next restore drops it once the server lets it.
     """
     began = time.monotonic()
-    env = scene.env_for("stream", DB_BACKUP_SWAP_WAIT_S="6", DB_BACKUP_ADMIN_TIMEOUT_S="5")
+    env = scene.env_for("stream", DB_BACKUP_SWAP_WAIT_S="6", DB_BACKUP_ADMIN_TIMEOUT_S="10")
     done = run_cli(*RESTORE, env=env, timeout=120)
     assert done.returncode == 1
     assert "did not end within 6s" in done.stderr and f"pid {frozen_session}" in done.stderr
@@ -163,6 +183,7 @@ def test_kill_while_the_swap_waits_for_a_session_leaves_the_target_connectable(
     run = start_cli(*RESTORE, env=scene.env_for("stream", DB_BACKUP_SWAP_WAIT_S="60"))
     wait_for(lambda: scene.swap_waiting() or run.proc.poll() is not None, "the swap to wait for the session", 90)
     time.sleep(1)  # well inside the wait
+    assert run.proc.poll() is None and scene.swap_waiting(), f"the swap was not waiting: {run.stderr()[-2000:]}"
     run.kill_tree()
     scene.after_kill(expected=scene.old)  # while the frozen session still exists
     with scene.pg.connect() as conn:
@@ -174,13 +195,14 @@ def test_two_restores_into_one_target_exactly_one_runs(scene: Scene, start_cli: 
     """A second restore into a target that is being restored fails at once with exit 2, naming the first."""
     first = start_cli(*RESTORE, env=scene.env_for("stream", DB_BACKUP_TEST_PAUSE_AT="restore:created"))
     wait_paused(first, "restore:created")
+    (fresh,) = (name for name in scene.pg.databases() if name.startswith(f"{scene.target}__restore_"))
     began = time.monotonic()
     second = run_cli(*RESTORE, env=scene.env_for("stream"))
     assert second.returncode == 2
     assert "another restore into" in second.stderr and "is running" in second.stderr
     assert time.monotonic() - began < 30
     # The first one's fresh database is in use, not a leftover: the second must not have dropped it.
-    assert any("__restore_" in name for name in scene.pg.databases())
+    assert fresh in scene.pg.databases()
     first.kill_tree()
     scene.restore_ok()
 
@@ -220,6 +242,7 @@ def test_a_session_the_restorer_may_not_end_is_named_and_the_others_still_end(pg
         env = {"TEST_PG_PASSWORD": pg.password, "DB_BACKUP_TARGETS": str(targets)}
         assert run_cli("backup", "app", "production", env=env).returncode == 0
         url = f"postgresql://{RESTORER}@{pg.host}:{pg.port}/{target}"
+        before = fingerprint(pg, target)
         with pg.connect(target) as superuser_session, psycopg.connect(
             host=pg.host, port=pg.port, user=RESTORER, password=RESTORER_PASSWORD, dbname=target, autocommit=True,
         ) as own_session:
@@ -233,6 +256,8 @@ def test_a_session_the_restorer_may_not_end_is_named_and_the_others_still_end(pg
             with pg.connect() as conn:
                 alive = {int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_activity")}
             assert su_pid in alive and own_pid not in alive
+        assert fingerprint(pg, target) == before
+        assert not any(name.startswith(f"{target}__restore_") for name in pg.databases())
     finally:
         pg.drop(target)
         with pg.connect() as conn:
