@@ -278,14 +278,17 @@ URLS = {
 
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
 @pytest.mark.parametrize("case", list(URLS))
-def test_a_malformed_url_never_shows_its_password(world: World, case: str, verbose: bool) -> None:
+def test_a_malformed_url_never_shows_its_password(world: World, case: str, verbose: bool, tmp_path: Path) -> None:
     """Refused before anything runs, without a piece of the password, even in --verbose tracebacks."""
     template, words = URLS[case]
     pg = world.pg
     url = template.format(user=pg.user, a=PIECE_A, b=PIECE_B, host=pg.host, port=pg.port, db=f"{world.dbname}_copy")
     before = (files_in(world.backups), world.pg.databases())
     argv = ["restore", "app", "--from", "production", "--to-url", url]
-    result = run_cli(*(["--verbose", *argv] if verbose else argv), env=world.env, timeout=60)
+    scratch = tmp_path / "tmp"  # where a restore would put its work folder or a passfile
+    scratch.mkdir()
+    result = run_cli(*(["--verbose", *argv] if verbose else argv), env={**world.env, "TMPDIR": str(scratch)}, timeout=60)
+    assert list(scratch.iterdir()) == []
     output = result.stdout + result.stderr
     assert PIECE_A not in output and PIECE_B not in output, output
     if verbose:  # debug logs and the traceback, then the error
