@@ -245,10 +245,10 @@ def _check_digest(entry: BackupEntry, actual: str, size: int, where: str) -> Non
         )
 
 
-def _download(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connection) -> tuple[Path, str, int]:
+def _download(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:
     """Copy the dump into a seekable local file (decompressed), hashing the stored bytes."""
     try:
-        return _copy(store, entry, folder, conn)
+        return _copy(store, entry, folder)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _disk_full(folder) from exc
@@ -263,20 +263,20 @@ def _disk_full(folder: Path) -> InfraError:
     )
 
 
-def _copy(store: BackupStore, entry: BackupEntry, folder: Path, conn: Connection) -> tuple[Path, str, int]:
+def _copy(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:
     digest = hashlib.sha256()
     size = 0
     chunks, decompress = _open_dump(store, entry)
     path = folder / "restore.dump"
     where = store.uri(entry.key)
-    with path.open("wb") as out, postgres.libpq_env(conn) as env:
+    with path.open("wb") as out:
         if decompress is None:
             for chunk in chunks:
                 digest.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
             return path, digest.hexdigest(), size
-        proc = env.without_password().spawn(decompress, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
+        proc = postgres.compressor_env().spawn(decompress, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
         assert proc.stdin is not None and proc.stderr is not None
         tail = postgres.Tail(proc.stderr, decompress[0])
         try:
@@ -422,7 +422,7 @@ def _restore_and_swap(
         with workdir.claim(settings.work_dir) if job.parallel else contextlib.nullcontext(None) as work:
             if work is not None:
                 # Verify before touching any database: a damaged download changes nothing.
-                path, actual, size = _download(job.store, job.entry, work, job.conn)
+                path, actual, size = _download(job.store, job.entry, work)
                 _check_digest(job.entry, actual, size, where)
                 if indexed := archive.fill_offsets(path):
                     log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
@@ -496,9 +496,7 @@ def _archive_head(store: BackupStore, entry: BackupEntry) -> bytes:
 
 def _first_bytes(command: tuple[str, ...], head: bytes, count: int = 64) -> bytes:
     """The first bytes `command` makes of `head`, a piece of a stream: read no more, then stop it."""
-    # Only PATH: the decompressor inherits nothing that could hold a password (PGPASSWORD, env:VAR).
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={"PATH": os.environ.get("PATH", "")})
+    proc = postgres.compressor_env().spawn(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdin is not None and proc.stdout is not None
 
     def feed(sink: IO[bytes]) -> None:

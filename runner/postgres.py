@@ -91,9 +91,12 @@ class ToolEnv:
     def spawn(self, argv: Iterable[str], **kwargs: object) -> subprocess.Popen[bytes]:
         return subprocess.Popen(list(argv), env=self.env, pass_fds=self.fds, **kwargs)  # type: ignore[call-overload, no-any-return]
 
-    def without_password(self) -> ToolEnv:
-        """For zstd and gzip, which never connect: no passfile, no descriptor."""
-        return ToolEnv({k: v for k, v in self.env.items() if k != "PGPASSFILE"})
+
+
+def compressor_env() -> ToolEnv:
+    """For zstd and gzip, which never connect: PATH only, so nothing that could hold a password
+    (PGPASSWORD, the env:VAR a password came from, the passfile) reaches them."""
+    return ToolEnv({"PATH": os.environ.get("PATH", "")})
 
 
 def _passfile_line(user: str, password: str) -> bytes:
@@ -367,7 +370,7 @@ def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
         out: IO[bytes] = dump.stdout
         pump = None
         if plan.compressor:
-            comp = env.without_password().spawn(plan.compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            comp = compressor_env().spawn(plan.compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             assert comp.stdin is not None and comp.stdout is not None and comp.stderr is not None
             steps.append(("zstd", comp, Tail(comp.stderr, "zstd")))
             pump = _Pump(dump.stdout, comp.stdin)
@@ -414,7 +417,7 @@ def restore_stream(conn: Connection, argv: list[str], chunks: Iterable[bytes], d
         steps.append(("pg_restore", restore, Tail(restore.stderr, "pg_restore")))
         sink = restore.stdin
         if decompress:
-            dec = env.without_password().spawn(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE)
+            dec = compressor_env().spawn(decompress, stdin=subprocess.PIPE, stdout=restore.stdin, stderr=subprocess.PIPE)
             restore.stdin.close()
             assert dec.stdin is not None and dec.stderr is not None
             steps.insert(0, ("zstd", dec, Tail(dec.stderr, "zstd")))
@@ -882,6 +885,12 @@ def _advisory_key(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
+def _try_lock(db: AdminConnection, key: int) -> bool:
+    """A session advisory lock, taken at once or not at all: no wait to bound."""
+    row = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    return bool(row and row[0])
+
+
 class UploadLocks:
     """Session advisory locks on the backed-up database, one per upload in progress.
 
@@ -898,8 +907,7 @@ class UploadLocks:
         return server_version(self._db)
 
     def claim(self, name: str) -> bool:
-        row = self._db.execute("SELECT pg_try_advisory_lock(%s)", (_advisory_key(f"db-backup upload {name}"),)).fetchone()
-        return bool(row and row[0])
+        return _try_lock(self._db, _advisory_key(f"db-backup upload {name}"))
 
     def release(self, name: str) -> None:
         self._db.execute("SELECT pg_advisory_unlock(%s)", (_advisory_key(f"db-backup upload {name}"),))
@@ -930,8 +938,7 @@ def lock_target(admin: AdminConnection, target: str) -> None:
     process ended (a kill -9 included), so no stale lock is ever left to clean up.
     """
     key = _lock_key(target)
-    row = admin.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-    if row and row[0]:
+    if _try_lock(admin, key):
         return
     holder = admin.execute(
         """SELECT a.pid, a.usename, coalesce(host(a.client_addr), 'local socket'), a.backend_start

@@ -25,11 +25,10 @@ STAGING_MAX_AGE_S = 3600.0
 def claim(parent: Path | None) -> Iterator[Path]:
     """A fresh folder under `parent` (default: the system temp), flock-ed for as long as it is used.
 
-    The lock dies with the process, whatever ends it: a later run knows a folder with a free
-    lock is a leftover (the gigabytes of a killed parallel restore's copy) and removes it.
+    The lock dies with the process, whatever ends it: a later run's `sweep` knows a folder with a
+    free lock is a leftover (the gigabytes of a killed parallel restore's copy) and removes it.
     """
     base = parent or Path(tempfile.gettempdir())
-    sweep(base)
     staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=base))
     fd = os.open(staging / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
     folder = staging

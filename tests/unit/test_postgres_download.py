@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from runner import jobs
-from runner.credentials import Connection
 from runner.errors import ExitCode, InfraError, Interrupted, JobFailed
 from runner.storage import BackupEntry
 
@@ -65,7 +64,7 @@ def children(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
 
 def _download(store: FakeStore, folder: Path) -> tuple[Path, str, int]:
     entry = BackupEntry("2026-01-02_03-04-05", KEY, datetime(2026, 1, 2, tzinfo=UTC), len(store.data))
-    return jobs._download(store, entry, folder, Connection("db.invalid", 5432, "app", "u", "pw"))  # type: ignore[arg-type]
+    return jobs._download(store, entry, folder)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
