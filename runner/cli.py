@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
-from . import github, jobs, remote
+from . import github, output, signals
 from .aws import AwsClients
+from .backup import run_backup
+from .catalog import list_backups
 from .clock import SystemClock
 from .credentials import parse_url
 from .durations import parse_duration
-from .errors import BadInput, Cancelled, DbBackupError, ExitCode, Interrupted, JobFailed, StaleBackups, TargetsInvalid, cancel_reason
-from .humanize import human_size
+from .ecs import remote
+from .ecs.request import RemoteJob
+from .errors import BadInput, Cancelled, DbBackupError, ExitCode, JobFailed, StaleBackups, TargetsInvalid, cancel_reason
+from .restore import RestorePlan, plan_restore, run_restore
+from .services import Services
 from .settings import GithubEnv, Settings, load_settings
-from .storage import entry_to_json, list_backups
+from .status import target_statuses
 from .targets import Registry, Target, load_registry, parse_registry
 
 log = logging.getLogger(__name__)
@@ -68,9 +71,9 @@ class State:
                 self._registry = load_registry(self.targets)
         return self._registry
 
-    def services(self) -> jobs.Services:
+    def services(self) -> Services:
         gh = GithubEnv()
-        return jobs.Services(
+        return Services(
             settings=self.settings, clock=SystemClock(), aws=AwsClients(),
             on_secret=github.add_mask if gh.actions else (lambda _secret: None),
         )
@@ -98,28 +101,14 @@ def main_callback(
     ctx.obj = State(targets=targets or settings.targets, verbose=verbose, settings=settings)
 
 
-def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
-
-
-def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 @app.command("targets")
 def targets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Table of targets: identifier, env, schedule, protected."""
     registry = _state(ctx).registry()
     if as_json:
-        _echo_json([
-            {"identifier": t.identifier, "env": t.env, "schedule": t.schedule, "protected": t.protected, "executor": t.executor}
-            for t in registry.targets
-        ])
+        output.echo_json([output.target_to_json(t) for t in registry.targets])
         return
-    _table([[t.identifier, t.env, t.schedule or "-", "yes" if t.protected else "no", t.executor] for t in registry.targets],
-           ["IDENTIFIER", "ENV", "SCHEDULE", "PROTECTED", "EXECUTOR"])
+    output.table([output.target_row(t) for t in registry.targets], output.TARGET_HEADER)
 
 
 @app.command()
@@ -149,16 +138,12 @@ def list_cmd(
     store = state.services().store(target)
     entries = list_backups(store, identifier, env, limit=limit)
     if as_json:
-        _echo_json([entry_to_json(e) for e in entries])
+        output.echo_json([output.entry_to_json(e) for e in entries])
         return
     if not entries:
         typer.echo(f"no backups for {target.name} in {store.url}")
         return
-    _table(
-        [[e.id, e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"), human_size(e.size_bytes) if e.has_dump else "-",
-          (e.sha256 or "-")[:16], f"damaged: {e.problem}" if e.problem else e.status] for e in entries],
-        ["ID", "CREATED", "SIZE", "SHA256", "STATUS"],
-    )
+    output.table([output.entry_row(e) for e in entries], output.ENTRY_HEADER)
 
 
 def _executor(target: Target, chosen: Executor | None) -> str:
@@ -181,13 +166,11 @@ def backup(
     limit = parse_duration(timeout)
     target = state.registry().get(identifier, env)
     if _executor(target, executor) == "ecs":
-        _run_remote(ctx, target, ["backup", identifier, env], timeout=limit, detach=detach)
+        _run_remote(ctx, target, timeout=limit, detach=detach)
         return
-    result = jobs.backup(target, state.services(), request_id=request_id)
-    m = result.manifest
-    typer.echo(f"backup {m.id} of {target.name}: {result.uri} ({human_size(m.size_bytes)}, {m.compression}, "
-               f"{m.duration_s:.1f}s, sha256 {m.sha256})")
-    remote.publish_local_backup(target, result, GithubEnv())
+    result = run_backup(target, state.services(), request_id=request_id)
+    typer.echo(output.backup_line(target, result))
+    github.publish_local_backup(target, result, GithubEnv())
 
 
 @app.command()
@@ -207,33 +190,27 @@ def restore(
     limit = parse_duration(timeout)
     registry = state.registry()
     url = parse_url(to_url) if to_url else None
-    plan = jobs.plan_restore(registry, identifier, from_env, to, url, backup_id, confirm)
+    plan = plan_restore(registry, identifier, from_env, to, url, backup_id, confirm)
     if plan.dest is not None and _executor(plan.dest, executor) == "ecs":
-        argv = ["restore", identifier, "--from", from_env, "--to", plan.dest.env, "--backup", backup_id]
-        if confirm:
-            argv += ["--confirm", confirm]
-        _run_remote(ctx, plan.dest, argv, timeout=limit, detach=detach, plan=plan)
+        _run_remote(ctx, plan.dest, timeout=limit, detach=detach, plan=plan, confirm=confirm)
         return
     if url is not None and executor == Executor.ecs:
         raise BadInput("--to-url restores run locally; drop --executor ecs")
-    result = jobs.restore(plan, state.services())
-    kept = f"; previous database kept as {result.previous}" if result.previous else ""
-    typer.echo(f"restored {result.source} backup {result.backup_id} into {result.dest} "
-               f"({human_size(result.size_bytes)}, {result.duration_s:.1f}s, {result.mode}, "
-               f"{'sha256 verified' if result.verified else 'legacy dump, no checksum'}){kept}")
-    remote.publish_local_restore(result, GithubEnv())
+    result = run_restore(plan, state.services())
+    typer.echo(output.restore_line(result))
+    github.publish_local_restore(result, GithubEnv())
 
 
 def _run_remote(
-    ctx: typer.Context, target: Target, argv: list[str], *, timeout: timedelta, detach: bool,
-    plan: jobs.RestorePlan | None = None,
+    ctx: typer.Context, target: Target, *, timeout: timedelta, detach: bool,
+    plan: RestorePlan | None = None, confirm: str | None = None,
 ) -> None:
-    # OWNED BY THE ECS WORK (issue 3): start the task with `argv + --executor local`, follow, report.
+    """Run the backup of `target`, or the restore `plan` into it, as an ECS task (the same CLI, run locally there)."""
     state = _state(ctx)
     involved = (target, plan.source) if plan else (target,)
-    job = remote.RemoteJob(
-        action=argv[0], target=target, argv=tuple(argv), verbose=state.verbose,
-        source=plan.source if plan else None, backup=plan.backup if plan else None,
+    job = RemoteJob(
+        action="restore" if plan else "backup", target=target, source=plan.source if plan else None,
+        backup=plan.backup if plan else "latest", confirm=confirm, verbose=state.verbose,
         targets_json=state.registry().excerpt(*involved),
     )
     remote.run(job, state.services(), GithubEnv(), timeout_s=timeout.total_seconds(), detach=detach)
@@ -285,30 +262,19 @@ def status(
     """Age of each scheduled target's newest good backup, naming damaged newer ones; exit 1 if any is stale."""
     state = _state(ctx)
     limit = parse_duration(max_age)
-    results = jobs.status(state.registry(), state.services(), limit, schedule)
-    rows: list[dict[str, Any]] = [
-        {"identifier": r.target.identifier, "env": r.target.env, "newest": r.newest.id if r.newest else None,
-         "status": r.newest.status if r.newest else None,
-         "age_hours": round(r.age.total_seconds() / 3600, 1) if r.age is not None else None, "stale": r.stale,
-         "damaged": [{"id": d.id, "reason": d.problem} for d in r.damaged]}
-        for r in results
-    ]
+    results = target_statuses(state.registry(), state.services(), limit, schedule)
+    rows = [output.status_to_json(r) for r in results]
     for r in results:
         for d in r.damaged:
             judged = f"judged by {r.newest.id}" if r.newest else "no good backup"
             log.warning("%s: backup %s is damaged (%s); %s", r.target.name, d.id, d.problem, judged)
     if as_json:
-        _echo_json(rows)
+        output.echo_json(rows)
     else:
-        _table([[r["identifier"], r["env"], r["newest"] or "none", "-" if r["age_hours"] is None else f"{r['age_hours']}h",
-                 "STALE" if r["stale"] else "ok"] for r in rows], ["IDENTIFIER", "ENV", "NEWEST", "AGE", "STATE"])
+        output.table([output.status_row(r) for r in rows], output.STATUS_HEADER)
     stale = [f"{r['identifier']}/{r['env']}" for r in rows if r["stale"]]
     if stale:
         raise StaleBackups(f"{len(stale)} target(s) have no backup newer than {max_age}: {', '.join(stale)}")
-
-
-def _on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
-    raise Interrupted(f"cancelled by {signal.Signals(signum).name}")
 
 
 def _cancel_reason(exc: BaseException) -> str:
@@ -319,8 +285,7 @@ def _cancel_reason(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console entry point: every error becomes one line on stderr and its exit code."""
-    for signum in remote.CANCEL_SIGNALS:
-        signal.signal(signum, _on_signal)
+    signals.install()
     verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
     try:
         returned = app(args=argv, standalone_mode=False)

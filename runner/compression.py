@@ -1,9 +1,12 @@
-"""Compression settings: parse `zstd[:LEVEL]`, `gzip[:LEVEL]`, `none`, and sniff archives."""
+"""Compression: parse `zstd[:LEVEL]`, `gzip[:LEVEL]`, `none`, sniff archives, name their decompressor."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from typing import Literal
+
+from .errors import BadInput, JobFailed
 
 Method = Literal["zstd", "gzip", "none"]
 
@@ -44,7 +47,10 @@ def parse_compression(spec: str) -> Compression:
     return Compression(method, int(level_text))  # type: ignore[arg-type]
 
 
-def sniff(head: bytes) -> str:
+Kind = Literal["zstd", "gzip", "custom", "unknown"]
+
+
+def sniff(head: bytes) -> Kind:
     """Name the container of a stored dump from its first bytes."""
     if head.startswith(ZSTD_MAGIC):
         return "zstd"
@@ -53,3 +59,25 @@ def sniff(head: bytes) -> str:
     if head.startswith(PGDMP_MAGIC):
         return "custom"
     return "unknown"
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A zstd or gzip process a dump streams through: its name in messages, and its argv."""
+
+    name: str
+    argv: tuple[str, ...]
+
+
+def decompressor(kind: Kind, where: str) -> Codec | None:
+    """What turns a stored dump of this `kind` back into a custom archive; None if it is one."""
+    if kind == "custom":
+        return None
+    if kind == "zstd":
+        zstd = shutil.which("zstd")
+        if not zstd:
+            raise BadInput("this backup is zstd-compressed; install zstd (apt-get install zstd) to restore it")
+        return Codec("zstd", (zstd, "-d", "-q", "-c"))
+    if kind == "gzip":
+        return Codec("gzip", (shutil.which("gzip") or "gzip", "-d", "-c"))
+    raise JobFailed(f"{where} is not a PostgreSQL custom-format dump (unknown header); it cannot be restored")

@@ -1,4 +1,4 @@
-"""GitHub Actions workflow commands: masks, outputs, annotations, step summaries."""
+"""GitHub Actions workflow commands (masks, outputs, annotations, step summaries) and the report of a run."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import quote
 
-from .humanize import human_duration, human_size
+from .output import human_duration, human_size
 from .settings import GithubEnv
+
+if TYPE_CHECKING:
+    from .backup import BackupResult
+    from .restore import RestoreResult
+    from .targets import Target
 
 # Values of the `result` output; workflows and the composite action compare against these.
 SUCCESS, FAILURE, CANCELLED, TIMED_OUT, STARTED = "success", "failure", "cancelled", "timed-out", "started"
@@ -74,6 +79,7 @@ class Report:
     task_arn: str | None = None
     task_url: str | None = None
     logs_url: str | None = None
+    logs_note: str | None = None  # where the log is instead, when it has no CloudWatch stream to link
     message: str | None = None
     last_lines: tuple[str, ...] = ()
 
@@ -122,6 +128,8 @@ def render_summary(report: Report) -> str:
     for name, value in _facts(report):
         shown = f"`{value}`" if name in ("Backup id", "Backup URI", "SHA-256", "ECS task") else _cell(value)
         out.append(f"| {name} | {shown} |")
+    if report.logs_note:
+        out.append(f"| Logs | {_cell(report.logs_note)} |")
     links = []
     if report.logs_url:
         links.append(f"[CloudWatch log stream]({report.logs_url})")
@@ -141,8 +149,8 @@ def render_summary(report: Report) -> str:
 def render_text(report: Report) -> str:
     """The same facts for a terminal."""
     facts = _facts(report)
-    if report.logs_url:
-        facts.append(("Logs", report.logs_url))
+    if report.logs_url or report.logs_note:
+        facts.append(("Logs", report.logs_url or report.logs_note or ""))
     if report.task_url:
         facts.append(("Task console", report.task_url))
     if report.message and not report.ok:
@@ -203,3 +211,21 @@ def publish(report: Report, gh: GithubEnv, out: TextIO | None = None, text: bool
     if gh.actions and not report.ok:
         error(report.message or f"{report.action} of {report.target}: {report.result}",
               title=f"db-backup {report.action} {report.target}", out=stream)
+
+
+def publish_local_backup(target: Target, result: BackupResult, gh: GithubEnv) -> None:
+    """Outputs and summary of a backup that ran here (the CLI already printed its line)."""
+    m = result.manifest
+    publish(Report(
+        target=target.name, action="backup", result=SUCCESS, executor="local", duration_s=m.duration_s,
+        backup_id=m.id, backup_uri=result.uri, size_bytes=m.size_bytes, sha256=m.sha256,
+    ), gh, text=False)
+
+
+def publish_local_restore(result: RestoreResult, gh: GithubEnv) -> None:
+    """Outputs and summary of a restore that ran here."""
+    publish(Report(
+        target=result.dest, action="restore", result=SUCCESS, executor="local", duration_s=result.duration_s,
+        source=f"{result.source} {result.backup_id}", backup_id=result.backup_id, size_bytes=result.size_bytes,
+        sha256=result.sha256,
+    ), gh, text=False)

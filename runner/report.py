@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .github import task_url
-from .humanize import human_duration, human_size
+from .output import human_duration, human_size
 from .targets import Registry
 
 log = logging.getLogger(__name__)

@@ -78,12 +78,13 @@ class _Strict(BaseModel):
 class EcsModel(_Strict):
     cluster: str
     task_definition: str
-    container: str = "db-backup"
+    # The runner reads these three from the task definition; given here, they must match it.
+    container: str | None = Field(default=None, min_length=1)
     subnets: list[str] = Field(min_length=1)
     security_groups: list[str] = Field(default_factory=list)
     assign_public_ip: bool = False
-    log_group: str | None = None
-    log_stream_prefix: str = "ecs"
+    log_group: str | None = Field(default=None, min_length=1)
+    log_stream_prefix: str | None = Field(default=None, min_length=1)
     platform_version: str = "LATEST"
     # Task role for restores into unprotected environments (the stack's NonProductionTaskRoleArn);
     # unset, every task runs as the task definition's role.
@@ -174,12 +175,12 @@ class TargetsFileModel(_Strict):
 class EcsConfig:
     cluster: str
     task_definition: str
-    container: str
+    container: str | None  # None: the task definition's essential container
     subnets: tuple[str, ...]
     security_groups: tuple[str, ...]
     assign_public_ip: bool
-    log_group: str | None
-    log_stream_prefix: str
+    log_group: str | None  # None: the container's awslogs-group
+    log_stream_prefix: str | None  # None: the container's awslogs-stream-prefix
     platform_version: str
     nonproduction_task_role_arn: str | None = None
 

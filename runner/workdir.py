@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -11,6 +12,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from .filelocks import remove_if_unlocked
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +64,11 @@ def sweep(base: Path) -> list[Path]:
             if time.time() - info.st_mtime > STAGING_MAX_AGE_S:
                 shutil.rmtree(folder, ignore_errors=True)
             continue
-        if _remove_if_free(folder):
+        try:
+            outcome = remove_if_unlocked(folder / LOCK, functools.partial(shutil.rmtree, folder, ignore_errors=True))
+        except OSError:
+            continue  # no lock file it can take: not one of ours after all, leave it
+        if outcome == "removed":
             removed.append(folder)
             log.info("removed %s, left by an interrupted restore", folder)
     return removed
-
-
-def _remove_if_free(folder: Path) -> bool:
-    try:
-        fd = os.open(folder / LOCK, os.O_RDWR)
-    except OSError:
-        return False  # not one of ours after all: leave it
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a live restore's
-        shutil.rmtree(folder, ignore_errors=True)
-        return True
-    finally:
-        os.close(fd)

@@ -46,9 +46,9 @@ class Cluster:
 
 
 @contextmanager
-def throwaway_cluster(password: str, extra_options: str = "") -> Iterator[Cluster]:
+def throwaway_cluster(password: str, extra_options: str = "", bindir: Path | None = None) -> Iterator[Cluster]:
     """initdb + pg_ctl start with password auth over TCP; stopped and deleted on exit."""
-    bindir = pg_bindir()
+    bindir = bindir or pg_bindir()
     root = Path(tempfile.mkdtemp(prefix="dbbackup-pg-"))
     pwfile = root / "pw"
     pwfile.write_text(password + "\n")

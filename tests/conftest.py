@@ -23,7 +23,8 @@ from runner import archive
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-from throwaway_pg import free_port, throwaway_cluster  # noqa: E402
+from throwaway_pg import free_port as free_port  # noqa: E402
+from throwaway_pg import throwaway_cluster  # noqa: E402
 
 SUPERUSER_PASSWORD = "pg-super-Secret-4711"  # used only by the throwaway test cluster
 
@@ -97,11 +98,9 @@ AWS_ENV = {
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     """moto over HTTP on loopback; AWS_ENDPOINT_URL points every boto3 client at it."""
-    from moto.server import ThreadedMotoServer
+    from tests.helpers.moto import start_moto
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server, port = start_moto()
     endpoint = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in [*AWS_ENV, "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
     os.environ.update(AWS_ENV)

@@ -11,52 +11,38 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ecs.models import Task
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 
-from runner import cli, ecs, remote
+from runner import cli
 from runner.aws import AwsClients
+from runner.ecs import remote
+from runner.ecs.request import RemoteJob
+from runner.ecs.task import Policy
 from runner.errors import ExitCode
-from runner.jobs import Services
+from runner.services import Services
 from runner.settings import GithubEnv, Settings
-from runner.storage import Manifest
 from runner.targets import load_registry
-from tests.aws.conftest import BUCKET, DB_BACKUP, PASSWORD_VAR, REGION, EcsWorld, FakeFargate, append_log, stream_of
-from tests.conftest import REPO
+from tests.aws.conftest import PASSWORD_VAR, EcsWorld
+from tests.conftest import REPO, run_cli
+from tests.helpers.backups import sample_manifest
+from tests.helpers.clock import FakeClock
+from tests.helpers.ecs import BUCKET, DB_BACKUP, REGION, FakeFargate, FargateTask, register_task_definition
 
 SECRET = "pg-Secret-never-in-a-request-91"
 BOGUS_DB = {"production": {"host": "db.internal", "port": 5432, "name": "curation", "user": "backup"}}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> datetime:
-        return datetime(2024, 5, 1, 2, 0, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
 def put_backup(request_id: str, backup_id: str = "2024-05-01_02-00-00", size: int = 321) -> None:
     """What a successful task leaves in the bucket: the dump and its manifest."""
     key = f"curation/production/{backup_id}.dump"
-    manifest = Manifest(identifier="curation", env="production", id=backup_id, key=key,
-                        created_at=datetime(2024, 5, 1, 2, 0, tzinfo=UTC), duration_s=2.5, size_bytes=size,
-                        sha256="cd" * 32, format="custom", compression="zstd:1", compressed_by="zstd",
-                        pg_dump_version="17.2", server_version="16.4", database="curation", tool_version="0.1.0",
-                        request_id=request_id)
+    manifest = sample_manifest(key, backup_id=backup_id, duration_s=2.5, size=size, sha256="cd" * 32, request_id=request_id)
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     backend.put_object(BUCKET, key, b"d" * size)
     backend.put_object(BUCKET, key + ".json", manifest.to_json().encode())
@@ -73,22 +59,23 @@ def test_run_task_request_logs_summary_and_outputs(ecs_world: EcsWorld, fake_far
     registry = load_registry(ecs_world.targets(BOGUS_DB))
     target = registry.get("curation", "production")
 
-    def task_side(task: Task, describe_count: int) -> None:
+    def task_side(task: FargateTask, describe_count: int) -> None:
         # The stream appears only on the second look, like a container that starts logging late.
         if describe_count == 1:
-            put_backup(option(fake_fargate.command(task), "--request-id"))
+            put_backup(option(task.command, "--request-id"))
         if describe_count >= 2:
-            append_log(stream_of(task), f"line {describe_count}")
+            task.append_log(f"line {describe_count}")
 
     fake_fargate.on_describe = task_side
     summary, output = tmp_path / "summary.md", tmp_path / "output"
     gh = GithubEnv(actions=True, step_summary=summary, output=output, repository="org/db-backup", run_id="4711", run_attempt="1")
     out = io.StringIO()
     services = Services(settings=Settings(), clock=FakeClock(), aws=AwsClients())
-    job = remote.RemoteJob(action="backup", target=target, argv=("backup", "curation", "production"))
-    report = remote.run(job, services, gh, timeout_s=3600, policy=ecs.Policy(drain_quiet_s=3), out=out)
+    job = RemoteJob(action="backup", target=target)
+    report = remote.run(job, services, gh, timeout_s=3600, policy=Policy(drain_quiet_s=3), out=out)
 
-    [task] = fake_fargate.tasks
+    [fargate_task] = fake_fargate.tasks
+    task = fargate_task.moto
     override = task.overrides["containerOverrides"][0]
     assert override["name"] == "db-backup"
     assert override["command"][:5] == ["backup", "curation", "production", "--executor", "local"]
@@ -128,7 +115,7 @@ def test_cli_detach_starts_and_returns_the_arn(ecs_world: EcsWorld, fake_fargate
     cli.app(args=["--targets", str(targets), "backup", "curation", "production", "--executor", "ecs", "--detach"],
             standalone_mode=False)
     [task] = fake_fargate.tasks
-    assert f"task-arn={task.task_arn}\n" in output.read_text() and "result=started\n" in output.read_text()
+    assert f"task-arn={task.arn}\n" in output.read_text() and "result=started\n" in output.read_text()
     assert fake_fargate.describes == 0
 
 
@@ -184,7 +171,7 @@ def test_sigterm_while_following_stops_the_task_and_exits_130(ecs_world: EcsWorl
             proc.kill()
     assert code == ExitCode.CANCELLED
     [task] = fake_fargate.tasks
-    assert task.desired_status == "STOPPED" and "cancelled by SIGTERM" in task.stopped_reason
+    assert task.moto.desired_status == "STOPPED" and "cancelled by SIGTERM" in task.moto.stopped_reason
     assert "result=cancelled\n" in (tmp_path / "output").read_text()
     assert "cancelled" in (tmp_path / "summary.md").read_text()
 
@@ -219,7 +206,82 @@ def test_cancelling_the_action_step_stops_the_task(ecs_world: EcsWorld, fake_far
             proc.kill()
     assert code == ExitCode.CANCELLED
     [task] = fake_fargate.tasks
-    assert task.desired_status == "STOPPED" and f"cancelled by {signum.name}" in task.stopped_reason
+    assert task.moto.desired_status == "STOPPED" and f"cancelled by {signum.name}" in task.moto.stopped_reason
     outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
     assert outputs["result"] == "cancelled" and outputs["exit-code"] == "130"
     assert Path(outputs["stderr-file"]).read_text().splitlines()[-1].startswith(f"error: cancelled by {signum.name}")
+
+
+# --- targets.yaml against the task definition ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("named", "expected"), [
+    ({"container": "app"},
+     "error: ecs.container 'app' in targets.yaml is not the task definition's essential container 'db-backup' "
+     "(db-backup:1); remove ecs.container or set it to 'db-backup'"),
+    ({"log_group": "/ecs/elsewhere"},
+     "error: ecs.log_group '/ecs/elsewhere' in targets.yaml is not the task definition's awslogs-group '/ecs/db-backup' "
+     "(db-backup:1, container 'db-backup'); remove ecs.log_group or set it to '/ecs/db-backup'"),
+    ({"log_stream_prefix": "jobs"},
+     "error: ecs.log_stream_prefix 'jobs' in targets.yaml is not the task definition's awslogs-stream-prefix 'ecs' "
+     "(db-backup:1, container 'db-backup'); remove ecs.log_stream_prefix or set it to 'ecs'"),
+], ids=["container", "log_group", "log_stream_prefix"])
+def test_a_setting_that_contradicts_the_task_definition_exits_2_before_any_task(
+    ecs_world: EcsWorld, fake_fargate: FakeFargate, tmp_path: Path, named: dict[str, str], expected: str,
+) -> None:
+    targets = ecs_world.targets(BOGUS_DB, named=named)
+    output = tmp_path / "output"
+    done = run_cli("--targets", str(targets), "backup", "curation", "production", "--executor", "ecs",
+                   env={"GITHUB_OUTPUT": str(output)})
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert done.stderr.splitlines() == [expected]
+    assert fake_fargate.tasks == [] and fake_fargate.describes == 0
+    assert boto3.client("ecs", region_name=REGION).list_tasks(cluster=ecs_world.infra.cluster)["taskArns"] == []
+    assert "result=failure\n" in output.read_text()
+
+
+def test_a_log_group_for_a_task_definition_without_awslogs_exits_2(ecs_world: EcsWorld, fake_fargate: FakeFargate) -> None:
+    register_task_definition("quiet", "db-backup", log_group=None)
+    targets = ecs_world.targets(BOGUS_DB, task_definition="quiet", named={"log_group": "/ecs/db-backup"})
+    done = run_cli("--targets", str(targets), "backup", "curation", "production", "--executor", "ecs")
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: ecs.log_group '/ecs/db-backup' is set in targets.yaml, but container 'db-backup' of task definition "
+        "quiet:1 has no log configuration; remove ecs.log_group"]
+    assert fake_fargate.tasks == []
+
+
+def test_several_essential_containers_need_ecs_container(ecs_world: EcsWorld, fake_fargate: FakeFargate) -> None:
+    boto3.client("ecs", region_name=REGION).register_task_definition(
+        family="pair", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="1024",
+        containerDefinitions=[{"name": name, "image": "x:test", "essential": True, "memory": 256} for name in ("app", "proxy")],
+    )
+    done = run_cli("--targets", str(ecs_world.targets(BOGUS_DB, task_definition="pair", named={})),
+                   "backup", "curation", "production", "--executor", "ecs")
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: task definition pair:1 has 2 essential containers ('app', 'proxy'); "
+        "set ecs.container in targets.yaml to the one that runs db-backup"]
+    assert fake_fargate.tasks == []
+
+
+def test_a_task_definition_without_awslogs_runs_without_a_log_link(ecs_world: EcsWorld, fake_fargate: FakeFargate,
+                                                                    tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    register_task_definition("quiet", "worker", log_group=None)
+    target = load_registry(ecs_world.targets(BOGUS_DB, task_definition="quiet", named={})).get("curation", "production")
+    fake_fargate.on_describe = lambda task, count: put_backup(option(task.command, "--request-id")) if count == 1 else None
+    summary, output = tmp_path / "summary.md", tmp_path / "output"
+    out = io.StringIO()
+    services = Services(settings=Settings(), clock=FakeClock(), aws=AwsClients())
+    report = remote.run(RemoteJob(action="backup", target=target), services, GithubEnv(step_summary=summary, output=output),
+                        timeout_s=3600, policy=Policy(drain_quiet_s=3), out=out)
+
+    [task] = fake_fargate.tasks
+    assert task.moto.overrides["containerOverrides"][0]["name"] == "worker"
+    assert report.result == "success" and report.logs_url is None
+    note = "not in CloudWatch Logs: container 'worker' of task definition quiet:1 has no log configuration"
+    assert f"  logs: {note}\n" in out.getvalue() and f"Logs          {note}\n" in out.getvalue()
+    text = summary.read_text()
+    assert f"| Logs | {note} |" in text and "CloudWatch log stream" not in text and "[ECS task](" in text
+    assert "logs-url=\n" in output.read_text()
+    assert "never appeared" not in caplog.text

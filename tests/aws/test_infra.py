@@ -35,7 +35,7 @@ KMS_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-123456789
 BUCKET = "acme-db-backups"
 
 # Actions that have no resource-level permissions in IAM, so "*" is the only possible resource.
-STAR_RESOURCE_ALLOWLIST = {"ecr:GetAuthorizationToken"}
+STAR_RESOURCE_ALLOWLIST = {"ecr:GetAuthorizationToken", "ecs:DescribeTaskDefinition"}
 
 GITHUB_ROLES = ("BackupRole", "RestoreRole", "RestoreProductionRole", "ImagePushRole")
 
@@ -613,6 +613,9 @@ def test_github_roles_can_only_drive_this_task(stack: Stack) -> None:
         assert stmt["Resource"] == tasks
     (tag,) = by_action["ecs:TagResource"]
     assert tag["Resource"] == tasks
+    # The runner reads the container and log settings from the task definition; IAM takes only "*" for it.
+    (describe,) = by_action["ecs:DescribeTaskDefinition"]
+    assert describe["Resource"] == "*" and as_list(describe["Action"]) == ["ecs:DescribeTaskDefinition"]
     assert tag["Condition"] == {"StringEquals": {"ecs:CreateAction": "RunTask"}}
 
     # iam:PassRole is not shared: each role gets its own (test_each_github_role_passes_only_its_task_roles).
@@ -629,6 +632,7 @@ def test_github_roles_can_only_drive_this_task(stack: Stack) -> None:
         "ecs:RunTask",
         "ecs:StopTask",
         "ecs:DescribeTasks",
+        "ecs:DescribeTaskDefinition",
         "ecs:TagResource",
         "logs:GetLogEvents",
         "logs:FilterLogEvents",

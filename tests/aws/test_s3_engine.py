@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +19,7 @@ from botocore.awsrequest import AWSPreparedRequest
 from botocore.config import Config
 from moto.s3.responses import S3Response
 
-from runner import postgres
+from runner.pg import session
 from tests.conftest import (
     MotoServer,
     PgCluster,
@@ -37,6 +35,8 @@ from tests.conftest import (
     table_locked,
     wait_for,
 )
+from tests.helpers.cli import run_main
+from tests.helpers.moto import real_upload_times, start_moto
 
 BUCKET = "agr-db-backups-test"
 
@@ -271,29 +271,6 @@ def test_restore_into_a_url_with_a_parameter_it_cannot_pass_on_is_refused(pg: Pg
 # --- S3 unreachable: exit 3, one line naming the object, nothing half-written ---------------------
 
 
-def _run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    """cli.main in this process, so a fault can be injected; its exit code and its stderr lines."""
-    from runner import cli
-
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    # The moto server in this process logs each request: not what the user of the CLI sees.
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(logging.getLogger("werkzeug"), "disabled", True)
-    try:
-        with pytest.raises(SystemExit) as exited:
-            cli.main(argv)
-    finally:
-        monkeypatch.undo()
-        # cli.main points logging at this test's captured stderr, which closes after the test.
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    return int(exited.value.code or 0), capsys.readouterr().err.strip().splitlines()
-
-
 def _s3_calls_to_a_closed_port(monkeypatch: pytest.MonkeyPatch, operation: str, when: Callable[[str], bool]) -> list[str]:
     """Fault injection: the S3 requests `operation` whose URL satisfies `when` go to a port nothing listens on.
 
@@ -331,7 +308,8 @@ def test_s3_unreachable_for_a_part_mid_backup_exits_3_and_aborts_the_upload(
     for name, value in {**env, "DB_BACKUP_PART_SIZE_MB": "5"}.items():
         monkeypatch.setenv(name, value)
     redirected = _s3_calls_to_a_closed_port(monkeypatch, "UploadPart", lambda url: "partNumber=1&" not in url + "&")
-    code, err = _run_in_process(["backup", "app", "production"], capsys)
+    run = run_main(["backup", "app", "production"], capsys)
+    code, err = run.code, run.err_lines
     assert redirected
     assert code == 3, err
     assert err[-1].startswith(f"error: uploading s3://{BUCKET}/nightly/app/production/")
@@ -348,13 +326,9 @@ def test_s3_down_during_backup_exits_3_and_names_the_upload_it_could_not_abort(
     # A real outage: the CLI talks to its own moto server, which is stopped while pg_dump waits on a
     # lock with the multipart upload already started. moto's state lives in this process, so the
     # session's server still shows what was left behind.
-    from moto.server import ThreadedMotoServer
-
     fill_small(pg, dbname, "prod")
     _ssm_layout(pg, dbname)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server, port = start_moto()
     locker = pg.connect(dbname, autocommit=False)
     try:
         locker.execute("LOCK TABLE marker IN ACCESS EXCLUSIVE MODE")
@@ -390,7 +364,8 @@ def test_s3_unreachable_while_fetching_the_dump_exits_3_and_leaves_the_target(
     redirected = _s3_calls_to_a_closed_port(monkeypatch, "GetObject", lambda url: urlsplit(url).path.endswith(".dump"))
     for mode in ("stream", "parallel"):
         monkeypatch.setenv("DB_BACKUP_RESTORE_MODE", mode)
-        code, err = _run_in_process(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+        run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+        code, err = run.code, run.err_lines
         assert code == 3, err
         assert err[-1].startswith(f"error: reading s3://{BUCKET}/nightly/app/production/") and ".dump failed: Could not connect" in err[-1]
         assert "check the network path to S3" in err[-1]
@@ -401,39 +376,6 @@ def test_s3_unreachable_while_fetching_the_dump_exits_3_and_leaves_the_target(
 
 
 # --- uploads left open by backups that died: the next backup aborts them, never a live one's -------
-
-
-def real_upload_times(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto reports one fixed Initiated time (in 2010) for every open upload; report when each was opened, as S3 does.
-
-    Without this every upload would look 6 h idle to db-backup, a live one's too.
-    """
-    from moto.s3.models import FakeMultipart
-
-    original_init = FakeMultipart.__init__
-    original_list = S3Response.list_multipart_uploads
-
-    def init(self: FakeMultipart, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        self.initiated = datetime.now(UTC)  # type: ignore[attr-defined]
-
-    def listing(self: S3Response) -> Any:
-        status, headers, body = original_list(self)
-        uploads = self.backend.list_multipart_uploads(self.bucket_name)
-
-        def initiated(match: re.Match[str]) -> str:
-            upload = uploads.get(re.search(r"<UploadId>([^<]+)</UploadId>", match.group(0)).group(1))  # type: ignore[union-attr]
-            when: datetime | None = getattr(upload, "initiated", None)
-            if when is None:
-                return match.group(0)
-            stamp = f"{when:%Y-%m-%dT%H:%M:%S}.{when.microsecond // 1000:03d}Z"
-            return re.sub(r"<Initiated>[^<]*</Initiated>", f"<Initiated>{stamp}</Initiated>", match.group(0))
-
-        text = body.decode() if isinstance(body, bytes) else body
-        return status, headers, re.sub(r"<Upload>.*?</Upload>", initiated, text, flags=re.DOTALL)
-
-    monkeypatch.setattr(FakeMultipart, "__init__", init)
-    monkeypatch.setattr(S3Response, "list_multipart_uploads", listing)
 
 
 def test_a_backup_aborts_uploads_whose_backup_no_longer_runs_and_keeps_the_rest(
@@ -457,7 +399,7 @@ def test_a_backup_aborts_uploads_whose_backup_no_longer_runs_and_keeps_the_rest(
     other_target = opened("beta/2020-01-01_00-00-00.dump")
     # A running backup holds its upload's lock in the backed-up database for as long as its session lives.
     with pg.connect(dbname) as running:
-        assert postgres.UploadLocks(running).claim(f"s3://{BUCKET}/nightly/app/production/2020-01-03_00-00-00.dump")
+        assert session.UploadLocks(running).claim(f"s3://{BUCKET}/nightly/app/production/2020-01-03_00-00-00.dump")
         result = run_cli("backup", "app", "production", env=env)
     assert result.returncode == 0, result.stderr
     for key in ("2020-01-01_00-00-00", "2020-01-02_00-00-00"):
@@ -498,9 +440,10 @@ class _RetriedAfterLostAnswer:
 def test_a_retried_write_that_already_landed_is_a_success(pg: PgCluster, dbname: str, env: dict[str, str],
                                                            monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """The retry of a completed upload or manifest meets its own object: the backup succeeds, complete, not 'id taken'."""
-    from runner import jobs
     from runner.aws import AwsClients
+    from runner.backup import run_backup
     from runner.clock import SystemClock
+    from runner.services import Services
     from runner.settings import Settings
     from runner.targets import load_registry
 
@@ -510,8 +453,8 @@ def test_a_retried_write_that_already_landed_is_a_success(pg: PgCluster, dbname:
     aws = AwsClients()
     real_s3 = aws.s3
     monkeypatch.setattr(aws, "s3", lambda region: _RetriedAfterLostAnswer(real_s3(region)))
-    with caplog.at_level(logging.INFO, logger="runner.storage"):
-        result = jobs.backup(target, jobs.Services(settings=Settings(), clock=SystemClock(), aws=aws))
+    with caplog.at_level(logging.INFO, logger="runner.stores.s3"):
+        result = run_backup(target, Services(settings=Settings(), clock=SystemClock(), aws=aws))
     assert "was completed by an earlier attempt of the same request" in caplog.text
     listed = json.loads(run_cli("list", "app", "production", "--json", env=env).stdout)
     assert [(e["id"], e["status"]) for e in listed] == [(result.manifest.id, "complete")]

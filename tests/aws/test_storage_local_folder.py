@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.aws.test_s3_engine import _run_in_process
 from tests.conftest import PgCluster, fill_small, write_targets
+from tests.helpers.cli import run_main
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,8 @@ def test_a_backup_whose_file_cannot_be_completed_exits_3_and_leaves_nothing(
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, fault, failing)
-    exit_code, err = _run_in_process(["backup", "app", "production"], capsys)
+    run = run_main(["backup", "app", "production"], capsys)
+    exit_code, err = run.code, run.err_lines
     assert exit_code == 3, err
     assert err[-1].startswith(f"error: {step} {backups}/app/production/")
     assert f".dump failed: {reason}; check the folder's" in err[-1] and err[-1].endswith(", then run again")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,32 +12,21 @@ from typing import Any
 import boto3
 import pytest
 
-from runner import jobs, postgres
 from runner.aws import AwsClients
+from runner.backup import BackupResult, run_backup
+from runner.catalog import make_id
+from runner.pg import session
+from runner.services import Services
 from runner.settings import Settings
-from runner.storage import LocalStore, S3Store, make_id
+from runner.stores.local import LocalStore
+from runner.stores.s3 import S3Store
 from runner.targets import load_registry
-from tests.aws.test_s3_engine import real_upload_times
 from tests.conftest import PgCluster, fill_small, lock_waiters, run_cli, run_in_threads, table_locked, wait_for, write_targets
 from tests.faults.conftest import Run
+from tests.helpers.clock import FakeClock
+from tests.helpers.moto import real_upload_times
 
 BUCKET = "concurrent-backups"
-
-
-class FixedClock:
-    """Every backup starts in the same second."""
-
-    def __init__(self, when: datetime) -> None:
-        self.when = when
-
-    def now(self) -> datetime:
-        return self.when
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
 
 
 def _storage(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -82,8 +70,8 @@ def test_two_backups_in_the_same_second_get_distinct_ids_and_both_complete(
     lock (as two sessions that cannot see each other's would), the store's own reservation does.
     """
     if decided_by == "store alone":
-        monkeypatch.setattr(postgres.UploadLocks, "claim", lambda _self, _name: True)
-        monkeypatch.setattr(postgres.UploadLocks, "release", lambda _self, _name: None)
+        monkeypatch.setattr(session.UploadLocks, "claim", lambda _self, _name: True)
+        monkeypatch.setattr(session.UploadLocks, "release", lambda _self, _name: None)
     fill_small(pg, dbname, "prod")
     storage = _storage(store_kind, tmp_path, monkeypatch)
     targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, storage)
@@ -106,12 +94,12 @@ def test_two_backups_in_the_same_second_get_distinct_ids_and_both_complete(
         return original(self, key, storage_class)
 
     monkeypatch.setattr(store_class, "start_upload", start_upload)
-    results: list[jobs.BackupResult] = []
+    results: list[BackupResult] = []
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            results.append(jobs.backup(target, jobs.Services(settings=Settings(), clock=FixedClock(now), aws=AwsClients())))
+            results.append(run_backup(target, Services(settings=Settings(), clock=FakeClock(now), aws=AwsClients())))
         except BaseException as exc:
             errors.append(exc)
 

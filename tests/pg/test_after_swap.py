@@ -6,26 +6,17 @@ the points after the commit, where the reviewer found the old messages claiming 
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from runner import cli, jobs, postgres
+from runner import restore
 from runner.errors import Interrupted
+from runner.pg import admin
 from tests.conftest import PgCluster, fill_small, restore_leftovers, write_targets
-
-
-@pytest.fixture(autouse=True)
-def _keep_signal_handlers() -> Iterator[None]:
-    """cli.main installs its own handlers; pytest's must come back afterwards."""
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
+from tests.helpers.cli import run_main
 
 
 @pytest.fixture
@@ -47,13 +38,6 @@ def _targets(pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch:
     monkeypatch.setenv("DB_BACKUP_TARGETS", str(targets))
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(argv)
-    captured = capsys.readouterr()
-    return int(exited.value.code or 0), captured.out + captured.err
-
-
 def _label(pg: PgCluster, name: str) -> str:
     with pg.connect(name) as conn:
         row = conn.execute("SELECT min(label) FROM marker").fetchone()
@@ -65,17 +49,18 @@ def test_signal_while_dropping_the_old_database(
     pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=False)
-    assert _cli(["backup", "app", "production"], capsys)[0] == 0
-    real_drop = postgres.drop_database
+    assert run_main(["backup", "app", "production"], capsys).code == 0
+    real_drop = admin.drop_database
 
     def drop(admin: Any, name: str) -> None:
         if name == f"{beta}__previous" and name in pg.databases():
             raise Interrupted("cancelled by SIGTERM")  # lands while keep_previous: false drops the old data
         real_drop(admin, name)
 
-    monkeypatch.setattr(postgres, "drop_database", drop)
+    monkeypatch.setattr(admin, "drop_database", drop)
 
-    code, output = _cli(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+    run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+    code, output = run.code, run.output
 
     assert code == 130, output
     assert output.strip().splitlines()[-1] == (
@@ -92,7 +77,7 @@ def test_signal_after_the_swap_committed(
     pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=True)
-    assert _cli(["backup", "app", "production"], capsys)[0] == 0
+    assert run_main(["backup", "app", "production"], capsys).code == 0
 
     def checkpoints(_settings: Any) -> Any:
         def at(step: str) -> None:
@@ -100,9 +85,10 @@ def test_signal_after_the_swap_committed(
                 raise Interrupted("cancelled by SIGINT")  # lands right after both renames committed
         return at
 
-    monkeypatch.setattr(jobs, "_checkpoints", checkpoints)
+    monkeypatch.setattr(restore, "_checkpoints", checkpoints)
 
-    code, output = _cli(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+    run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+    code, output = run.code, run.output
 
     assert code == 130, output
     assert output.strip().splitlines()[-1] == (
@@ -120,17 +106,18 @@ def test_failing_to_drop_the_old_database_still_restores(
     pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=False)
-    assert _cli(["backup", "app", "production"], capsys)[0] == 0
-    real_drop = postgres.drop_database
+    assert run_main(["backup", "app", "production"], capsys).code == 0
+    real_drop = admin.drop_database
 
     def drop(admin: Any, name: str) -> None:
         if name == f"{beta}__previous" and name in pg.databases():
             raise psycopg.errors.InsufficientPrivilege("must be owner of database")
         real_drop(admin, name)
 
-    monkeypatch.setattr(postgres, "drop_database", drop)
+    monkeypatch.setattr(admin, "drop_database", drop)
 
-    code, output = _cli(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+    run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+    code, output = run.code, run.output
 
     assert code == 0, output
     assert (f"{beta} holds the restored backup, but dropping the old data {beta}__previous failed: "

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from runner import jobs
 from runner.aws import AwsClients
+from runner.backup import run_backup
 from runner.clock import SystemClock
 from runner.errors import ExitCode, JobFailed
+from runner.services import Services
 from runner.settings import Settings
 from runner.targets import load_registry
 from tests.conftest import PgCluster, fill_rich, fill_small, write_targets
@@ -43,7 +44,7 @@ def test_a_failing_pump_fails_the_backup_and_stores_nothing(
         monkeypatch.setenv(key, value)
     targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, f"file://{tmp_path}/backups", extra="compression: zstd:1")
     target = load_registry(targets).get("app", "production")
-    services = jobs.Services(settings=Settings(), clock=SystemClock(), aws=AwsClients())
+    services = Services(settings=Settings(), clock=SystemClock(), aws=AwsClients())
     real_splice = getattr(os, "splice", None)
     calls = 0
 
@@ -59,7 +60,7 @@ def test_a_failing_pump_fails_the_backup_and_stores_nothing(
     monkeypatch.setattr(os, "splice", fail_after_the_first_chunk, raising=False)
 
     with pytest.raises(JobFailed) as failed:
-        jobs.backup(target, services)
+        run_backup(target, services)
 
     assert str(failed.value).startswith("moving pg_dump's output into zstd failed ([Errno 22] Invalid argument)")
     assert "the backup is incomplete and was not kept" in str(failed.value)
@@ -70,4 +71,4 @@ def test_a_failing_pump_fails_the_backup_and_stores_nothing(
     for key, value in pg_env.items():
         monkeypatch.setenv(key, value)
     # The same pipeline works once the pump does: the failure above was the injected one.
-    assert jobs.backup(target, services).manifest.uncompressed_bytes
+    assert run_backup(target, services).manifest.uncompressed_bytes

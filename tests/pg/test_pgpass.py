@@ -7,14 +7,12 @@ The password still never reaches a tool's argv or environment.
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from runner import cli
 from tests.conftest import PgCluster, fill_rich, fill_small, fingerprint, record_spawns, run_cli, write_targets
+from tests.helpers.cli import run_main
 
 
 @pytest.fixture
@@ -66,15 +64,6 @@ def test_pgpassfile_is_honoured_and_its_absence_fails_in_the_connection_check(
     assert len(list((tmp_path / "backups").rglob("*.dump.json"))) == 1
 
 
-@pytest.fixture
-def _keep_signal_handlers() -> Iterator[None]:
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
-
-
-@pytest.mark.usefixtures("_keep_signal_handlers")
 def test_pgpassword_reaches_the_tools_only_through_a_private_passfile(
     pg: PgCluster, dbname: str, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -87,9 +76,8 @@ def test_pgpassword_reaches_the_tools_only_through_a_private_passfile(
     spawned = record_spawns(monkeypatch)
     local = f"{dbname}__laptop"
     for argv in (["backup", "app", "production"], ["restore", "app", "--from", "production", "--to-url", pg.url(local, password=False)]):
-        with pytest.raises(SystemExit) as exited:
-            cli.main(argv)
-        assert exited.value.code in (0, None), capsys.readouterr().err
+        run = run_main(argv, capsys)
+        assert run.code == 0, run.err
     tools = [s for s in spawned if Path(s["argv"][0]).name in ("pg_dump", "pg_restore")]
     assert {Path(s["argv"][0]).name for s in tools} == {"pg_dump", "pg_restore"}
     for child in spawned:

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from runner import cli, jobs
 from runner.aws import AwsClients
+from runner.backup import run_backup
+from runner.services import Services
 from runner.settings import Settings
 from runner.targets import load_registry
 from tests.conftest import PgCluster, fill_small, record_spawns, write_targets
+from tests.helpers.cli import run_main
+from tests.helpers.clock import FakeClock
 
 SECRET = "Zebra-Quartz-7781-do-not-leak"
 
@@ -34,13 +37,6 @@ def secret_role(pg: PgCluster, dbname: str) -> str:
         conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
-def _run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(argv)
-    captured = capsys.readouterr()
-    return int(exited.value.code or 0), captured.out + captured.err
-
-
 def test_password_never_leaks(
     pg: PgCluster, dbname: str, secret_role: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
@@ -58,7 +54,8 @@ def test_password_never_leaks(
         ["--verbose", "restore", "app", "--from", "production", "--to-url", f"postgresql://{secret_role}:{SECRET}@{pg.host}:{pg.port}/{dbname}_copy"],
         ["restore", "app", "--from", "production", "--to-url", f"postgresql://{secret_role}:wrong-{SECRET}@{pg.host}:{pg.port}/{dbname}_copy"],
     ):
-        code, output = _run_in_process(argv, capsys)
+        run = run_main(argv, capsys)
+        code, output = run.code, run.output
         outputs.append((code, output))
     assert [code for code, _ in outputs] == [0, 0, 1]
     assert "password authentication failed" in outputs[2][1]
@@ -74,25 +71,10 @@ def test_password_never_leaks(
             assert SECRET not in path.read_text()
     # Where the job itself resolves a secret on a GitHub runner, it is masked first.
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
-    code, output = _run_in_process(["backup", "app", "production"], capsys)
+    run = run_main(["backup", "app", "production"], capsys)
+    code, output = run.code, run.output
     assert code == 0
     assert [line for line in output.splitlines() if SECRET in line] == [f"::add-mask::{SECRET}"]
-
-
-class FrozenClock:
-    def __init__(self, when: datetime) -> None:
-        self.when = when
-        self.ticks = 0.0
-
-    def now(self) -> datetime:
-        return self.when
-
-    def monotonic(self) -> float:
-        self.ticks += 0.5
-        return self.ticks
-
-    def sleep(self, seconds: float) -> None:
-        self.ticks += seconds
 
 
 def test_two_backups_in_the_same_second_never_overwrite(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,10 +82,10 @@ def test_two_backups_in_the_same_second_never_overwrite(pg: PgCluster, dbname: s
     for key, value in pg_env.items():
         monkeypatch.setenv(key, value)
     registry = load_registry(write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, "file://./backups"))
-    services = jobs.Services(settings=Settings(), clock=FrozenClock(datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)), aws=AwsClients())
+    services = Services(settings=Settings(), clock=FakeClock(datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)), aws=AwsClients())
     target = registry.get("app", "production")
-    first = jobs.backup(target, services)
-    second = jobs.backup(target, services)
+    first = run_backup(target, services)
+    second = run_backup(target, services)
     assert (first.manifest.id, second.manifest.id) == ("2026-05-06_07-08-09", "2026-05-06_07-08-09_2")
     folder = tmp_path / "backups" / "app" / "production"
     assert sorted(p.name for p in folder.iterdir()) == [

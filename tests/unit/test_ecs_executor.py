@@ -6,9 +6,9 @@ import io
 import os
 import signal
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.exceptions import (
@@ -20,148 +20,38 @@ from botocore.exceptions import (
     UnauthorizedSSOTokenError,
 )
 
-from runner import cli, ecs, remote
-from runner.errors import Cancelled, ExitCode, InfraError, Interrupted, JobFailed, TimedOut
-from runner.jobs import Services
-from runner.logs import LogTail
-from runner.settings import GithubEnv, Settings
-from runner.storage import LocalStore, Manifest, make_id
+from runner.ecs import remote
+from runner.ecs.logs import LogTail
+from runner.ecs.request import RemoteJob, run_task_params, task_request
+from runner.ecs.task import judge, outcome, start
+from runner.ecs.taskdef import TaskDefinition
+from runner.ecs.taskdef import read as read_task_definition
+from runner.errors import BadInput, Cancelled, ExitCode, InfraError, JobFailed, TargetsInvalid, TimedOut
+from runner.settings import GithubEnv
+from runner.signals import on_signal
+from runner.stores.local import LocalStore
 from runner.targets import Target, parse_registry
+from tests.helpers.backups import write_manifest
+from tests.helpers.clock import FakeClock
+from tests.helpers.ecs import (
+    ARN,
+    FAST,
+    TASK_ID,
+    TASKDEF,
+    UNIT_REGION,
+    FakeAws,
+    FakeEcs,
+    FakeLogs,
+    client_error,
+    container,
+    container_definition,
+    services,
+    task,
+    task_definition,
+)
 
-ARN = "arn:aws:ecs:eu-west-1:123456789012:task/db-backup/0123456789abcdef0123456789abcdef"
-TASK_ID = ARN.rsplit("/", 1)[1]
-
-
-class FakeClock:
-    """Time moves only when someone sleeps; a cancel can be scheduled to arrive during a sleep."""
-
-    def __init__(self, cancel_at: float | None = None) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-        self.cancel_at = cancel_at
-
-    def now(self) -> datetime:
-        return datetime(2024, 5, 1, 2, 0, tzinfo=UTC) + timedelta(seconds=self.t)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.sleeps.append(seconds)
-        self.t += seconds
-        if self.cancel_at is not None and self.t >= self.cancel_at:
-            self.cancel_at = None
-            raise Interrupted("cancelled by SIGTERM")
-
-
-def client_error(code: str, message: str = "", op: str = "DescribeTasks") -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": message}}, op)
-
-
-def container(name: str, exit_code: int | None = None, reason: str | None = None, status: str = "STOPPED") -> dict[str, Any]:
-    item: dict[str, Any] = {"name": name, "lastStatus": status}
-    if exit_code is not None:
-        item["exitCode"] = exit_code
-    if reason:
-        item["reason"] = reason
-    return item
-
-
-def task(status: str, *containers: dict[str, Any], stop_code: str | None = None, reason: str | None = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"taskArn": ARN, "lastStatus": status, "containers": list(containers)}
-    if stop_code:
-        item["stopCode"] = stop_code
-    if reason:
-        item["stoppedReason"] = reason
-    return item
-
-
-class FakeEcs:
-    """describe_tasks answers from a script (the last entry repeats); run_task from another."""
-
-    def __init__(self, states: list[Any], runs: list[Any] | None = None, on_run: Any = None) -> None:
-        self.states = list(states)
-        self.runs = list(runs or [])
-        self.on_run = on_run
-        self.run_calls: list[dict[str, Any]] = []
-        self.describe_calls = 0
-        self.stops: list[str] = []
-
-    def run_task(self, **kwargs: Any) -> dict[str, Any]:
-        self.run_calls.append(kwargs)
-        result = self.runs.pop(0) if self.runs else {"tasks": [{"taskArn": ARN, "lastStatus": "PROVISIONING"}], "failures": []}
-        if isinstance(result, Exception):
-            raise result
-        if result.get("tasks") and self.on_run:
-            self.on_run(kwargs)
-        return result
-
-    def describe_tasks(self, cluster: str, tasks: list[str]) -> dict[str, Any]:
-        assert cluster == "db-backup" and tasks == [ARN]
-        self.describe_calls += 1
-        item = self.states.pop(0) if len(self.states) > 1 else self.states[0]
-        if isinstance(item, Exception):
-            raise item
-        if item is None:
-            return {"tasks": [], "failures": [{"arn": ARN, "reason": "MISSING"}]}
-        return {"tasks": [item], "failures": []}
-
-    def stop_task(self, **kwargs: str) -> dict[str, Any]:
-        assert kwargs["task"] == ARN and kwargs["cluster"] == "db-backup"
-        reason = kwargs["reason"]
-        self.stops.append(reason)
-        self.states = [task("STOPPED", container("db-backup", 143), stop_code="UserInitiated", reason=reason)]
-        return {"task": self.states[0]}
-
-
-class FakeLogs:
-    """A log stream whose lines appear at given (fake) times; it may appear late or throttle."""
-
-    def __init__(self, clock: FakeClock, lines: list[tuple[float, str]], appears_at: float = 0.0,
-                 throttle_calls: frozenset[int] = frozenset()) -> None:
-        self.clock = clock
-        self.lines = lines
-        self.appears_at = appears_at
-        self.throttle_calls = throttle_calls
-        self.calls = 0
-        self.call_times: list[float] = []
-
-    def get_log_events(self, logGroupName: str, logStreamName: str, startFromHead: bool, nextToken: str | None = None) -> dict[str, Any]:
-        self.calls += 1
-        self.call_times.append(self.clock.t)
-        assert logGroupName == "/ecs/db-backup" and logStreamName == f"ecs/db-backup/{TASK_ID}" and startFromHead
-        if self.calls in self.throttle_calls:
-            raise client_error("ThrottlingException", "Rate exceeded", "GetLogEvents")
-        if self.clock.t < self.appears_at:
-            raise client_error("ResourceNotFoundException", "The specified log stream does not exist.", "GetLogEvents")
-        start = int(nextToken.split("/")[1]) if nextToken else 0
-        visible = [line for at, line in self.lines if at <= self.clock.t]
-        page = visible[start : start + 2]  # small pages: the tail must follow nextForwardToken
-        return {"events": [{"timestamp": 0, "message": m + "\n"} for m in page], "nextForwardToken": f"f/{start + len(page)}"}
-
-
-class FakeAws:
-    def __init__(self, ecs_client: FakeEcs, logs_client: FakeLogs | None = None) -> None:
-        self._ecs = ecs_client
-        self._logs = logs_client
-
-    def ecs(self, region: str) -> FakeEcs:
-        assert region == "eu-west-1"
-        return self._ecs
-
-    ecs_held = ecs
-
-    def logs(self, region: str) -> FakeLogs:
-        assert region == "eu-west-1" and self._logs is not None
-        return self._logs
-
-    def s3(self, region: str) -> Any:
-        raise AssertionError("storage is a local folder in these tests")
-
-    def ssm(self, region: str) -> Any:
-        raise AssertionError("the runner must not resolve database secrets for an ECS run")
-
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
 
 TARGETS = """
 version: 1
@@ -183,37 +73,21 @@ targets:
   - {{identifier: curation, env: beta}}
 """
 
-FAST = ecs.Policy(start_attempts=4, start_backoff=ecs.Backoff(5, 2, 60), poll_backoff=ecs.Backoff(2, 1.5, 30),
-                  log_interval=3, describe_errors=5, stop_wait_s=20, drain_quiet_s=4, drain_limit_s=30)
-
-
 def target(tmp_path: Path, env: str = "production") -> Target:
     return parse_registry(TARGETS.format(storage=tmp_path / "store")).get("curation", env)
-
-
-def services(clock: FakeClock, aws: FakeAws) -> Services:
-    return Services(settings=Settings(), clock=clock, aws=aws)  # type: ignore[arg-type]
-
-
-def write_manifest(store: LocalStore, identifier: str, env: str, when: datetime, request_id: str | None, size: int = 1234) -> Manifest:
-    backup_id = make_id(when)
-    key = store.key(identifier, env, backup_id)
-    (store.root / key).parent.mkdir(parents=True, exist_ok=True)
-    (store.root / key).write_bytes(b"x" * size)
-    manifest = Manifest(identifier=identifier, env=env, id=backup_id, key=key, created_at=when, duration_s=1.0,
-                        size_bytes=size, sha256="ab" * 32, format="custom", compression="zstd:1", compressed_by="zstd",
-                        pg_dump_version="17.2", server_version="16.4", database=identifier, tool_version="0.1.0",
-                        request_id=request_id)
-    store.put_manifest(manifest)
-    return manifest
 
 
 def option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
-def backup_job(t: Target) -> remote.RemoteJob:
-    return remote.RemoteJob(action="backup", target=t, argv=("backup", "curation", "production"))
+def backup_job(t: Target) -> RemoteJob:
+    return RemoteJob(action="backup", target=t)
+
+
+def start_client(fake: FakeEcs) -> ECSClient:
+    """The client run_task goes through (signals held), answered by `fake`."""
+    return FakeAws(fake).ecs_held(UNIT_REGION)
 
 
 # --- starting -----------------------------------------------------------------------------------
@@ -223,9 +97,9 @@ def test_run_task_request_is_fargate_awsvpc_with_the_same_cli_and_no_secret(tmp_
     monkeypatch.setenv("CURATION_PASSWORD", "hunter2-secret")
     t = target(tmp_path)
     gh = GithubEnv(actions=True, repository="org/db-backup", run_id="991", run_attempt="2", actor="alice", server_url="https://github.com")
-    request = remote.task_request(backup_job(t), "req123", gh, {"DB_BACKUP_PART_SIZE_MB": "64", "CURATION_PASSWORD": "hunter2-secret"})
+    request = task_request(backup_job(t), TASKDEF, "req123", gh, {"DB_BACKUP_PART_SIZE_MB": "64", "CURATION_PASSWORD": "hunter2-secret"})
     assert t.ecs is not None
-    params = ecs.run_task_params(t.ecs, request, token=1)
+    params = run_task_params(t.ecs, request, token=1)
     assert params["cluster"] == "db-backup" and params["taskDefinition"] == "db-backup:7"
     assert params["launchType"] == "FARGATE" and params["count"] == 1
     assert params["networkConfiguration"] == {"awsvpcConfiguration": {
@@ -240,7 +114,7 @@ def test_run_task_request_is_fargate_awsvpc_with_the_same_cli_and_no_secret(tmp_
     assert tags["github:run-url"] == "https://github.com/org/db-backup/actions/runs/991"
     assert tags["db-backup:request-id"] == "req123"
     assert "hunter2-secret" not in repr(params)
-    assert ecs.run_task_params(t.ecs, request, token=2)["clientToken"] != params["clientToken"]
+    assert run_task_params(t.ecs, request, token=2)["clientToken"] != params["clientToken"]
 
 
 def test_run_task_failures_and_throttling_are_retried_with_growing_backoff(tmp_path: Path) -> None:
@@ -253,8 +127,8 @@ def test_run_task_failures_and_throttling_are_retried_with_growing_backoff(tmp_p
     t = target(tmp_path)
     assert t.ecs is not None
     started: list[str] = []
-    arn = ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), clock, FAST,  # type: ignore[arg-type]
-                    on_started=started.append)
+    arn = start(start_client(fake), t.ecs, task_request(backup_job(t), TASKDEF, "r", GithubEnv(), {}), clock, FAST,
+                on_started=started.append)
     assert arn == ARN and started == [ARN]
     assert len(fake.run_calls) == 4
     assert clock.sleeps == [5, 10, 20]
@@ -271,7 +145,7 @@ def test_run_task_retries_an_unclear_failure_with_the_same_token(tmp_path: Path)
     t = target(tmp_path)
     assert t.ecs is not None
     policy = replace(FAST, start_attempts=5)
-    arn = ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), FakeClock(), policy)  # type: ignore[arg-type]
+    arn = start(start_client(fake), t.ecs, task_request(backup_job(t), TASKDEF, "r", GithubEnv(), {}), FakeClock(), policy)
     assert arn == ARN
     assert [call["clientToken"] for call in fake.run_calls] == ["r-1", "r-1", "r-1", "r-2", "r-2"]
 
@@ -283,7 +157,7 @@ def test_run_task_gives_up_after_bounded_attempts_with_the_reason(tmp_path: Path
     t = target(tmp_path)
     assert t.ecs is not None
     with pytest.raises(InfraError) as caught:
-        ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), clock, FAST)  # type: ignore[arg-type]
+        start(start_client(fake), t.ecs, task_request(backup_job(t), TASKDEF, "r", GithubEnv(), {}), clock, FAST)
     assert caught.value.exit_code == ExitCode.INFRA
     assert "after 4 attempts" in str(caught.value) and "RESOURCE:FARGATE (no capacity in eu-west-1a)" in str(caught.value)
     assert len(fake.run_calls) == 4 and sum(clock.sleeps) == 5 + 10 + 20
@@ -295,7 +169,7 @@ def test_run_task_access_denied_is_not_retried(tmp_path: Path) -> None:
     t = target(tmp_path)
     assert t.ecs is not None
     with pytest.raises(InfraError, match="AccessDeniedException: not authorized") as caught:
-        ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), clock, FAST)  # type: ignore[arg-type]
+        start(start_client(fake), t.ecs, task_request(backup_job(t), TASKDEF, "r", GithubEnv(), {}), clock, FAST)
     assert caught.value.exit_code == ExitCode.INFRA
     assert len(fake.run_calls) == 1 and clock.sleeps == []
     assert "capacity" not in str(caught.value)
@@ -308,7 +182,7 @@ def test_run_task_without_credentials_fails_at_once(tmp_path: Path) -> None:
     t = target(tmp_path)
     assert t.ecs is not None
     with pytest.raises(InfraError) as caught:
-        ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), clock, FAST)  # type: ignore[arg-type]
+        start(start_client(fake), t.ecs, task_request(backup_job(t), TASKDEF, "r", GithubEnv(), {}), clock, FAST)
     assert caught.value.exit_code == ExitCode.INFRA
     assert "no AWS credentials" in str(caught.value) and "cluster db-backup" in str(caught.value)
     assert "capacity" not in str(caught.value) and "attempts" not in str(caught.value)
@@ -326,7 +200,7 @@ def test_run_task_with_unusable_credentials_fails_at_once_with_botocores_reason(
     t = target(tmp_path)
     assert t.ecs is not None
     with pytest.raises(InfraError) as caught:
-        ecs.start(fake, t.ecs, remote.task_request(backup_job(t), "r", GithubEnv(), {}), clock, FAST)  # type: ignore[arg-type]
+        start(start_client(fake), t.ecs, task_request(backup_job(t), TASKDEF, "r", GithubEnv(), {}), clock, FAST)
     assert caught.value.exit_code == ExitCode.INFRA
     assert str(error) in str(caught.value) and "capacity" not in str(caught.value)
     assert len(fake.run_calls) == 1 and clock.sleeps == []
@@ -348,7 +222,7 @@ def test_remote_run_without_credentials_reports_the_failure_and_stops_nothing(tm
 
 
 def verdict(t: dict[str, Any]) -> None:
-    ecs.judge(ecs.outcome(t, "db-backup"), "db-backup")  # type: ignore[arg-type]
+    judge(outcome(t, "db-backup"), "db-backup")  # type: ignore[arg-type]
 
 
 def test_exit_code_is_read_from_the_named_container_not_the_first() -> None:
@@ -556,7 +430,7 @@ def test_a_second_signal_while_stopping_still_reports_the_cancel(tmp_path: Path)
 
     fake.stop_task = stop_task  # type: ignore[method-assign]
     output = tmp_path / "output"
-    previous = signal.signal(signal.SIGTERM, cli._on_signal)
+    previous = signal.signal(signal.SIGTERM, on_signal)
     try:
         with pytest.raises(Cancelled, match=r"cancelled by SIGTERM; ECS task \S+ is stopping$"):
             remote.run(backup_job(target(tmp_path)), services(clock, FakeAws(fake, FakeLogs(clock, []))),
@@ -604,9 +478,8 @@ def test_restore_resolves_latest_before_starting_and_passes_the_id(tmp_path: Pat
     newest = write_manifest(store, "curation", "production", datetime(2024, 5, 1, 1, 0, tzinfo=UTC), None, size=999)
     registry = parse_registry(TARGETS.format(storage=tmp_path / "store"))
     fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))])
-    job = remote.RemoteJob(action="restore", target=registry.get("curation", "beta"),
-                           argv=("restore", "curation", "--from", "production", "--to", "beta", "--backup", "latest"),
-                           source=registry.get("curation", "production"), backup="latest")
+    job = RemoteJob(action="restore", target=registry.get("curation", "beta"), source=registry.get("curation", "production"),
+                    backup="latest")
     report = remote.run(job, services(clock, FakeAws(fake, FakeLogs(clock, []))), GithubEnv(), timeout_s=3600, policy=FAST, out=io.StringIO())
     command = fake.run_calls[0]["overrides"]["containerOverrides"][0]["command"]
     assert command == ["restore", "curation", "--from", "production", "--to", "beta", "--backup", newest.id, "--executor", "local"]
@@ -616,12 +489,13 @@ def test_restore_resolves_latest_before_starting_and_passes_the_id(tmp_path: Pat
 def test_log_tail_disables_itself_on_access_denied(tmp_path: Path) -> None:
     clock = FakeClock()
 
-    class Denied:
+    class Denied(FakeLogs):
         def get_log_events(self, **kwargs: Any) -> dict[str, Any]:
             raise client_error("AccessDeniedException", "no logs:GetLogEvents", "GetLogEvents")
 
     lines: list[str] = []
-    tail = LogTail(lambda: Denied(), "/g", "s", clock, lines.append)  # type: ignore[arg-type,return-value]
+    aws = FakeAws(FakeEcs([None]), Denied(clock, []))
+    tail = LogTail(lambda: aws.logs(UNIT_REGION), "/g", "s", clock, lines.append)
     assert tail.poll() == 0 and tail.disabled and "AccessDeniedException" in tail.disabled
     tail.drain(4, 30)
     assert clock.t == 0  # a broken tail does not hold the job up
@@ -631,13 +505,126 @@ def test_log_tail_disables_itself_without_credentials() -> None:
     clock = FakeClock()
     calls: list[dict[str, Any]] = []
 
-    class NoCredentials:
+    class NoCredentials(FakeLogs):
         def get_log_events(self, **kwargs: Any) -> dict[str, Any]:
             calls.append(kwargs)
             raise NoCredentialsError()
 
-    tail = LogTail(lambda: NoCredentials(), "/g", "s", clock, [].append)  # type: ignore[arg-type,return-value]
+    aws = FakeAws(FakeEcs([None]), NoCredentials(clock, []))
+    tail = LogTail(lambda: aws.logs(UNIT_REGION), "/g", "s", clock, lambda _line: None)
     assert tail.poll() == 0 and tail.disabled and "no AWS credentials" in tail.disabled
     assert tail.poll() == 0
     tail.drain(4, 30)
     assert len(calls) == 1 and clock.t == 0
+
+
+# --- the task definition ------------------------------------------------------------------------
+
+
+def unnamed_target(tmp_path: Path) -> Target:
+    """The target with targets.yaml naming no container: it comes from the task definition."""
+    text = TARGETS.replace("    container: db-backup\n", "")
+    return parse_registry(text.format(storage=tmp_path / "store")).get("curation", "production")
+
+
+def test_the_container_and_its_log_stream_come_from_the_task_definition(tmp_path: Path) -> None:
+    clock = FakeClock()
+    elsewhere = {"logDriver": "awslogs", "options": {
+        "awslogs-group": "/acme/jobs", "awslogs-region": "us-west-2", "awslogs-stream-prefix": "run"}}
+    taskdef = task_definition(container_definition("sidecar", essential=False, logs=None),
+                              container_definition("app", essential=None, logs=elsewhere), family="jobs", revision=12)
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("sidecar", 0), container("app", 3))], taskdef=taskdef)
+    logs = FakeLogs(clock, [(0, "dumping"), (1, "error: no such database")], group="/acme/jobs", stream=f"run/app/{TASK_ID}")
+    summary, out = tmp_path / "summary.md", io.StringIO()
+    with pytest.raises(JobFailed, match=rf"^container app of ECS task {TASK_ID} exited with code 3") as caught:
+        remote.run(backup_job(unnamed_target(tmp_path)), services(clock, FakeAws(fake, logs, logs_region="us-west-2")),
+                   GithubEnv(step_summary=summary), timeout_s=3600, policy=FAST, out=out)
+    assert fake.taskdef_calls == ["db-backup:7"]  # once per run
+    [call] = fake.run_calls
+    assert call["taskDefinition"] == "jobs:12"  # the revision that was read, not whatever is newest later
+    assert call["overrides"]["containerOverrides"][0]["name"] == "app"
+    assert "[task] dumping\n" in out.getvalue() and str(caught.value).endswith("the task said: no such database")
+    url = ("https://us-west-2.console.aws.amazon.com/cloudwatch/home?region=us-west-2#logsV2:log-groups/log-group/"
+           f"$252Facme$252Fjobs/log-events/run$252Fapp$252F{TASK_ID}")
+    assert f"[CloudWatch log stream]({url})" in summary.read_text()
+
+
+def test_a_task_definition_logging_elsewhere_runs_without_tailing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    splunk = {"logDriver": "splunk", "options": {"splunk-url": "https://splunk.example.com"}}
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 1))],
+                   taskdef=task_definition(container_definition("db-backup", logs=splunk)))
+    summary, output, out = tmp_path / "summary.md", tmp_path / "output", io.StringIO()
+    with pytest.raises(JobFailed, match="exited with code 1"):
+        # No FakeLogs: a CloudWatch Logs client would fail the test.
+        remote.run(backup_job(unnamed_target(tmp_path)), services(clock, FakeAws(fake)),
+                   GithubEnv(step_summary=summary, output=output), timeout_s=3600, policy=FAST, out=out)
+    note = "not in CloudWatch Logs: container 'db-backup' of task definition db-backup:7 logs with the splunk driver"
+    assert f"  logs: {note}\n" in out.getvalue()
+    assert f"| Logs | {note} |" in summary.read_text() and "CloudWatch log stream" not in summary.read_text()
+    assert "logs-url=\n" in output.read_text()
+
+
+@pytest.mark.parametrize(("yaml_line", "definitions", "expected"), [
+    ("    container: app\n", [container_definition("db-backup")],
+     "ecs.container 'app' in targets.yaml is not the task definition's essential container 'db-backup' (db-backup:7); "
+     "remove ecs.container or set it to 'db-backup'"),
+    ("    container: app\n", [container_definition("db-backup"), container_definition("proxy")],
+     "ecs.container 'app' in targets.yaml is not one of the task definition's essential containers 'db-backup', 'proxy' "
+     "(db-backup:7); set it to the one that runs db-backup"),
+    ("", [container_definition("db-backup"), container_definition("proxy", essential=None)],
+     "task definition db-backup:7 has 2 essential containers ('db-backup', 'proxy'); set ecs.container in targets.yaml "
+     "to the one that runs db-backup"),
+    ("", [container_definition("db-backup", essential=False)],
+     "task definition db-backup:7 has no essential container; mark the container that runs db-backup essential"),
+    ("    log_group: /ecs/other\n", [container_definition("db-backup")],
+     "ecs.log_group '/ecs/other' in targets.yaml is not the task definition's awslogs-group '/ecs/db-backup' "
+     "(db-backup:7, container 'db-backup'); remove ecs.log_group or set it to '/ecs/db-backup'"),
+    ("    log_stream_prefix: jobs\n", [container_definition("db-backup", logs=None)],
+     "ecs.log_stream_prefix 'jobs' is set in targets.yaml, but container 'db-backup' of task definition db-backup:7 "
+     "has no log configuration; remove ecs.log_stream_prefix"),
+], ids=["other-container", "not-among-several", "several", "none", "log-group", "prefix-without-awslogs"])
+def test_targets_yaml_against_the_task_definition_is_bad_input_before_any_task(
+    tmp_path: Path, yaml_line: str, definitions: list[dict[str, Any]], expected: str,
+) -> None:
+    text = TARGETS.replace("    container: db-backup\n", yaml_line)
+    t = parse_registry(text.format(storage=tmp_path / "store")).get("curation", "production")
+    fake = FakeEcs([task("RUNNING")], taskdef=task_definition(*definitions))
+    output = tmp_path / "output"
+    with pytest.raises(BadInput) as caught:
+        remote.run(backup_job(t), services(FakeClock(), FakeAws(fake)), GithubEnv(output=output), timeout_s=3600,
+                   policy=FAST, out=io.StringIO())
+    assert str(caught.value) == expected and caught.value.exit_code == ExitCode.BAD_INPUT
+    assert fake.run_calls == [] and fake.describe_calls == 0
+    assert "result=failure\n" in output.read_text()
+
+
+def test_of_several_essential_containers_ecs_container_picks_one(tmp_path: Path) -> None:
+    t = target(tmp_path)  # names container db-backup
+    fake = FakeEcs([None], taskdef=task_definition(container_definition("proxy"), container_definition("db-backup", logs=None)))
+    assert t.ecs is not None
+    facts = read_task_definition(FakeAws(fake).ecs(UNIT_REGION), t.ecs, UNIT_REGION)
+    assert facts == TaskDefinition(name="db-backup:7", container="db-backup", logs=None,
+                                   logs_missing="container 'db-backup' of task definition db-backup:7 has no log configuration")
+
+
+def test_reading_the_task_definition_denied_is_an_infrastructure_error(tmp_path: Path) -> None:
+    fake = FakeEcs([None])
+
+    def describe_task_definition(taskDefinition: str, **_kwargs: Any) -> dict[str, Any]:
+        raise client_error("AccessDeniedException", "not authorized to perform ecs:DescribeTaskDefinition", "DescribeTaskDefinition")
+
+    fake.describe_task_definition = describe_task_definition  # type: ignore[method-assign]
+    with pytest.raises(InfraError, match="reading task definition db-backup:7 failed: AccessDeniedException") as caught:
+        remote.run(backup_job(target(tmp_path)), services(FakeClock(), FakeAws(fake)), GithubEnv(), timeout_s=3600,
+                   policy=FAST, out=io.StringIO())
+    assert caught.value.exit_code == ExitCode.INFRA and fake.run_calls == []
+
+
+def test_targets_yaml_may_leave_the_task_definitions_settings_out_but_not_empty(tmp_path: Path) -> None:
+    config = unnamed_target(tmp_path).ecs
+    assert config is not None and (config.container, config.log_group, config.log_stream_prefix) == (None, None, None)
+    text = TARGETS.replace("    container: db-backup\n", '    container: ""\n    log_stream_prefix: ""\n')
+    with pytest.raises(TargetsInvalid) as caught:
+        parse_registry(text.format(storage=tmp_path / "store"))
+    assert [p.split(":")[0] for p in caught.value.problems] == ["defaults.ecs.container", "defaults.ecs.log_stream_prefix"]

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from runner import ecs, remote
+from runner.ecs import remote
+from runner.ecs.request import RemoteJob, run_task_params, task_request
 from runner.settings import GithubEnv
-from runner.storage import LocalStore
+from runner.stores.local import LocalStore
 from runner.targets import Registry, parse_registry
-from tests.unit.test_ecs_executor import FAST, FakeAws, FakeClock, FakeEcs, FakeLogs, container, services, task, write_manifest
+from tests.helpers.backups import write_manifest
+from tests.helpers.clock import FakeClock
+from tests.helpers.ecs import FAST, TASKDEF, FakeAws, FakeEcs, FakeLogs, container, services, task
 
 NONPROD_ROLE = "arn:aws:iam::123456789012:role/db-backup-NonProductionTaskRole-ABC123"
 
@@ -41,18 +44,16 @@ def registry(tmp_path: Path, role: str | None = NONPROD_ROLE) -> Registry:
     return parse_registry(TARGETS.format(storage=tmp_path / "store", role=line))
 
 
-def restore_job(reg: Registry, source: str, dest: str) -> remote.RemoteJob:
-    argv = ("restore", "curation", "--from", source, "--to", dest, "--backup", "latest")
-    if reg.get("curation", dest).protected:
-        argv += ("--confirm", dest)
-    return remote.RemoteJob(action="restore", target=reg.get("curation", dest), argv=argv,
-                            source=reg.get("curation", source), backup="latest")
+def restore_job(reg: Registry, source: str, dest: str) -> RemoteJob:
+    confirm = dest if reg.get("curation", dest).protected else None
+    return RemoteJob(action="restore", target=reg.get("curation", dest), source=reg.get("curation", source), backup="latest",
+                     confirm=confirm)
 
 
-def params_for(job: remote.RemoteJob) -> dict[str, object]:
+def params_for(job: RemoteJob) -> dict[str, object]:
     assert job.target.ecs is not None
-    request = remote.task_request(job, "req1", GithubEnv(), {})
-    return dict(ecs.run_task_params(job.target.ecs, request, token=1)["overrides"])
+    request = task_request(job, TASKDEF, "req1", GithubEnv(), {})
+    return dict(run_task_params(job.target.ecs, request, token=1)["overrides"])
 
 
 def test_the_setting_is_read_from_targets_yaml(tmp_path: Path) -> None:
@@ -77,7 +78,7 @@ def test_restore_into_a_protected_environment_keeps_the_task_definition_role(tmp
 @pytest.mark.parametrize("env", ["production", "beta"])
 def test_backups_keep_the_task_definition_role(tmp_path: Path, env: str) -> None:
     reg = registry(tmp_path)
-    job = remote.RemoteJob(action="backup", target=reg.get("curation", env), argv=("backup", "curation", env))
+    job = RemoteJob(action="backup", target=reg.get("curation", env))
     assert "taskRoleArn" not in params_for(job)
 
 

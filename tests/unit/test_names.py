@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from runner.catalog import make_id, parse_id
 from runner.compression import parse_compression, sniff
 from runner.credentials import parse_url
 from runner.errors import BadInput
-from runner.postgres import derived_name
-from runner.storage import make_id, parse_id
+from runner.pg.admin import derived_name
 
 
 def test_compression_settings() -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from runner import jobs
+from runner import stored_dump
+from runner.catalog import BackupEntry
 from runner.errors import ExitCode, InfraError, Interrupted, JobFailed
-from runner.storage import BackupEntry
 
 pytestmark = pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd program")
 
@@ -64,7 +64,7 @@ def children(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
 
 def _download(store: FakeStore, folder: Path) -> tuple[Path, str, int]:
     entry = BackupEntry("2026-01-02_03-04-05", KEY, datetime(2026, 1, 2, tzinfo=UTC), len(store.data))
-    return jobs._download(store, entry, folder)  # type: ignore[arg-type]
+    return stored_dump.download(store, entry, folder)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -124,6 +124,6 @@ def test_a_full_work_folder_is_a_disk_problem_not_a_damaged_dump(tmp_path: Path,
 ])
 def test_the_tools_version_is_the_version_number(printed: str, version: str) -> None:
     """The manifest records `15.18`, not the distribution's `15.18-0+deb12u1)`."""
-    from runner.postgres import parse_tool_version
+    from runner.pg.tools import parse_tool_version
 
     assert parse_tool_version(printed) == version

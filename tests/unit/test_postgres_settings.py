@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from runner import postgres
 from runner.errors import JobFailed
+from runner.pg import dbstate
 
 
 @pytest.mark.parametrize(
@@ -21,17 +21,17 @@ from runner.errors import JobFailed
     ],
 )
 def test_list_settings_split_like_the_server_joined_them(stored: str, elements: list[str]) -> None:
-    assert postgres.split_guc_list(stored) == elements
+    assert dbstate.split_guc_list(stored) == elements
 
 
 @pytest.mark.parametrize("damaged", ['"open', "a,,b", "a b", "a,"])
 def test_a_list_the_server_could_not_have_stored_is_refused(damaged: str) -> None:
     with pytest.raises(ValueError, match="in"):
-        postgres.split_guc_list(damaged)
+        dbstate.split_guc_list(damaged)
 
 
 def _render(setting: str) -> str:
-    return postgres._setting_statement(sql.SQL("ALTER DATABASE {}").format(sql.Identifier("d")), setting).as_string()
+    return dbstate._setting_statement(sql.SQL("ALTER DATABASE {}").format(sql.Identifier("d")), setting).as_string()
 
 
 def test_statements_quote_each_list_element_and_keep_other_values_whole() -> None:

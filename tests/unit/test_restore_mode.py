@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from runner import jobs
-from runner.jobs import _worth_parallel
+from runner import restore_mode
+from runner.catalog import BackupEntry
+from runner.manifest import Manifest
+from runner.restore_mode import _worth_parallel
 from runner.settings import Settings
-from runner.storage import BackupEntry, Manifest
 
 WHEN = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -45,7 +46,7 @@ def test_auto_rule() -> None:
 def test_parallel_needs_room_for_the_uncompressed_copy(tmp_path: object) -> None:
     from pathlib import Path
 
-    from runner.jobs import _fits_on_disk
+    from runner.restore_mode import _fits_on_disk
 
     assert _fits_on_disk(entry(1 << 20, 10 << 20), Path(str(tmp_path)))
     assert not _fits_on_disk(entry(1 << 20, 1 << 60), Path(str(tmp_path)))
@@ -57,7 +58,7 @@ def test_parallel_needs_room_for_the_uncompressed_copy(tmp_path: object) -> None
 
 
 def test_part_sizes_stay_flat_then_reach_far() -> None:
-    from runner.storage import part_target
+    from runner.stores.s3 import part_target
 
     base = 16 << 20
     assert {part_target(base, n) for n in range(5000)} == {base}
@@ -67,20 +68,20 @@ def test_part_sizes_stay_flat_then_reach_far() -> None:
 
 
 def test_restore_jobs_follow_the_server_not_only_the_clients_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "_cores", lambda: 1)  # a 1-vCPU Fargate task
-    assert jobs.restore_jobs(Settings()) == 2
-    assert jobs.restore_jobs(Settings(restore_jobs=1)) == 1  # the way to force one worker
-    monkeypatch.setattr(jobs, "_cores", lambda: 8)
-    assert jobs.restore_jobs(Settings()) == 8
-    assert jobs.restore_jobs(Settings(restore_jobs=3)) == 3
+    monkeypatch.setattr(restore_mode, "_cores", lambda: 1)  # a 1-vCPU Fargate task
+    assert restore_mode.restore_jobs(Settings()) == 2
+    assert restore_mode.restore_jobs(Settings(restore_jobs=1)) == 1  # the way to force one worker
+    monkeypatch.setattr(restore_mode, "_cores", lambda: 8)
+    assert restore_mode.restore_jobs(Settings()) == 8
+    assert restore_mode.restore_jobs(Settings(restore_jobs=3)) == 3
 
 
 def test_auto_streams_on_a_one_core_client(monkeypatch: pytest.MonkeyPatch) -> None:
     big = entry(208 << 20, 600 << 20)
-    monkeypatch.setattr(jobs, "_cores", lambda: 1)
-    assert not jobs._use_parallel(big, Settings(), jobs.restore_jobs(Settings()))
-    assert jobs._use_parallel(big, Settings(restore_mode="parallel"), 2)  # forced: runs with -j2
-    monkeypatch.setattr(jobs, "_cores", lambda: 2)
-    assert jobs._use_parallel(big, Settings(), jobs.restore_jobs(Settings()))
-    assert not jobs._use_parallel(big, Settings(restore_jobs=1), 1)
-    assert not jobs._use_parallel(big, Settings(restore_mode="stream"), 2)
+    monkeypatch.setattr(restore_mode, "_cores", lambda: 1)
+    assert not restore_mode._use_parallel(big, Settings(), restore_mode.restore_jobs(Settings()))
+    assert restore_mode._use_parallel(big, Settings(restore_mode="parallel"), 2)  # forced: runs with -j2
+    monkeypatch.setattr(restore_mode, "_cores", lambda: 2)
+    assert restore_mode._use_parallel(big, Settings(), restore_mode.restore_jobs(Settings()))
+    assert not restore_mode._use_parallel(big, Settings(restore_jobs=1), 1)
+    assert not restore_mode._use_parallel(big, Settings(restore_mode="stream"), 2)

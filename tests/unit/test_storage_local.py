@@ -15,8 +15,11 @@ from typing import Any
 import pytest
 
 from runner.errors import ExitCode, IdTaken, InfraError, JobFailed
-from runner.storage import LocalStore, Manifest, Upload
+from runner.manifest import Manifest
+from runner.stores import Upload
+from runner.stores.local import LocalStore
 from tests.conftest import run_in_threads
+from tests.helpers.backups import sample_manifest
 
 KEY = "app/production/2026-01-02_03-04-05.dump"
 
@@ -41,10 +44,9 @@ def _fail(monkeypatch: pytest.MonkeyPatch, name: str, code: int) -> None:
 
 
 def _manifest() -> Manifest:
-    return Manifest(
-        identifier="app", env="production", id="2026-01-02_03-04-05", key=KEY, created_at=datetime(2026, 1, 2, tzinfo=UTC),
-        duration_s=1.0, size_bytes=4, sha256="0" * 64, format="custom", compression="none", compressed_by="pg_dump",
-        pg_dump_version="17", server_version="17", database="app", tool_version="test",
+    return sample_manifest(
+        KEY, identifier="app", backup_id="2026-01-02_03-04-05", created_at=datetime(2026, 1, 2, tzinfo=UTC), size=4,
+        sha256="0" * 64, compression="none", compressed_by="pg_dump", pg_dump_version="17", server_version="17", tool_version="test",
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import remote
+from runner.ecs.request import MAX_TARGETS_JSON
 from runner.errors import BadInput, ExitCode, RestoreRefused, TargetsInvalid, UnknownTarget
 from runner.targets import MAX_TARGETS_BYTES, Target, load_registry, parse_registry
 from tests.conftest import REPO, run_cli
@@ -152,7 +152,7 @@ def test_an_excerpt_carries_just_the_chosen_targets_with_their_defaults() -> Non
     sent = parse_registry(text, "sent")
     assert sorted(sent.targets, key=lambda t: t.env) == [dest, source]
     assert (sent.environments, sent.protected) == (registry.environments, registry.protected)
-    assert len(text) < remote.MAX_TARGETS_JSON
+    assert len(text) < MAX_TARGETS_JSON
 
 
 # --- keys given twice, the file itself, lock_wait_timeout ----------------------------------------

@@ -5,7 +5,8 @@ tree. Its environment is cleaned (host AWS_* variables would leak into the steps
 what a test wants a step to see is passed with `--env` / `--var`. The pinned third-party actions
 are replaced by the folders in fakes/ (see fakes/README.md), keyed by the exact SHA the
 workflows pin. The db-backup action's install step uses the project's .venv through its
-DB_BACKUP_PYTHON test hook, so nothing is downloaded.
+DB_BACKUP_PYTHON test hook, so nothing is downloaded. The AWS side is moto (tests.helpers.ecs:
+make_ecs_infra builds what the stack provides, FakeFargate runs each task's command).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers.ecs import BUCKET
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -183,101 +186,8 @@ targets:
 {targets}"""
 
 
-def write_targets(path: Path, targets: str, *, bucket: str = "wf-test-backups", cluster: str = "db-backup",
+def write_targets(path: Path, targets: str, *, bucket: str = BUCKET, cluster: str = "db-backup",
                   subnet: str = "subnet-0123456789abcdef0", security_group: str = "sg-0123456789abcdef0") -> Path:
     path.write_text(TARGETS_TEMPLATE.format(bucket=bucket, cluster=cluster, subnet=subnet,
                                             security_group=security_group, targets=targets))
     return path
-
-
-# --- the AWS side on moto, and a stand-in for Fargate ------------------------------------------
-
-
-@dataclass(frozen=True)
-class EcsInfra:
-    cluster: str
-    subnet: str
-    security_group: str
-    bucket: str
-
-
-def make_ecs_infra(bucket: str = "wf-test-backups", cluster: str = "db-backup") -> EcsInfra:
-    """What the CloudFormation stack provides, on the moto server (AWS_ENDPOINT_URL is set)."""
-    import boto3
-
-    ec2 = boto3.client("ec2", region_name="us-east-1")
-    vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.1.0/24")["Subnet"]["SubnetId"]
-    group = ec2.create_security_group(GroupName="db-backup-task", Description="db-backup task", VpcId=vpc)["GroupId"]
-    ecs = boto3.client("ecs", region_name="us-east-1")
-    ecs.create_cluster(clusterName=cluster)
-    ecs.register_task_definition(
-        family="db-backup", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
-        containerDefinitions=[{
-            "name": "db-backup", "image": "db-backup:test", "memory": 512, "essential": True,
-            "logConfiguration": {"logDriver": "awslogs", "options": {
-                "awslogs-group": "/ecs/db-backup", "awslogs-region": "us-east-1", "awslogs-stream-prefix": "ecs"}},
-        }],
-    )
-    boto3.client("logs", region_name="us-east-1").create_log_group(logGroupName="/ecs/db-backup")
-    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=bucket)
-    return EcsInfra(cluster, subnet, group, bucket)
-
-
-@dataclass
-class TaskRun:
-    arn: str
-    command: list[str]
-    environment: dict[str, str]
-    returncode: int | None
-    output: str
-
-
-class FakeFargate:
-    """Plays Fargate for moto's ECS, whose tasks run nothing: every new task's container command
-    (the same CLI with --executor local) is run here, against the test's PostgreSQL and S3."""
-
-    def __init__(self, cluster: str, env: dict[str, str], run_commands: bool = True) -> None:
-        import threading
-
-        self.cluster = cluster
-        self.env = env
-        self.run_commands = run_commands
-        self.tasks: list[TaskRun] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="fake-fargate", daemon=True)
-
-    def __enter__(self) -> FakeFargate:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def _loop(self) -> None:
-        import os
-
-        import boto3
-
-        ecs = boto3.client("ecs", region_name="us-east-1")
-        seen: set[str] = set()
-        while not self._stop.wait(0.2):
-            arns = [a for status in ("RUNNING", "STOPPED") for a in
-                    ecs.list_tasks(cluster=self.cluster, desiredStatus=status).get("taskArns", [])]
-            for arn in arns:
-                if arn in seen:
-                    continue
-                seen.add(arn)
-                task = ecs.describe_tasks(cluster=self.cluster, tasks=[arn])["tasks"][0]
-                override = (task.get("overrides", {}).get("containerOverrides") or [{}])[0]
-                command = list(override.get("command") or [])
-                environment = {e["name"]: e["value"] for e in override.get("environment") or []}
-                if not self.run_commands:
-                    self.tasks.append(TaskRun(arn, command, environment, None, ""))
-                    continue
-                child_env = {"PATH": STEP_PATH, "HOME": os.environ.get("HOME", "/tmp"), **self.env, **environment}
-                done = subprocess.run([PYTHON, "-m", "runner.cli", *command], env=child_env,
-                                      capture_output=True, text=True, timeout=120, check=False)
-                self.tasks.append(TaskRun(arn, command, environment, done.returncode, done.stdout + done.stderr))

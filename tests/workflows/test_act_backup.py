@@ -8,8 +8,9 @@ import boto3
 import pytest
 
 from tests.conftest import AWS_ENV, MotoServer, PgCluster
+from tests.helpers.ecs import FakeFargate, make_ecs_infra
 
-from .conftest import ROLES, Act, FakeFargate, make_ecs_infra, write_targets
+from .conftest import ROLES, Act, write_targets
 
 ONE_TARGET = "  - {identifier: app, env: beta, schedule: nightly}\n"
 

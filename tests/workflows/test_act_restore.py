@@ -9,8 +9,9 @@ import boto3
 import pytest
 
 from tests.conftest import AWS_ENV, MotoServer, PgCluster, fill_small, run_cli
+from tests.helpers.ecs import FakeFargate, make_ecs_infra
 
-from .conftest import ROLES, Act, FakeFargate, make_ecs_infra, write_targets
+from .conftest import ROLES, Act, write_targets
 
 TARGETS = """  - {identifier: app, env: production, schedule: nightly}
   - {identifier: app, env: beta}

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from tests.conftest import AWS_ENV, MotoServer, PgCluster
+from tests.helpers.ecs import FakeFargate, make_ecs_infra
 
-from .conftest import ROLES, Act, FakeFargate, make_ecs_infra, write_targets
+from .conftest import ROLES, Act, write_targets
 
 
 def test_matrix_is_exactly_the_nightly_targets(act: Act, tmp_path: Path) -> None:
@@ -30,8 +31,8 @@ def test_matrix_is_exactly_the_nightly_targets(act: Act, tmp_path: Path) -> None
 def test_nightly_run_reports_every_target_and_fails_when_one_failed(
     act: Act, tmp_path: Path, aws: MotoServer, pg: PgCluster, dbname: str,
 ) -> None:
-    """app/production backs up for real; app/beta's database does not exist, so its task fails
-    (its backup is never confirmed); app/alpha is not nightly and must not run at all."""
+    """app/production backs up for real; app/beta's database does not exist, so its task's container
+    exits 1; app/alpha is not nightly and must not run at all."""
     infra = make_ecs_infra()
     database = "{{host: {h}, port: {p}, name: {n}, user: {u}, password: 'env:TEST_PG_PASSWORD'}}"
     targets = write_targets(
@@ -72,7 +73,9 @@ def test_nightly_run_reports_every_target_and_fails_when_one_failed(
     assert "✅ success" in lines["app/production"] and "[logs](" in lines["app/production"]
     assert "[task](" in lines["app/production"] and " B |" in lines["app/production"]  # size known
     assert "❌ failure" in lines["app/beta"]
-    assert "**app/beta**: error: ECS task" in summary  # the failure's reason, below the table
+    # The failure's reason, below the table: the task's container exited 1, and what the task said.
+    assert "**app/beta**: error: container db-backup of ECS task" in summary
+    assert f'database "{dbname}__missing" does not exist' in summary
     # status: app/production has a fresh backup, app/beta none, so the gap is reported too.
     report_log = run.log("report")
     assert "no backup newer than 26h: app/beta" in report_log, report_log

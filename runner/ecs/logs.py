@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .aws import CREDENTIAL_ERRORS, error_code, infra_error
-from .clock import Clock
+from ..aws import CREDENTIAL_ERRORS, error_code, infra_error
+from ..clock import Clock
 
 if TYPE_CHECKING:
     from mypy_boto3_logs import CloudWatchLogsClient
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOG_GROUP = "/ecs/db-backup"
 THROTTLE_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException", "ServiceUnavailableException"})
 MAX_PAGES_PER_POLL = 20  # keep each poll short so the task's state is still checked regularly
 

@@ -1,4 +1,4 @@
-"""Run, follow and stop one Fargate task; judge it by its essential container's exit code."""
+"""Start, follow and stop one Fargate task; judge it by its essential container's exit code."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from botocore.exceptions import (
     ClientError,
 )
 
-from .aws import CREDENTIAL_ERRORS, error_code, infra_error
-from .clock import Clock
-from .errors import InfraError, JobFailed, TimedOut
-from .targets import EcsConfig
+from ..aws import CREDENTIAL_ERRORS, error_code, infra_error
+from ..clock import Clock
+from ..errors import DbBackupError, InfraError, JobFailed, TimedOut
+from ..targets import EcsConfig
+from .request import TaskRequest, run_task_params
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
-    from mypy_boto3_ecs.type_defs import RunTaskRequestTypeDef, RunTaskResponseTypeDef, TaskOverrideTypeDef, TaskTypeDef
+    from mypy_boto3_ecs.type_defs import RunTaskResponseTypeDef, TaskTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,8 @@ FATAL_CODES = frozenset({
     "InvalidClientTokenId", "InvalidSignatureException", "SignatureDoesNotMatch", "IncompleteSignature",
     "MissingAuthenticationToken", "MissingAuthenticationTokenException",
 })
-# No usable credentials. botocore raises these before the request is sent, so ECS cannot have
-# started anything, and only the user can fix them: never retried, never read as ECS trouble.
+# What ECS says when there is no room for the task right now.
 _CAPACITY = re.compile(r"capacity|RESOURCE:|insufficient|not enough", re.IGNORECASE)
-_TAG_VALUE_BAD = re.compile(r"[^\w .:/=+\-@]")
-_STARTED_BY_BAD = re.compile(r"[^A-Za-z0-9_/-]")
 # What ECS says when the kernel killed a container for its memory limit.
 _OOM = re.compile(r"OutOfMemory|out of memory|OOM", re.IGNORECASE)
 
@@ -79,18 +77,6 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class TaskRequest:
-    """One run_task call: the container command, its plain environment, and labels."""
-
-    command: tuple[str, ...]
-    environment: tuple[tuple[str, str], ...]
-    started_by: str
-    tags: tuple[tuple[str, str], ...]
-    client_token: str
-    task_role_arn: str | None = None  # overrides the task definition's role; an ARN, not a secret
-
-
-@dataclass(frozen=True)
 class Outcome:
     """How a stopped task ended, reduced to what the verdict needs."""
 
@@ -104,57 +90,6 @@ class Outcome:
 
 def task_id(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
-
-
-def started_by(text: str) -> str:
-    return _STARTED_BY_BAD.sub("_", text)[:128]
-
-
-def tag_value(text: str) -> str:
-    return _TAG_VALUE_BAD.sub("_", text)[:256]
-
-
-def task_role_for(config: EcsConfig, action: str, dest_protected: bool) -> str | None:
-    """The task role override: restores into unprotected environments run as the non-production
-    task role (which cannot read production credentials) when one is configured; backups and
-    protected restores keep the task definition's role."""
-    if action == "restore" and not dest_protected and config.nonproduction_task_role_arn:
-        return config.nonproduction_task_role_arn
-    return None
-
-
-def run_task_params(config: EcsConfig, request: TaskRequest, token: int) -> RunTaskRequestTypeDef:
-    """The run_task request: Fargate, awsvpc, and a command override; nothing secret goes in."""
-    overrides: TaskOverrideTypeDef = {
-        "containerOverrides": [{
-            "name": config.container,
-            "command": list(request.command),
-            "environment": [{"name": k, "value": v} for k, v in request.environment],
-        }]
-    }
-    if request.task_role_arn:
-        overrides["taskRoleArn"] = request.task_role_arn
-    return {
-        "cluster": config.cluster,
-        "taskDefinition": config.task_definition,
-        "launchType": "FARGATE",
-        "platformVersion": config.platform_version,
-        "count": 1,
-        "networkConfiguration": {
-            "awsvpcConfiguration": {
-                "subnets": list(config.subnets),
-                "securityGroups": list(config.security_groups),
-                "assignPublicIp": "ENABLED" if config.assign_public_ip else "DISABLED",
-            }
-        },
-        "overrides": overrides,
-        "startedBy": request.started_by,
-        "tags": [{"key": k, "value": v} for k, v in request.tags],
-        "enableECSManagedTags": True,
-        # ECS starts at most one task per token: `start` moves to the next token only after ECS
-        # said no task was started, so a retry after a timeout cannot start a second one.
-        "clientToken": f"{request.client_token}-{token}"[:64],
-    }
 
 
 def start(
@@ -203,7 +138,7 @@ def start(
             clock.sleep(delay)
     raise InfraError(
         f"the ECS task could not start in cluster {config.cluster} after {policy.start_attempts} attempts: "
-        f"{reason}; check Fargate capacity, the subnets and the task definition {config.task_definition}"
+        f"{reason}; check Fargate capacity, the subnets and the task definition {request.task_definition}"
     )
 
 
@@ -296,8 +231,9 @@ def judge(result: Outcome, container: str) -> None:
         raise InfraError(f"ECS task {tid} failed to start: {why or 'no reason given'}; check the image, "
                          "the subnets' route to ECR and the task definition")
     if not result.container_found:
-        raise JobFailed(f"ECS task {tid} has no container named {container!r}; set ecs.container in targets.yaml "
-                        "to the task definition's container name")
+        # The task runs the revision the container was read from, so this is ECS leaving it out.
+        raise JobFailed(f"ECS task {tid} has no container named {container!r}, the task definition's essential "
+                        "container; see the task in the ECS console")
     if _OOM.search(why):
         raise JobFailed(f"container {container} of ECS task {tid} ran out of memory ({why}); "
                         "give the task definition more memory")
@@ -324,23 +260,11 @@ def stop(client: ECSClient, cluster: str, arn: str, reason: str) -> bool:
     return True
 
 
-def wait_stopped(client: ECSClient, cluster: str, arn: str, clock: Clock, limit_s: float) -> TaskTypeDef | None:
-    """Wait a bounded time for STOPPED after stop(); None if it did not get there in time."""
-    deadline = clock.monotonic() + limit_s
-    delay = 1.0
-    while True:
-        try:
-            task = describe(client, cluster, arn)
-        except CREDENTIAL_ERRORS as exc:
-            log.warning("%s; not waiting for the stop", infra_error(f"watching ECS task {arn}", exc))
-            return None
-        except (ClientError, BotoCoreError) as exc:
-            log.warning("describe_tasks failed while waiting for the stop: %s", exc)
-            task = None
-        if task is not None and task.get("lastStatus") == "STOPPED":
-            return task
-        remaining = deadline - clock.monotonic()
-        if remaining <= 0:
-            return None
-        clock.sleep(min(delay, remaining))
-        delay = min(delay * 2, 5.0)
+def wait_stopped(
+    client: ECSClient, cluster: str, arn: str, clock: Clock, policy: Policy, tick: Callable[[], object] = lambda: None,
+) -> TaskTypeDef | None:
+    """After stop(): follow the task for at most policy.stop_wait_s; None if it is not STOPPED by then."""
+    try:
+        return follow(client, cluster, arn, clock, policy, clock.monotonic() + policy.stop_wait_s, tick)
+    except DbBackupError:  # the wait ran out, or ECS could not be asked (follow has said why)
+        return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.humanize import human_duration, human_size
+from runner.output import human_duration, human_size
 
 
 def test_sizes_use_binary_units_with_binary_labels() -> None:

@@ -1,0 +1,93 @@
+"""One backup: pg_dump straight into storage under a reserved id, then its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from . import __version__
+from .catalog import make_id
+from .errors import IdTaken, JobFailed
+from .manifest import Manifest
+from .output import human_size
+from .pg.dump import dump_stream, plan_dump
+from .pg.session import UploadLocks, upload_locks
+from .pg.tools import find_tool, major, tool_version
+from .services import Services
+from .stores import BackupStore, Upload
+from .targets import Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    manifest: Manifest
+    uri: str
+
+
+MAX_IDS_PER_SECOND = 100
+
+
+def _reserve_id(store: BackupStore, target: Target, now: datetime, locks: UploadLocks) -> tuple[str, str, Upload]:
+    """The first free id of this second, reserved by starting its upload: two runs never share one.
+
+    Its lock is taken first, so another run's cleanup never sees this upload without it.
+    """
+    for seq in range(1, MAX_IDS_PER_SECOND + 1):
+        backup_id = make_id(now, seq)
+        key = store.key(target.identifier, target.env, backup_id)
+        if not locks.claim(store.uri(key)):
+            log.debug("backup id %s is held by a running backup; trying the next", backup_id)
+            continue
+        try:
+            return backup_id, key, store.start_upload(key, target.storage_class)
+        except IdTaken as taken:
+            locks.release(store.uri(key))
+            log.debug("backup id %s is taken (%s); trying the next", backup_id, taken)
+    raise JobFailed(f"all {MAX_IDS_PER_SECOND} backup ids of {make_id(now)} for {target.name} are taken; run again")
+
+
+def run_backup(target: Target, services: Services, request_id: str | None = None) -> BackupResult:
+    """pg_dump straight into storage; the manifest is written only after everything succeeded."""
+    store = services.store(target)
+    conn = services.resolver(target).resolve(target.database)
+    pg_dump = find_tool("pg_dump")
+    dump_version = tool_version(pg_dump)
+    plan = plan_dump(pg_dump, target.compression, target.lock_wait_timeout)
+    # One session for the whole backup: the connection check, the server's version, the upload's lock.
+    with upload_locks(conn) as locks:
+        server = locks.server_version
+        if major(dump_version) < major(server):
+            raise JobFailed(
+                f"pg_dump {dump_version} cannot dump server {server}; install PostgreSQL client tools {major(server)} or newer"
+            )
+        now = services.clock.now()
+        store.clean_leftovers(target.identifier, target.env, now, locks.abandoned)  # it logs what it removed
+        backup_id, key, upload = _reserve_id(store, target, now, locks)
+        try:
+            log.info("backing up %s (%s, server %s) to %s with %s", target.name, conn.describe(), server, store.uri(key), plan.compression)
+            started = services.clock.monotonic()
+            digest = hashlib.sha256()
+            size = 0
+            with dump_stream(conn, plan) as output:
+                for chunk in output:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    upload.write(chunk)
+        except BaseException:
+            upload.abort()
+            raise
+        upload.complete()
+        manifest = Manifest(
+            identifier=target.identifier, env=target.env, id=backup_id, key=key,
+            created_at=now, duration_s=round(services.clock.monotonic() - started, 3),
+            size_bytes=size, sha256=digest.hexdigest(), format="custom", compression=plan.compression,
+            compressed_by=plan.compressed_by, pg_dump_version=dump_version, server_version=server,
+            database=conn.dbname, tool_version=__version__, request_id=request_id, uncompressed_bytes=output.raw_bytes,
+        )
+        store.put_manifest(manifest)
+    log.info("backup %s done: %s in %.1fs, sha256 %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256)
+    return BackupResult(manifest, store.uri(key))

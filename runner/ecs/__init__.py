@@ -1,0 +1,1 @@
+"""The ECS executor: a backup or restore run as a Fargate task, followed live and reported."""

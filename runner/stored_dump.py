@@ -1,0 +1,159 @@
+"""Reading a stored dump: its bytes and decompressor, its checksum, a local copy, and its archive header."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import logging
+import subprocess
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import archive
+from .catalog import BackupEntry
+from .compression import Codec, decompressor, sniff
+from .errors import BadInput, InfraError, JobFailed
+from .pg.pipeline import Pipeline
+from .pg.tools import compressor_env, major, tool_version
+from .stores import BackupStore
+
+log = logging.getLogger(__name__)
+
+
+def _peek(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    first = next(chunks, b"")
+    return first, itertools.chain([first], chunks)
+
+
+def open_dump(store: BackupStore, entry: BackupEntry) -> tuple[Iterator[bytes], Codec | None]:
+    """The stored bytes, and the decompressor their first bytes call for."""
+    head, chunks = _peek(store.read(entry.key))
+    return chunks, decompressor(sniff(head), store.uri(entry.key))
+
+
+def check_digest(entry: BackupEntry, actual: str, size: int, where: str) -> None:
+    if entry.manifest is None:
+        log.warning("%s is a legacy dump without a manifest: its checksum cannot be verified", where)
+        return
+    if size != entry.manifest.size_bytes or actual != entry.manifest.sha256:
+        raise JobFailed(
+            f"checksum mismatch for {where}: expected sha256 {entry.manifest.sha256}, got {actual}; "
+            "the backup is damaged and the target was not touched"
+        )
+
+
+def download(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:
+    """Copy the dump into a seekable local file (decompressed), hashing the stored bytes."""
+    try:
+        return _copy(store, entry, folder)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(folder) from exc
+        raise
+
+
+def _disk_full(folder: Path) -> InfraError:
+    """The local disk, not the dump, is the problem: say where and what to do."""
+    return InfraError(
+        f"the work folder {folder.parent} is full (no space left on device) while copying the dump for a parallel restore; "
+        "free space there, set DB_BACKUP_WORK_DIR to a larger disk, or set DB_BACKUP_RESTORE_MODE=stream; the target was not touched"
+    )
+
+
+def _copy(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    chunks, decompress = open_dump(store, entry)
+    path = folder / "restore.dump"
+    where = store.uri(entry.key)
+
+    def hashed() -> Iterator[bytes]:
+        nonlocal size
+        for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
+            yield chunk
+
+    with path.open("wb") as out:
+        if decompress is None:
+            for chunk in hashed():
+                out.write(chunk)
+            return path, digest.hexdigest(), size
+        # A cancel or a storage error mid-download ends the pipeline and is the reason given, not
+        # the decompressor's complaint about the input that stopped short.
+        with Pipeline() as pipe:
+            step = pipe.start(decompress.name, compressor_env(), decompress.argv, stdin=subprocess.PIPE, stdout=out)
+            stopped_early = not pipe.feed(step, hashed())  # it quit on bad data: its exit code and message say why
+            pipe.wait()
+        code = step.proc.returncode
+        if code != 0 and (step.tail.mentions("No space left") or step.tail.mentions("quota exceeded")):
+            raise _disk_full(folder)
+        if code != 0 or stopped_early:
+            how = f"exit {code}" if code else "it stopped reading early"
+            raise JobFailed(f"decompressing {where} failed ({how}): {step.tail.last_error()}; the dump is damaged")
+    return path, digest.hexdigest(), size
+
+
+def _archive_head(store: BackupStore, entry: BackupEntry) -> bytes:
+    """The first bytes of the archive inside the stored dump (decompressed if need be)."""
+    chunks = store.read(entry.key)
+    try:
+        head = next(iter(chunks), b"")
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    kind = sniff(head)
+    if kind == "gzip":
+        return zlib.decompressobj(wbits=47).decompress(head, 64)
+    if kind == "zstd":
+        codec = decompressor(kind, store.uri(entry.key))
+        assert codec is not None
+        return _first_bytes(codec, head)
+    return head[:64]
+
+
+def _first_bytes(codec: Codec, head: bytes, count: int = 64) -> bytes:
+    """The first bytes `codec` makes of `head`, a piece of a stream: read no more, then stop it."""
+    with Pipeline() as pipe:
+        step = pipe.start(codec.name, compressor_env(), codec.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert step.proc.stdout is not None
+        # Fed from a thread: it blocks once the pipe is full, and the kill below ends that.
+        feeder = threading.Thread(target=pipe.feed, args=(step, [head]), daemon=True, name="archive-head")
+        feeder.start()
+        try:
+            return step.proc.stdout.read(count)
+        finally:
+            pipe.stop()
+            step.proc.stdout.close()
+            feeder.join(timeout=30)
+
+
+def check_reader(store: BackupStore, entry: BackupEntry, pg_restore: str) -> None:
+    """Refuse, before anything is touched, an archive this pg_restore cannot read (pg_dump 16+ needs 16+)."""
+    version = archive.header_version(_archive_head(store, entry))
+    if version is None:
+        return  # not a custom archive: decompressor() and the restore say what it is
+    needed = archive.oldest_reader(version)
+    have = tool_version(pg_restore)
+    if needed is None or major(have) < needed:
+        newer = f"{needed} or newer" if needed else f"newer than {major(have)}"
+        raise BadInput(
+            f"backup {entry.id} is a PostgreSQL archive of format {version[0]}.{version[1]}, which pg_restore {have} "
+            f"cannot read; install the PostgreSQL client tools {newer} (e.g. apt-get install postgresql-client-{needed or 'NEW'}) "
+            "or set DB_BACKUP_PG_BINDIR to their bin folder"
+        )
+
+
+class Counted:
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.size += len(chunk)
+            yield chunk
