@@ -56,7 +56,7 @@ def _ask(code: str) -> str:
 def default_compression() -> str:
     """The compression a target gets when targets.yaml names none, asked from the engine."""
     return _ask("from runner.compression import parse_compression\n"
-                "from runner.targets import DefaultsModel\n"
+                "from runner.targets_schema import DefaultsModel\n"
                 "print(parse_compression(DefaultsModel.model_fields['compression'].default))"
                 ) or FALLBACK_DEFAULT
 

@@ -1,174 +1,28 @@
-"""targets.yaml: the registry of databases and environments, validated with every problem's place."""
+"""targets.yaml: the registry of databases and environments, built from the checked file."""
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from .compression import Compression, parse_compression
 from .durations import parse_duration
 from .errors import BadInput, RestoreRefused, TargetsInvalid, UnknownTarget
-
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-SECRET_PREFIXES = ("ssm:", "env:")
-# Far larger than any real registry; a bigger file is the wrong file, and is refused before it is read.
-MAX_TARGETS_BYTES = 1024 * 1024
-DEFAULT_LOCK_WAIT_TIMEOUT = timedelta(minutes=5)
-# pg_dump counts its lock wait in whole milliseconds and treats 0 as "wait forever": at least 1s.
-LOCK_WAIT_RANGE = (timedelta(seconds=1), timedelta(hours=24))
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that records every mapping key given twice (plain YAML lets the last one win)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.found: list[tuple[int, str]] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        first: dict[Hashable, int] = {}
-        for key_node, _value in node.value:
-            # `<<: *anchor` merges may repeat on purpose; what they bring in may be overridden.
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node)
-            if not isinstance(key, Hashable):
-                continue
-            line = key_node.start_mark.line + 1
-            if key in first:
-                self.found.append((line, f"line {line}: duplicate key {key!r} (first on line {first[key]}); remove one of them"))
-            else:
-                first[key] = line
-        return super().construct_mapping(node, deep)
-
-    @property
-    def duplicates(self) -> list[str]:
-        """Every repeated key, in the order of the file."""
-        return [problem for _line, problem in sorted(self.found)]
-
-
-def _lock_wait_timeout(value: object) -> object:
-    """Checks a lock_wait_timeout as written (`5m`); stays text in the model, a timedelta in Target."""
-    if value is None:
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} has no unit; write a duration such as 30s, 5m or 2h")
-    try:
-        duration = parse_duration(value)
-    except BadInput:
-        raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 5m or 2h") from None
-    low, high = LOCK_WAIT_RANGE
-    if not low <= duration <= high:
-        raise ValueError(f"{value!r} is out of range; write from 1s to 24h, e.g. 5m")
-    return value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EcsModel(_Strict):
-    cluster: str
-    task_definition: str
-    # The runner reads these three from the task definition; given here, they must match it.
-    container: str | None = Field(default=None, min_length=1)
-    subnets: list[str] = Field(min_length=1)
-    security_groups: list[str] = Field(default_factory=list)
-    assign_public_ip: bool = False
-    log_group: str | None = Field(default=None, min_length=1)
-    log_stream_prefix: str | None = Field(default=None, min_length=1)
-    platform_version: str = "LATEST"
-    # Task role for restores into unprotected environments (the stack's NonProductionTaskRoleArn);
-    # unset, every task runs as the task definition's role.
-    nonproduction_task_role_arn: str | None = None
-
-
-class DatabaseModel(_Strict):
-    """Fields left out come from the old system's SSM layout (port: 5432)."""
-
-    host: str | None = None
-    port: int | str = 5432
-    name: str | None = None
-    user: str | None = None
-    password: str | None = None
-    sslmode: str | None = None
-
-    @field_validator("password")
-    @classmethod
-    def _password_is_a_reference(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(SECRET_PREFIXES):
-            raise ValueError(
-                "a literal password is not allowed; write ssm:/path/to/parameter or env:VARIABLE"
-            )
-        return value
-
-
-class DefaultsModel(_Strict):
-    storage: str
-    region: str = "us-east-1"
-    storage_class: str = "STANDARD"
-    compression: str = "zstd:3"
-    executor: Literal["local", "ecs"] | None = None
-    keep_previous: bool = True
-    lock_wait_timeout: str = "5m"
-    ecs: EcsModel | None = None
-
-    _lock_wait = field_validator("lock_wait_timeout", mode="before")(_lock_wait_timeout)
-
-    @field_validator("storage")
-    @classmethod
-    def _storage_url(cls, value: str) -> str:
-        if not value.startswith(("s3://", "file://")) or value in ("s3://", "file://"):
-            raise ValueError("storage must be s3://BUCKET[/PREFIX] or file://PATH")
-        return value
-
-    @field_validator("compression")
-    @classmethod
-    def _compression(cls, value: str) -> str:
-        parse_compression(value)
-        return value
-
-
-class EnvironmentModel(_Strict):
-    protected: bool = False
-
-
-class TargetModel(_Strict):
-    identifier: str
-    env: str
-    schedule: Literal["nightly"] | None = None
-    ignore_privileges: bool = False
-    keep_previous: bool | None = None
-    allow_upward_restore: bool = False
-    storage_class: str | None = None
-    compression: str | None = None
-    executor: Literal["local", "ecs"] | None = None
-    lock_wait_timeout: str | None = None
-    database: DatabaseModel | None = None
-
-    _lock_wait = field_validator("lock_wait_timeout", mode="before")(_lock_wait_timeout)
-
-    @field_validator("compression")
-    @classmethod
-    def _compression(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_compression(value)
-        return value
-
-
-class TargetsFileModel(_Strict):
-    version: Literal[1]
-    defaults: DefaultsModel
-    environments: dict[str, EnvironmentModel | None] = Field(min_length=1)
-    targets: list[TargetModel] = Field(default_factory=list)
+from .targets_schema import (
+    DEFAULT_LOCK_WAIT_TIMEOUT,
+    MAX_TARGETS_BYTES,
+    TargetsFileModel,
+    UniqueKeyLoader,
+    cross_problems,
+    pydantic_problems,
+)
 
 
 @dataclass(frozen=True)
@@ -282,65 +136,6 @@ class Registry:
         return tuple(t for t in self.targets if t.schedule == schedule)
 
 
-def _place(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
-    """`targets[2] (literature/beta).database.password` from pydantic's location tuple."""
-    parts: list[str] = []
-    for position, item in enumerate(loc):
-        if isinstance(item, int):
-            label = ""
-            items = raw.get("targets")
-            if position == 1 and loc[0] == "targets" and isinstance(items, list) and item < len(items) and isinstance(items[item], dict):
-                label = f" ({items[item].get('identifier', '?')}/{items[item].get('env', '?')})"
-            if parts:
-                parts[-1] = f"{parts[-1]}[{item}]{label}"
-            else:  # a top-level key YAML read as a number
-                parts.append(str(item))
-        else:
-            parts.append(item)
-    return ".".join(parts) or "(top level)"
-
-
-def _pydantic_problems(error: ValidationError, raw: dict[str, Any]) -> list[str]:
-    problems = []
-    for item in error.errors():
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key; remove it or check its spelling"
-        problems.append(f"{_place(item['loc'], raw)}: {message}")
-    return problems
-
-
-def _cross_problems(raw: dict[str, Any]) -> list[str]:
-    """Rules across entries, checked on the raw data so they are reported with field errors."""
-    problems = []
-    environments = raw.get("environments") if isinstance(raw.get("environments"), dict) else {}
-    assert isinstance(environments, dict)
-    for env in environments:
-        if not NAME_RE.match(str(env)):
-            problems.append(f"environments.{env}: name must match {NAME_RE.pattern}")
-    defaults = raw.get("defaults") if isinstance(raw.get("defaults"), dict) else {}
-    assert isinstance(defaults, dict)
-    items = raw.get("targets") if isinstance(raw.get("targets"), list) else []
-    assert isinstance(items, list)
-    seen: set[tuple[str, str]] = set()
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            continue
-        identifier, env = str(item.get("identifier", "?")), str(item.get("env", "?"))
-        place = f"targets[{index}] ({identifier}/{env})"
-        if "identifier" in item and not NAME_RE.match(identifier):
-            problems.append(f"{place}.identifier: must match {NAME_RE.pattern}")
-        if "env" in item and env not in environments:
-            problems.append(f"{place}.env: environment {env!r} is not declared under environments")
-        key = (identifier, env)
-        if key in seen:
-            problems.append(f"{place}: duplicate target; (identifier, env) must be unique")
-        seen.add(key)
-        if (item.get("executor") or defaults.get("executor")) == "ecs" and not defaults.get("ecs"):
-            problems.append(f"{place}.executor: ecs needs defaults.ecs settings")
-    return problems
-
-
 def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping[str, Any]) -> Registry:
     defaults = model.defaults
     ecs = None
@@ -407,10 +202,10 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping
 
 def _read_yaml(text: str, path: str) -> tuple[Any, list[str]]:
     """The document and its duplicate keys; TargetsInvalid if it is not YAML at all."""
-    loader: _UniqueKeyLoader | None = None
+    loader: UniqueKeyLoader | None = None
     try:
         # The loader checks the characters as it is created: inside the try too.
-        loader = _UniqueKeyLoader(text)
+        loader = UniqueKeyLoader(text)
         return loader.get_single_data(), loader.duplicates
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -436,11 +231,11 @@ def parse_registry(text: str, path: str = "targets.yaml", base_dir: Path | None 
     raw, duplicates = _read_yaml(text, path)
     if not isinstance(raw, dict):
         raise TargetsInvalid(path, [*duplicates, "(top level): must be a mapping with version, defaults, environments, targets"])
-    cross = _cross_problems(raw)
+    cross = cross_problems(raw)
     try:
         model = TargetsFileModel.model_validate(raw)
     except ValidationError as exc:
-        raise TargetsInvalid(path, duplicates + _pydantic_problems(exc, raw) + cross) from exc
+        raise TargetsInvalid(path, duplicates + pydantic_problems(exc, raw) + cross) from exc
     if duplicates or cross:
         raise TargetsInvalid(path, duplicates + cross)
     return _build(model, path, base_dir or Path.cwd(), raw)

@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 
 from runner import archive
+from tests.helpers.targets import write_targets_file
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -139,33 +140,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 def write_targets(path: Path, pg: PgCluster, dbnames: dict[str, str], storage: str, extra: str = "", target_extra: str = "") -> Path:
     """A targets.yaml with one `app` target per environment, each pointing at a database of the test cluster."""
-    lines = [
-        "version: 1",
-        "defaults:",
-        f"  storage: {storage}",
-        "  region: us-east-1",
-        *(f"  {line}" for line in extra.splitlines() if line),
-        "environments:",
-        "  production: {protected: true}",
-        "  beta: {}",
-        "  alpha: {}",
-        "targets:",
-    ]
+    targets: list[str] = []
     for env, dbname in dbnames.items():
-        lines += [
-            "  - identifier: app",
-            f"    env: {env}",
-            "    schedule: nightly",
-            *(f"    {line}" for line in target_extra.splitlines() if line),
-            "    database:",
-            f"      host: {pg.host}",
-            f"      port: {pg.port}",
-            f"      name: {dbname}",
-            f"      user: {pg.user}",
-            "      password: env:TEST_PG_PASSWORD",
+        targets += [
+            "- identifier: app",
+            f"  env: {env}",
+            "  schedule: nightly",
+            *(f"  {line}" for line in target_extra.splitlines() if line),
+            "  database:",
+            f"    host: {pg.host}",
+            f"    port: {pg.port}",
+            f"    name: {dbname}",
+            f"    user: {pg.user}",
+            "    password: env:TEST_PG_PASSWORD",
         ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_targets_file(path, [f"storage: {storage}", "region: us-east-1", *extra.splitlines()], targets)
 
 
 @pytest.fixture

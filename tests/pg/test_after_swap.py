@@ -38,6 +38,18 @@ def _targets(pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch:
     monkeypatch.setenv("DB_BACKUP_TARGETS", str(targets))
 
 
+def _fail_dropping(pg: PgCluster, name: str, error: BaseException, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropping `name` raises `error` (while it still exists); every other drop is real."""
+    real_drop = admin.drop_database
+
+    def drop(conn: Any, dropped: str) -> None:
+        if dropped == name and dropped in pg.databases():
+            raise error
+        real_drop(conn, dropped)
+
+    monkeypatch.setattr(admin, "drop_database", drop)
+
+
 def _label(pg: PgCluster, name: str) -> str:
     with pg.connect(name) as conn:
         row = conn.execute("SELECT min(label) FROM marker").fetchone()
@@ -50,14 +62,8 @@ def test_signal_while_dropping_the_old_database(
 ) -> None:
     _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=False)
     assert run_main(["backup", "app", "production"], capsys).code == 0
-    real_drop = admin.drop_database
-
-    def drop(admin: Any, name: str) -> None:
-        if name == f"{beta}__previous" and name in pg.databases():
-            raise Interrupted("cancelled by SIGTERM")  # lands while keep_previous: false drops the old data
-        real_drop(admin, name)
-
-    monkeypatch.setattr(admin, "drop_database", drop)
+    # Lands while keep_previous: false drops the old data.
+    _fail_dropping(pg, f"{beta}__previous", Interrupted("cancelled by SIGTERM"), monkeypatch)
 
     run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
     code, output = run.code, run.output
@@ -107,14 +113,7 @@ def test_failing_to_drop_the_old_database_still_restores(
 ) -> None:
     _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=False)
     assert run_main(["backup", "app", "production"], capsys).code == 0
-    real_drop = admin.drop_database
-
-    def drop(admin: Any, name: str) -> None:
-        if name == f"{beta}__previous" and name in pg.databases():
-            raise psycopg.errors.InsufficientPrivilege("must be owner of database")
-        real_drop(admin, name)
-
-    monkeypatch.setattr(admin, "drop_database", drop)
+    _fail_dropping(pg, f"{beta}__previous", psycopg.errors.InsufficientPrivilege("must be owner of database"), monkeypatch)
 
     run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
     code, output = run.code, run.output

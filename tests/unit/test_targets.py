@@ -11,7 +11,8 @@ import pytest
 
 from runner.ecs.request import MAX_TARGETS_JSON
 from runner.errors import BadInput, ExitCode, RestoreRefused, TargetsInvalid, UnknownTarget
-from runner.targets import MAX_TARGETS_BYTES, Target, load_registry, parse_registry
+from runner.targets import Target, load_registry, parse_registry
+from runner.targets_schema import MAX_TARGETS_BYTES
 from tests.conftest import REPO, run_cli
 
 GOOD = """

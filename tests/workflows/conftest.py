@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.ecs import BUCKET
+from tests.helpers.targets import write_targets_file
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -165,29 +166,12 @@ def act(tmp_path: Path) -> Iterator[Act]:
     yield Act(tmp_path)
 
 
-TARGETS_TEMPLATE = """version: 1
-defaults:
-  storage: s3://{bucket}
-  region: us-east-1
-  compression: zstd:1
-  ecs:
-    cluster: {cluster}
-    task_definition: db-backup
-    container: db-backup
-    subnets: [{subnet}]
-    security_groups: [{security_group}]
-    assign_public_ip: false
-    log_group: /ecs/db-backup
-environments:
-  production: {{protected: true}}
-  beta: {{}}
-  alpha: {{}}
-targets:
-{targets}"""
-
-
 def write_targets(path: Path, targets: str, *, bucket: str = BUCKET, cluster: str = "db-backup",
                   subnet: str = "subnet-0123456789abcdef0", security_group: str = "sg-0123456789abcdef0") -> Path:
-    path.write_text(TARGETS_TEMPLATE.format(bucket=bucket, cluster=cluster, subnet=subnet,
-                                            security_group=security_group, targets=targets))
-    return path
+    """targets.yaml for the workflow tests: every target runs on ECS in the moto stack's cluster."""
+    defaults = [
+        f"storage: s3://{bucket}", "region: us-east-1", "compression: zstd:1", "ecs:", f"  cluster: {cluster}",
+        "  task_definition: db-backup", "  container: db-backup", f"  subnets: [{subnet}]",
+        f"  security_groups: [{security_group}]", "  assign_public_ip: false", "  log_group: /ecs/db-backup",
+    ]
+    return write_targets_file(path, defaults, [line.removeprefix("  ") for line in targets.splitlines()])
