@@ -204,7 +204,7 @@ def parse_url(url: str) -> Connection:
         port=int(port_text),
         dbname=dbname,
         user=user,
-        # Used, never passed on: pg_restore gets it through a 0600 passfile (pg.tools.libpq_env).
+        # Used, never passed on: pg_restore gets it through a private passfile (pg.tools.libpq_env).
         password=params["password"] if "password" in params else os.environ.get("PGPASSWORD"),
         sslmode=sslmode,
     )

@@ -28,12 +28,25 @@ def install() -> None:
 
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Hold the cancel signals during a step that must not be torn in half; they arrive right after."""
+    """Hold the cancel signals during a step that must not be torn in half; the first arrives right after.
+
+    Held by handlers that only take note, not by the thread's signal mask: any other thread (an
+    HTTP pool, a log reader) would take a masked signal in the main thread's place, and Python
+    would run the handler in the main thread all the same.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(CANCEL_SIGNALS))
+    held: list[int] = []
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        held.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in CANCEL_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])  # to the handler it had before, whatever that is

@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/ruff check runner tests bench scripts
+.venv/bin/ruff check runner tests bench scripts actions
 .venv/bin/mypy
 .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from runner.errors import DbBackupError
-from runner.jobs import plan_restore
+from runner.restore import plan_restore
 from runner.targets import load_registry
 
 

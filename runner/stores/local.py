@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-from ..catalog import backup_key
+from ..catalog import DUMP_SUFFIX, ID_RE, backup_key
 from ..errors import IdTaken, InfraError, JobFailed, NoBackup
 from ..filelocks import remove_if_unlocked
 from ..manifest import Manifest
@@ -38,7 +38,7 @@ _HARD_LINK_HINT = ("check the folder's permissions; its filesystem must support 
 # A staging name is flocked a moment after it is created; one older than this with a free lock is a
 # dead run's (or an older db-backup's, which never locked them), never a live run's.
 STAGING_LEFTOVER_AGE_S = 60.0
-_RESERVED_PARTIAL = re.compile(r"^\.\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d(?:_\d{1,4})?\.dump\.partial$")
+_RESERVED_PARTIAL = re.compile(rf"^\.{ID_RE.pattern.strip('^$')}{re.escape(DUMP_SUFFIX)}\.partial$")
 
 
 def _reserved_name(final: Path) -> Path:

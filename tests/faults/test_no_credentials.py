@@ -77,7 +77,8 @@ def test_ecs_run_without_credentials_fails_at_once_with_exit_3(no_credentials: d
     assert result.returncode == ExitCode.INFRA, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
-    assert "no AWS credentials" in errors[0] and "starting the ECS task" in errors[0]
+    # The first AWS call of an ECS run reads the task definition: the error names that step.
+    assert "no AWS credentials" in errors[0] and "reading task definition db-backup" in errors[0]
     assert "capacity" not in result.stderr and "retrying" not in result.stderr
     assert elapsed < 20, f"took {elapsed:.1f}s: {result.stderr}"
 
