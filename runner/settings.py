@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     parallel_uploads: int = Field(default=2, ge=1, le=16)
     # Restore strategy: "auto" downloads and runs pg_restore -j for large dumps, streams small ones.
     restore_mode: Literal["auto", "stream", "parallel"] = "auto"
-    restore_jobs: int = Field(default=0, ge=0, le=64)  # 0 = available cores, at least 2 (jobs.restore_jobs)
+    restore_jobs: int = Field(default=0, ge=0, le=64)  # 0 = available cores, at least 2 (restore_mode.restore_jobs)
     # auto: a db-backup dump whose uncompressed size reaches this restores with -j (bench/RESULTS.md).
     parallel_threshold_mb: int = Field(default=256, ge=0)
     work_dir: Path | None = None  # where a restore may put a seekable copy; default: system temp

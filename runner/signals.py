@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import Interrupted
 
@@ -42,11 +42,33 @@ def deferred_signals() -> Iterator[None]:
     def hold(signum: int, _frame: FrameType | None) -> None:
         held.append(signum)
 
-    previous = {signum: signal.signal(signum, hold) for signum in CANCEL_SIGNALS}
+    previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+    try:
+        for signum in CANCEL_SIGNALS:
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, hold)
+    except BaseException:
+        _put_back(previous)  # a signal that landed before all were held still cancels
+        raise
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _put_back(previous)
         if held:
             signal.raise_signal(held[0])  # to the handler it had before, whatever that is
+
+
+def _put_back(previous: dict[int, Callable[[int, FrameType | None], Any] | int | None]) -> None:
+    """Restore every handler even when a signal lands meanwhile (its cancel is raised afterwards)."""
+    remaining = list(previous.items())
+    pending: BaseException | None = None
+    while remaining:
+        try:
+            while remaining:
+                signum, handler = remaining[0]
+                signal.signal(signum, handler)
+                remaining.pop(0)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            pending = pending or exc
+    if pending is not None:
+        raise pending
