@@ -216,7 +216,7 @@ def _run_remote(
     remote.run(job, state.services(), GithubEnv(), timeout_s=timeout.total_seconds(), detach=detach)
 
 
-# --- workflow commands (issue 4) ---------------------------------------------------------------
+# --- workflow commands ------------------------------------------------------------------------
 
 
 @app.command()

@@ -198,17 +198,20 @@ class LocalStore:
         return removed
 
     def put_manifest(self, manifest: Manifest) -> None:
-        path = self.root / (manifest.key + ".json")
+        self.put_text(manifest.key + ".json", manifest.to_json(), "writing the manifest")
+
+    def put_text(self, key: str, text: str, action: str = "writing") -> None:
+        path = self.root / key
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
         try:
             with tmp.open("x", encoding="utf-8") as handle:
-                handle.write(manifest.to_json())
+                handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())  # the commit marker: on disk before it has its name
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise _local_error("writing the manifest", path, exc) from exc
+            raise _local_error(action, path, exc) from exc
 
     def read(self, key: str) -> Iterator[bytes]:
         path = self.root / key

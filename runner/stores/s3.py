@@ -339,6 +339,12 @@ class S3Store:
         except BotoCoreError as exc:
             raise _s3_error(f"writing the manifest of {self.uri(manifest.key)}", exc, self.bucket) from exc
 
+    def put_text(self, key: str, text: str) -> None:
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=text.encode(), ContentType="application/json")
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(f"writing {self.uri(key)}", exc, self.bucket) from exc
+
     def _read_quietly(self, key: str) -> str | None:
         try:
             return self.read_text(key)

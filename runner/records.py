@@ -1,0 +1,99 @@
+"""Records kept beside a backup after it was written: verifications, restore drills, acknowledgements.
+
+Each is its own object (`{id}.dump.verify.json`, `.drill.json`, `.ack.json`), so the manifest, the
+backup's promise, is never rewritten; a newer record of the same kind replaces the older one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+
+if TYPE_CHECKING:
+    from .stores import BackupStore
+
+Kind = Literal["verify", "drill", "ack"]
+
+
+@with_config(ConfigDict(extra="ignore"))
+@dataclass(frozen=True)
+class VerifyRecord:
+    """What `db-backup verify` found when it read the stored backup through."""
+
+    backup_id: str
+    checked_at: datetime
+    ok: bool
+    problem: str | None  # the first thing wrong, in words; None when ok
+    checks: tuple[str, ...]  # what was checked, in order, e.g. "sha256", "archive read to its end"
+    duration_s: float
+    tool_version: str = ""
+
+
+@with_config(ConfigDict(extra="ignore"))
+@dataclass(frozen=True)
+class DrillRecord:
+    """What a restore drill into a throwaway server (or --to-url) found."""
+
+    backup_id: str
+    checked_at: datetime
+    ok: bool
+    problem: str | None
+    restore_duration_s: float  # the recovery time an operator can plan with
+    server: str  # "throwaway cluster (PostgreSQL 17.2)" or the described --to-url
+    tables: dict[str, int] = field(default_factory=dict)  # rows per table, as the archive held them
+    restored_tables: dict[str, int] = field(default_factory=dict)  # rows per table after the restore
+    missing_extensions: tuple[str, ...] = ()
+    database_bytes: int | None = None  # pg_database_size of the restored database
+    tool_version: str = ""
+
+
+@with_config(ConfigDict(extra="ignore"))
+@dataclass(frozen=True)
+class AckRecord:
+    """Someone looked at a backup the shrink alarm flagged and said it is right."""
+
+    backup_id: str
+    acknowledged_at: datetime
+    by: str
+    reason: str = ""
+
+
+Record = VerifyRecord | DrillRecord | AckRecord
+R = TypeVar("R", VerifyRecord, DrillRecord, AckRecord)
+
+_TYPES: dict[Kind, type[Record]] = {"verify": VerifyRecord, "drill": DrillRecord, "ack": AckRecord}
+
+
+def record_key(dump_key: str, kind: Kind) -> str:
+    return f"{dump_key}.{kind}.json"
+
+
+def to_json(record: Record) -> str:
+    def stamp(value: object) -> object:
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+    return json.dumps({k: stamp(v) for k, v in asdict(record).items()}, indent=2, sort_keys=True) + "\n"
+
+
+def put_record(store: BackupStore, dump_key: str, record: Record) -> str:
+    """Write (or replace) the record beside the dump; its key."""
+    kind = next(k for k, t in _TYPES.items() if isinstance(record, t))
+    key = record_key(dump_key, kind)
+    store.put_text(key, to_json(record))
+    return key
+
+
+def read_record(store: BackupStore, dump_key: str, cls: type[R]) -> R | None:
+    """The record of that kind, or None when there is none or it cannot be read (never fatal: it is advice)."""
+    kind = next(k for k, t in _TYPES.items() if t is cls)
+    text = store.read_text(record_key(dump_key, kind))
+    if text is None:
+        return None
+    try:
+        return TypeAdapter(cls).validate_json(text)
+    except ValidationError:
+        return None
