@@ -1,6 +1,6 @@
 """Benchmark of db-backup against the old system's way. Not a test.
 
-One run starts its own throwaway PostgreSQL cluster (scripts/throwaway_pg.py) and an in-process
+One run starts its own throwaway PostgreSQL cluster (runner/pg/cluster.py) and an in-process
 moto S3 server (or, with ``--pg-url`` and ``--s3-bucket``, uses an existing server such as RDS and
 real S3), builds a pgbench database plus a table of text at each requested scale (``--data
 issue``, the default: random md5 hex, the data of the issue's reference table; ``--data mixed``:

@@ -20,6 +20,7 @@ from .data import DATA_PROFILES
 from .engine import default_compression, runner_location
 from .external import ExternalServer, parse_pg_url
 from .header import git_head, machine, versions
+from .prove import prove_report
 from .report import report
 from .runs import Bench
 from .s3 import S3_PREFIX_ROOT, Moto, RealS3, S3Base
@@ -63,6 +64,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="backups (and their peak RSS) only; no restore measurements")
     parser.add_argument("--skip-legacy", action="store_true",
                         help="skip restoring the old dump through db-backup")
+    parser.add_argument("--prove", action="store_true",
+                        help="also time `db-backup verify` and `drill` of the default backup "
+                             "against a restore of it (first scale)")
     parser.add_argument("--pg-bindir", help="PostgreSQL bin directory (default: the newest "
                         "/usr/lib/postgresql/*/bin; with --pg-url client tools suffice, and "
                         "PATH is used if none are there)")
@@ -149,6 +153,7 @@ def main(argv: list[str]) -> int:
         for index, scale in enumerate(args.scales):
             bench.scale(scale, full=index == 0)
         report(bench, args.scales)
+        prove_report(bench, args.scales[0])
         targets = check_targets(bench, args.scales)
         print(f"\ntotal benchmark time {time.perf_counter() - started:.0f}s")
         if args.json_out:

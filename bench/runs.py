@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import backups, restores
+from . import backups, prove, restores
 from .basics import BenchError, log, mib, run
 from .data import make_database
 from .engine import Engine, ident
@@ -98,6 +98,8 @@ class Bench:
             backups.backup_to_folder(self, scale)
             if not self.args.skip_restores:
                 restores.restores_full(self, scale, expected, old_dump)
+            if self.args.prove:
+                prove.prove(self, scale, expected)
             old_dump.unlink(missing_ok=True)
         else:
             # Other sizes: peak RSS of every command, and the two restore modes (one run each).

@@ -12,8 +12,9 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from runner.pg import cluster
+
 from .basics import BenchError, log
-from .server import throwaway_pg
 
 BUCKET = "bench-bucket"
 S3_PREFIX_ROOT = "db-backup-bench"  # --s3-bucket: everything goes under ROOT/<run-id>/ by default
@@ -80,7 +81,7 @@ class Moto(S3Base):
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
 
-        self.port = throwaway_pg().free_port()
+        self.port = cluster.free_port()
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._client: Any = None

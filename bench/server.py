@@ -1,47 +1,34 @@
-"""The PostgreSQL server the bench measures against; by default scripts/throwaway_pg.py's cluster."""
+"""The PostgreSQL server the bench measures against; by default runner.pg.cluster."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
 
-from .basics import REPO, BenchError
+from runner.errors import DbBackupError
+from runner.pg import cluster
+
+from .basics import BenchError
 
 PG_PASSWORD = "bench-pg-Secret-1"  # only for the throwaway cluster the bench starts
 CHECK_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "bench_docs")
-# On top of throwaway_pg's fsync=off full_page_writes=off synchronous_commit=off: no checkpoint
+# On top of the throwaway cluster's fsync=off full_page_writes=off synchronous_commit=off: no checkpoint
 # in the middle of a timed step, and fewer connection slots than the tests' cluster needs.
 CLUSTER_OPTIONS = "-c max_wal_size=4GB -c max_connections=50"
-
-
-def throwaway_pg() -> ModuleType:
-    """scripts/throwaway_pg.py, loaded from the repository (scripts/ is not a package)."""
-    if "throwaway_pg" in sys.modules:
-        return sys.modules["throwaway_pg"]
-    spec = importlib.util.spec_from_file_location("throwaway_pg", REPO / "scripts" / "throwaway_pg.py")
-    if spec is None or spec.loader is None:
-        raise BenchError(f"cannot load {REPO / 'scripts' / 'throwaway_pg.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["throwaway_pg"] = module  # its dataclass resolves annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def pg_bindir(given: str | None, server: bool = True) -> Path:
     """Where the PostgreSQL programs are: --pg-bindir, else the newest /usr/lib/postgresql/*/bin.
 
-    server=True (the bench's own cluster) needs initdb/pg_ctl there: throwaway_pg decides. With
+    server=True (the bench's own cluster) needs initdb/pg_ctl there: runner.pg.cluster decides. With
     server=False (--pg-url) client tools suffice: a client-only install (e.g. Debian's
     postgresql-client-NN) has them in /usr/lib/postgresql/NN/bin too, and with nothing there the
     directory of pg_dump on PATH is used (Server.tool falls back to PATH for each tool).
@@ -50,8 +37,8 @@ def pg_bindir(given: str | None, server: bool = True) -> Path:
         return Path(given)
     if server:
         try:
-            return Path(throwaway_pg().pg_bindir())
-        except RuntimeError as exc:
+            return Path(cluster.pg_bindir())
+        except DbBackupError as exc:
             raise BenchError(f"{exc}; or pass --pg-bindir") from exc
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"),
                    key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
@@ -154,7 +141,7 @@ class Server:
 
 
 class OwnCluster(Server):
-    """scripts/throwaway_pg.py's cluster: scram password auth over TCP on 127.0.0.1, fsync off."""
+    """runner.pg.cluster: scram password auth over TCP on 127.0.0.1, fsync off."""
 
     def __init__(self, bindir: Path) -> None:
         super().__init__(bindir, "127.0.0.1", 0, "postgres", PG_PASSWORD, None)
@@ -162,17 +149,16 @@ class OwnCluster(Server):
         self._stack = contextlib.ExitStack()
 
     def start(self) -> None:
-        module = throwaway_pg()
-        default = Path(module.pg_bindir())
-        # throwaway_pg runs the newest installed server; a --pg-bindir elsewhere is passed on.
+        default = Path(cluster.pg_bindir())
+        # The throwaway cluster runs the newest installed server; a --pg-bindir elsewhere is passed on.
         extra: dict[str, Any] = {} if self.bindir == default else {"bindir": self.bindir}
         try:
-            cluster = self._stack.enter_context(
-                module.throwaway_cluster(PG_PASSWORD, CLUSTER_OPTIONS, **extra))
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            started = self._stack.enter_context(
+                cluster.throwaway_cluster(PG_PASSWORD, CLUSTER_OPTIONS, **extra))
+        except (DbBackupError, OSError, subprocess.SubprocessError) as exc:
             raise BenchError(f"the throwaway cluster did not start: {exc}") from exc
-        self.host, self.port, self.user = cluster.host, cluster.port, cluster.user
-        self.root = Path(cluster.datadir).parent
+        self.host, self.port, self.user = started.host, started.port, started.user
+        self.root = Path(started.datadir).parent
 
     def stop(self) -> None:
         self._stack.close()  # stopped (immediate) and its directory deleted

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import __version__
-from .catalog import make_id
+from .catalog import list_backups, make_id
 from .errors import IdTaken, JobFailed
+from .history import RecordIndex
 from .manifest import Manifest
 from .output import human_size
 from .pg.dump import dump_stream, plan_dump
 from .pg.session import UploadLocks, upload_locks
 from .pg.tools import find_tool, major, tool_version
 from .services import Services
+from .shrink import ShrinkVerdict, describe, judge
 from .stores import BackupStore, Upload
 from .targets import Target
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 class BackupResult:
     manifest: Manifest
     uri: str
+    shrink: ShrinkVerdict | None = None  # this backup's size against the ones before it; None when not judged
 
 
 MAX_IDS_PER_SECOND = 100
@@ -90,4 +93,23 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
         )
         store.put_manifest(manifest)
     log.info("backup %s done: %s in %.1fs, sha256 %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256)
-    return BackupResult(manifest, store.uri(key))
+    return BackupResult(manifest, store.uri(key), _check_shrink(store, target, backup_id))
+
+
+def _check_shrink(store: BackupStore, target: Target, backup_id: str) -> ShrinkVerdict | None:
+    """The shrink alarm on the backup just written: a warning, never a failure (the backup itself is good)."""
+    if not target.shrink_alarm.enabled:
+        return None
+    try:
+        entries = list_backups(store, target.identifier, target.env, limit=target.shrink_alarm.scan)
+        position = next((i for i, e in enumerate(entries) if e.id == backup_id), None)
+        if position is None:
+            return None
+        acks = RecordIndex.of(store, target.identifier, target.env)
+        verdict = judge(entries[position], entries[position + 1:], target.shrink_alarm, lambda e: acks.has(e, "ack"))
+    except Exception as exc:  # advice about a finished backup must never turn it into a failure
+        log.warning("shrink check of backup %s skipped: %s", backup_id, exc)
+        return None
+    if verdict.shrunk:
+        log.warning("shrink alarm: %s", describe(verdict, target.name))
+    return verdict

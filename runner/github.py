@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from .output import human_duration, human_size
 from .settings import GithubEnv
+from .shrink import describe as describe_shrink
 
 if TYPE_CHECKING:
     from .backup import BackupResult
@@ -191,9 +192,18 @@ def _escape_property(text: str) -> str:
 
 def error(message: str, title: str | None = None, out: TextIO | None = None) -> None:
     """An ::error:: annotation on the run's page."""
+    _annotate("error", message, title, out)
+
+
+def warning(message: str, title: str | None = None, out: TextIO | None = None) -> None:
+    """A ::warning:: annotation: the run stays green, the page shows it."""
+    _annotate("warning", message, title, out)
+
+
+def _annotate(level: str, message: str, title: str | None, out: TextIO | None) -> None:
     stream = out or sys.stdout
     props = f" title={_escape_property(title)}" if title else ""
-    stream.write(f"::error{props}::{_escape_data(message)}\n")
+    stream.write(f"::{level}{props}::{_escape_data(message)}\n")
     stream.flush()
 
 
@@ -220,6 +230,23 @@ def publish_local_backup(target: Target, result: BackupResult, gh: GithubEnv) ->
         target=target.name, action="backup", result=SUCCESS, executor="local", duration_s=m.duration_s,
         backup_id=m.id, backup_uri=result.uri, size_bytes=m.size_bytes, sha256=m.sha256,
     ), gh, text=False)
+    if result.shrink is not None and result.shrink.shrunk:
+        message = describe_shrink(result.shrink, target.name)
+        if gh.step_summary:
+            with gh.step_summary.open("a", encoding="utf-8") as handle:
+                handle.write(f"> ⚠️ **Shrink alarm**: {_cell(message)}\n\n")
+        if gh.actions:
+            warning(message, title=f"db-backup shrink alarm {target.name}")
+
+
+def publish_status(markdown: str, problems: list[str], gh: GithubEnv, out: TextIO | None = None) -> None:
+    """`status` on GitHub: its table in the job summary and an ::error:: annotation per problem."""
+    if gh.step_summary:
+        with gh.step_summary.open("a", encoding="utf-8") as handle:
+            handle.write(markdown)
+    if gh.actions or gh.step_summary:
+        for problem in problems:
+            error(problem, title=f"db-backup status {problem.split(':', 1)[0]}", out=out)
 
 
 def publish_local_restore(result: RestoreResult, gh: GithubEnv) -> None:

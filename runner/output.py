@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from .backup import BackupResult
     from .catalog import BackupEntry
+    from .history import History, HistoryRow
     from .restore import RestoreResult
-    from .status import TargetStatus
+    from .status import Proof, TargetStatus
     from .targets import Target
 
 
@@ -32,6 +36,33 @@ def human_duration(seconds: float) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m {secs:02d}s"
     return f"{minutes}m {secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def human_age(age: timedelta) -> str:
+    """Ages as an operator says them: 45m, 26h, 9d 4h."""
+    minutes = int(age.total_seconds() // 60)
+    if minutes < 60:
+        return f"{max(minutes, 0)}m"
+    hours = minutes // 60
+    if hours < 72:
+        return f"{hours}h"
+    days, rest = divmod(hours, 24)
+    return f"{days}d {rest}h" if rest else f"{days}d"
+
+
+MINUS = "\N{MINUS SIGN}"
+
+
+def change_words(change: float | None) -> str:
+    """-0.62 is "-62% vs median", written with a real minus sign so it reads as a drop at a glance."""
+    if change is None:
+        return "-"
+    percent = round(change * 100)
+    return f"{MINUS if percent < 0 else '+'}{abs(percent)}% vs median"
+
+
+def _stamp(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def echo_json(data: Any) -> None:
@@ -81,20 +112,124 @@ def target_row(target: Target) -> list[str]:
 TARGET_HEADER = ["IDENTIFIER", "ENV", "SCHEDULE", "PROTECTED", "EXECUTOR"]
 
 
+def _proof_to_json(proof: Proof | None) -> dict[str, Any] | None:
+    if proof is None:
+        return None
+    return {"backup": proof.backup_id, "at": _stamp(proof.at), "age_hours": round(proof.age.total_seconds() / 3600, 1),
+            "ok": proof.ok, "problem": proof.problem}
+
+
 def status_to_json(status: TargetStatus) -> dict[str, Any]:
-    newest, age = status.newest, status.age
+    newest, age, shrink = status.newest, status.age, status.shrink
     return {"identifier": status.target.identifier, "env": status.target.env, "newest": newest.id if newest else None,
             "status": newest.status if newest else None,
             "age_hours": round(age.total_seconds() / 3600, 1) if age is not None else None, "stale": status.stale,
-            "damaged": [{"id": d.id, "reason": d.problem} for d in status.damaged]}
+            "damaged": [{"id": d.id, "reason": d.problem} for d in status.damaged],
+            "size_bytes": newest.size_bytes if newest and newest.has_dump else None,
+            "trend": None if shrink is None else {
+                "measure": shrink.measure, "size_bytes": shrink.size,
+                "median_bytes": round(shrink.median) if shrink.median is not None else None,
+                "change": round(shrink.change, 4) if shrink.change is not None else None, "previous": shrink.previous,
+                "threshold": shrink.policy.threshold, "window": shrink.policy.window, "shrunk": shrink.shrunk},
+            "shrink_alarm": status.shrink_alarm,
+            "acknowledged": None if status.ack is None else {
+                "by": status.ack.by, "at": _stamp(status.ack.acknowledged_at), "reason": status.ack.reason},
+            "last_verify": _proof_to_json(status.last_verify), "last_drill": _proof_to_json(status.last_drill),
+            "problems": list(status.problems)}
+
+
+def _proof_cell(proof: dict[str, Any] | None) -> str:
+    if proof is None:
+        return "-"
+    return f"{'ok' if proof['ok'] else 'FAILED'} {human_age(timedelta(hours=proof['age_hours']))} ago"
+
+
+def _state(row: dict[str, Any]) -> str:
+    states = ["STALE"] if row["stale"] else []
+    if row["shrink_alarm"]:
+        states.append("SHRUNK")
+    elif row["trend"] and row["trend"]["shrunk"]:
+        states.append("shrunk, acknowledged")
+    if any("drill" in problem for problem in row["problems"]):
+        states.append("DRILL")
+    return ", ".join(states) or "ok"
 
 
 def status_row(row: dict[str, Any]) -> list[str]:
     age = "-" if row["age_hours"] is None else f"{row['age_hours']}h"
-    return [row["identifier"], row["env"], row["newest"] or "none", age, "STALE" if row["stale"] else "ok"]
+    size = "-" if row["size_bytes"] is None else human_size(row["size_bytes"])
+    trend = change_words(row["trend"]["change"]) if row["trend"] else "-"
+    return [row["identifier"], row["env"], row["newest"] or "none", age, size, trend,
+            _proof_cell(row["last_verify"]), _proof_cell(row["last_drill"]), _state(row)]
 
 
-STATUS_HEADER = ["IDENTIFIER", "ENV", "NEWEST", "AGE", "STATE"]
+STATUS_HEADER = ["IDENTIFIER", "ENV", "NEWEST", "AGE", "SIZE", "TREND", "VERIFY", "DRILL", "STATE"]
+
+
+def status_markdown(rows: list[dict[str, Any]]) -> str:
+    """The status table for a job summary, its problems listed below it."""
+    out = ["### Backup status", "", "| " + " | ".join(h.title() for h in STATUS_HEADER) + " |",
+           "|" + "---|" * len(STATUS_HEADER)]
+    for row in rows:
+        cells = status_row(row)
+        icon = "✅" if cells[-1] in ("ok", "shrunk, acknowledged") else "❌"
+        cells[-1] = f"{icon} {cells[-1]}"
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    problems = [p for row in rows for p in row["problems"]]
+    if problems:
+        out += ["", *(f"- {p}" for p in problems)]
+    return "\n".join(out) + "\n\n"
+
+
+def history_row_to_json(row: HistoryRow) -> dict[str, Any]:
+    shrink, verify, drill = row.shrink, row.verify, row.drill
+    return {
+        **entry_to_json(row.entry),
+        "uncompressed_bytes": row.uncompressed_bytes, "duration_s": row.duration_s,
+        "rate_bytes_per_s": round(row.rate) if row.rate is not None else None,
+        "verify": None if verify is None else {"at": _stamp(verify.checked_at), "ok": verify.ok, "problem": verify.problem},
+        "drill": None if drill is None else {"at": _stamp(drill.checked_at), "ok": drill.ok, "problem": drill.problem,
+                                             "restore_duration_s": drill.restore_duration_s},
+        "acknowledged": None if row.ack is None else {"by": row.ack.by, "at": _stamp(row.ack.acknowledged_at),
+                                                      "reason": row.ack.reason},
+        "median_bytes": round(shrink.median) if shrink and shrink.median is not None else None,
+        "change": round(shrink.change, 4) if shrink and shrink.change is not None else None,
+        "shrunk": bool(shrink and shrink.shrunk),
+    }
+
+
+def history_to_json(target: Target, history: History) -> dict[str, Any]:
+    return {"identifier": target.identifier, "env": target.env, "measure": history.measure,
+            "sizes": list(history.sizes), "sparkline": history.sparkline,
+            "backups": [history_row_to_json(r) for r in history.rows]}
+
+
+def _check_cell(ok: bool | None) -> str:
+    return "-" if ok is None else ("ok" if ok else "FAILED")
+
+
+def history_row(row: HistoryRow) -> list[str]:
+    entry, shrink = row.entry, row.shrink
+    note = f"damaged: {entry.problem}" if entry.problem else ""
+    if shrink is not None and shrink.shrunk:
+        note = "SHRUNK, acknowledged" if row.ack else "SHRUNK"
+    return [entry.id, human_size(entry.size_bytes) if entry.has_dump else "-",
+            human_size(row.uncompressed_bytes) if row.uncompressed_bytes is not None else "-",
+            human_duration(row.duration_s) if row.duration_s is not None else "-",
+            f"{human_size(round(row.rate))}/s" if row.rate is not None else "-",
+            change_words(shrink.change).removesuffix(" vs median") if shrink else "-",
+            _check_cell(row.verify.ok if row.verify else None), _check_cell(row.drill.ok if row.drill else None), note]
+
+
+HISTORY_HEADER = ["ID", "SIZE", "UNCOMPRESSED", "DURATION", "RATE", "VS MEDIAN", "VERIFY", "DRILL", "NOTE"]
+
+
+def trend_line(history: History) -> str:
+    sizes = [s for s in history.sizes if s is not None]
+    if not sizes:
+        return "trend: no sizes yet"
+    return (f"trend ({history.measure} size, oldest → newest): {history.sparkline}  "
+            f"{human_size(sizes[0])} → {human_size(sizes[-1])}")
 
 
 def backup_line(target: Target, result: BackupResult) -> str:

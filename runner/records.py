@@ -31,6 +31,11 @@ class VerifyRecord:
     checks: tuple[str, ...]  # what was checked, in order, e.g. "sha256", "archive read to its end"
     duration_s: float
     tool_version: str = ""
+    sha256: str | None = None  # of the stored bytes as read; None when they were not read
+    size_bytes: int | None = None
+    toc_entries: int | None = None  # what pg_restore -l listed
+    tables_with_data: int | None = None
+    pg_restore_version: str = ""
 
 
 @with_config(ConfigDict(extra="ignore"))

@@ -3,20 +3,31 @@
 Each matrix job of scheduled-backups.yml writes one JSON file (the db-backup action's
 `result-file`, see actions/db-backup/result.py) and uploads it as an artifact; the report job
 downloads them all into one folder. A scheduled target without a result file counts as failed:
-its job never reported (it was cancelled, timed out, or never started).
+its job never reported (it was cancelled, timed out, or never started). Above the table: the run's
+date and totals; per target also the new backup's size against its trend and the last drill, read
+from the store (runner/report_facts.py), "unknown" where the store cannot be read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .errors import DbBackupError
 from .github import task_url
 from .output import human_duration, human_size
-from .targets import Registry
+from .report_facts import UNKNOWN, TargetFacts, target_facts
+from .targets import Registry, Target
+
+if TYPE_CHECKING:
+    from .stores import BackupStore
+
+OpenStore = Callable[[Target], "BackupStore"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,7 @@ class Row:
     task_url: str | None = None
     run_url: str | None = None
     error: str | None = None
+    finished_at: float | None = None  # epoch seconds
 
     @property
     def ok(self) -> bool:
@@ -82,6 +94,7 @@ def _row(data: dict[str, Any], where: Path) -> Row | None:
         task_url=task_console_url(task_arn) if task_arn else None,
         run_url=_text(data.get("run_url")),
         error=_text(data.get("error")),
+        finished_at=_number(data.get("finished_at")),
     )
 
 
@@ -116,17 +129,38 @@ def _duration(seconds: float | None) -> str:
     return "-" if seconds is None else human_duration(seconds)
 
 
-def _cell(text: str) -> str:
+def md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
-def _links(row: Row) -> str:
+def links_cell(row: Row) -> str:
     links = [f"[{label}]({url})" for label, url in
              (("logs", row.logs_url), ("task", row.task_url), ("job", row.run_url)) if url]
     return " · ".join(links) or "-"
 
 
-def render(registry: Registry, results_dir: Path) -> tuple[str, bool]:
+def _facts(registry: Registry, stores: OpenStore, row: Row, now: datetime) -> TargetFacts:
+    try:
+        target = registry.get(row.identifier, row.env)
+    except DbBackupError:  # a result for a target no longer in targets.yaml
+        return TargetFacts(UNKNOWN, UNKNOWN)
+    return target_facts(lambda: stores(target), target, row.backup_id if row.ok else None, now)
+
+
+def _started(rows: list[Row], now: datetime) -> datetime:
+    """When the run began: the earliest job start its results tell, else now."""
+    starts = [r.finished_at - (r.duration_s or 0) for r in rows if r.finished_at is not None]
+    return datetime.fromtimestamp(min(starts), UTC) if starts else now
+
+
+def _totals(rows: list[Row], now: datetime) -> str:
+    size = sum(r.size_bytes or 0 for r in rows if r.ok)
+    duration = sum(r.duration_s or 0 for r in rows)
+    return (f"Run of {_started(rows, now):%Y-%m-%d %H:%M} UTC · {len(rows)} target{'s' if len(rows) != 1 else ''} · "
+            f"{human_size(size)} written · {human_duration(duration)} of backup time")
+
+
+def render(registry: Registry, results_dir: Path, stores: OpenStore, now: datetime) -> tuple[str, bool]:
     """The Markdown summary of one scheduled run and whether every scheduled target succeeded."""
     found, problems = read_results(results_dir)
     expected = [(t.identifier, t.env) for t in registry.scheduled(SCHEDULE)]
@@ -143,21 +177,25 @@ def render(registry: Registry, results_dir: Path) -> tuple[str, bool]:
     lines = [
         f"## Nightly backups: {len(rows) - len(failed)} of {len(rows)} succeeded",
         "",
-        "| Target | Result | Backup | Size | Duration | Links |",
-        "|---|---|---|---|---|---|",
+        _totals(rows, now),
+        "",
+        "| Target | Result | Backup | Size | Trend | Duration | Last drill | Links |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = "✅ success" if r.ok else f"❌ {r.result}"
+        facts = _facts(registry, stores, r, now)
         lines.append(
-            f"| {_cell(f'{r.identifier}/{r.env}')} | {_cell(mark)} | {_cell(r.backup_id or '-')} | "
-            f"{_size(r.size_bytes)} | {_duration(r.duration_s)} | {_links(r)} |"
+            f"| {md_cell(f'{r.identifier}/{r.env}')} | {md_cell(mark)} | {md_cell(r.backup_id or '-')} | "
+            f"{_size(r.size_bytes)} | {md_cell(facts.trend)} | {_duration(r.duration_s)} | {md_cell(facts.last_drill)} | "
+            f"{links_cell(r)} |"
         )
     if failed:
         lines += ["", "### Failures", ""]
-        lines += [f"- **{r.identifier}/{r.env}**: {_cell(r.error or 'failed; see the job log')}" for r in failed]
+        lines += [f"- **{r.identifier}/{r.env}**: {md_cell(r.error or 'failed; see the job log')}" for r in failed]
     if problems:
         lines += ["", "### Unreadable results", ""]
-        lines += [f"- {_cell(p)}" for p in problems]
+        lines += [f"- {md_cell(p)}" for p in problems]
     if not rows:
         lines += ["", f"No target in {registry.path} has schedule: {SCHEDULE}."]
     return "\n".join(lines) + "\n", all_ok

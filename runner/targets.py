@@ -15,9 +15,11 @@ from pydantic import ValidationError
 from .compression import Compression, parse_compression
 from .durations import parse_duration
 from .errors import BadInput, RestoreRefused, TargetsInvalid, UnknownTarget
+from .shrink import DEFAULT_SHRINK_POLICY, ShrinkPolicy
 from .targets_schema import (
     DEFAULT_LOCK_WAIT_TIMEOUT,
     MAX_TARGETS_BYTES,
+    ShrinkAlarmModel,
     TargetsFileModel,
     UniqueKeyLoader,
     cross_problems,
@@ -80,6 +82,7 @@ class Target:
     database: DatabaseRef
     # How long pg_dump waits for each table's lock before failing the backup, instead of hanging.
     lock_wait_timeout: timedelta = DEFAULT_LOCK_WAIT_TIMEOUT
+    shrink_alarm: ShrinkPolicy = DEFAULT_SHRINK_POLICY
 
     @property
     def name(self) -> str:
@@ -136,6 +139,14 @@ class Registry:
         return tuple(t for t in self.targets if t.schedule == schedule)
 
 
+def _shrink_policy(given: ShrinkAlarmModel | None, base: ShrinkPolicy) -> ShrinkPolicy:
+    """`base` with the fields the file sets; a target's setting overrides the defaults' field by field."""
+    if given is None:
+        return base
+    fields = {name: getattr(given, name) for name in given.model_fields_set}
+    return ShrinkPolicy(threshold=fields.get("threshold", base.threshold), window=fields.get("window", base.window))
+
+
 def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping[str, Any]) -> Registry:
     defaults = model.defaults
     ecs = None
@@ -158,6 +169,7 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping
         folder = Path(storage.removeprefix("file://"))
         storage = "file://" + str(folder if folder.is_absolute() else (base_dir / folder))
     protected = frozenset(name for name, env in model.environments.items() if env and env.protected)
+    shrink_default = _shrink_policy(defaults.shrink_alarm, DEFAULT_SHRINK_POLICY)
     targets = []
     for t in model.targets:
         db = DatabaseRef.default_ssm(t.identifier, t.env)
@@ -189,6 +201,7 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping
                 ecs=ecs,
                 database=db,
                 lock_wait_timeout=parse_duration(t.lock_wait_timeout or defaults.lock_wait_timeout),
+                shrink_alarm=_shrink_policy(t.shrink_alarm, shrink_default),
             )
         )
     return Registry(

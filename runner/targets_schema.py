@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .compression import parse_compression
 from .durations import parse_duration
 from .errors import BadInput
+from .shrink import DEFAULT_THRESHOLD, DEFAULT_WINDOW, MIN_PREVIOUS
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SECRET_PREFIXES = ("ssm:", "env:")
@@ -72,6 +73,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _shrink_alarm(value: object) -> object:
+    """`off` (YAML reads it as false) turns the alarm off; `on` (true) takes the defaults; else a mapping."""
+    if value is False or value == "off":
+        return {"threshold": 0}
+    if value is True or value == "on":
+        return {}
+    if value is None or isinstance(value, dict):
+        return value
+    raise ValueError(f"{value!r} is not a shrink alarm; write shrink_alarm: {{threshold: 0.5, window: 7}} or shrink_alarm: off")
+
+
+class ShrinkAlarmModel(_Strict):
+    """Alarm below `threshold` x the median of the previous `window` good backups; threshold 0 turns it off."""
+
+    threshold: float = Field(default=DEFAULT_THRESHOLD, ge=0, lt=1)
+    # Fewer than MIN_PREVIOUS backups are never judged, so a smaller window would never fire.
+    window: int = Field(default=DEFAULT_WINDOW, ge=MIN_PREVIOUS, le=60)
+
+
 class EcsModel(_Strict):
     cluster: str
     task_definition: str
@@ -117,8 +137,10 @@ class DefaultsModel(_Strict):
     keep_previous: bool = True
     lock_wait_timeout: str = "5m"
     ecs: EcsModel | None = None
+    shrink_alarm: ShrinkAlarmModel | None = None
 
     _lock_wait = field_validator("lock_wait_timeout", mode="before")(_lock_wait_timeout)
+    _shrink = field_validator("shrink_alarm", mode="before")(_shrink_alarm)
 
     @field_validator("storage")
     @classmethod
@@ -150,8 +172,10 @@ class TargetModel(_Strict):
     executor: Literal["local", "ecs"] | None = None
     lock_wait_timeout: str | None = None
     database: DatabaseModel | None = None
+    shrink_alarm: ShrinkAlarmModel | None = None
 
     _lock_wait = field_validator("lock_wait_timeout", mode="before")(_lock_wait_timeout)
+    _shrink = field_validator("shrink_alarm", mode="before")(_shrink_alarm)
 
     @field_validator("compression")
     @classmethod

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throwaway_pg import throwaway_cluster
+from runner.pg.cluster import throwaway_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,13 +18,11 @@ import pytest
 from psycopg import sql
 
 from runner import archive
+from runner.pg.cluster import free_port as free_port
+from runner.pg.cluster import throwaway_cluster
 from tests.helpers.targets import write_targets_file
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-
-from throwaway_pg import free_port as free_port  # noqa: E402
-from throwaway_pg import throwaway_cluster  # noqa: E402
 
 SUPERUSER_PASSWORD = "pg-super-Secret-4711"  # used only by the throwaway test cluster
 

@@ -1,4 +1,4 @@
-"""Write one JSON record of a backup/restore result (run by the db-backup action, also on failure).
+"""Write one JSON record of a backup/restore/drill result (run by the db-backup action, also on failure).
 
 The scheduled workflow uploads one such file per matrix job; `db-backup report` turns them into
 one table. Inputs come from the environment (see the "Record the result" step of action.yml).

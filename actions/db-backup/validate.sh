@@ -28,9 +28,10 @@ required=()
 case "$IN_COMMAND" in
   backup) required=(identifier env role-to-assume aws-region) ;;
   restore) required=(identifier from to backup role-to-assume aws-region) ;;
+  drill) required=(identifier env backup role-to-assume aws-region) ;;
   check-restore) required=(identifier from to backup) ;;
   setup) ;;
-  *) problems+=("input \"command\" must be backup, restore, check-restore or setup (got \"$(shown "$IN_COMMAND")\")") ;;
+  *) problems+=("input \"command\" must be backup, restore, drill, check-restore or setup (got \"$(shown "$IN_COMMAND")\")") ;;
 esac
 
 value_of() {

@@ -1,5 +1,5 @@
 """The ECS executor's recipe: read the task definition, start the task, follow it and its log, judge
-it, confirm the backup, publish the report; whatever fails, no task is left running and a report is written."""
+it, confirm the backup (or the drill's record), publish the report; whatever fails, no task is left running and a report is written."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ..catalog import list_backups, resolve_backup
 from ..errors import BadInput, Cancelled, DbBackupError, JobFailed, TimedOut, cancel_reason
 from ..github import CANCELLED, FAILURE, STARTED, SUCCESS, TIMED_OUT, Report
 from ..output import human_duration
+from ..records import DrillRecord, read_record
 from ..services import Services, new_request_id
 from ..settings import GithubEnv
 from ..signals import deferred_signals
@@ -78,7 +79,7 @@ def _execute(setup: _Setup, state: _State, detach: bool, environ: Mapping[str, s
     job, config, clock, policy = setup.job, setup.config, setup.services.clock, setup.policy
     region = job.target.region
     facts = taskdef.read(setup.services.aws.ecs(region), config, region)
-    if job.action == "restore":
+    if job.action in ("restore", "drill"):
         job = _pin_backup(setup, state)
     request_id = new_request_id()
     start(setup.services.aws.ecs_held(region), config, task_request(job, facts, request_id, setup.gh, environ), clock, policy,
@@ -97,6 +98,8 @@ def _execute(setup: _Setup, state: _State, detach: bool, environ: Mapping[str, s
     report = replace(state.report, result=SUCCESS, duration_s=_elapsed(setup, state))
     if job.action == "backup":
         report = _confirm_backup(setup, report, request_id, state.arn)
+    elif job.action == "drill":
+        report = _confirm_drill(setup, report, job.backup, state.arn)
     _publish(setup, state, report)
     return report
 
@@ -187,6 +190,21 @@ def _confirm_backup(setup: _Setup, report: Report, request_id: str, arn: str) ->
         f"ECS task {task_id(arn)} exited 0 but no backup of {target.name} in {store.url} "
         f"carries its request id {request_id}; the backup cannot be confirmed, see the task's log"
     )
+
+
+def _confirm_drill(setup: _Setup, report: Report, backup: str, arn: str) -> Report:
+    """The report with what the task's drill recorded beside the backup; JobFailed if it recorded nothing."""
+    target = setup.job.target
+    store = setup.services.store(target)
+    entry = resolve_backup(store, target.identifier, target.env, backup)
+    record = read_record(store, entry.key, DrillRecord)
+    if record is None or record.backup_id != entry.id:
+        raise JobFailed(f"ECS task {task_id(arn)} exited 0 but left no drill record beside {store.uri(entry.key)}; see the task's log")
+    if not record.ok:
+        raise JobFailed(f"the drill of {target.name} {entry.id} failed: {record.problem}")
+    rows = sum(record.restored_tables.values())
+    return replace(report, message=(f"restored in {human_duration(record.restore_duration_s)} into a {record.server}: "
+                                    f"{len(record.restored_tables)} tables, {rows} rows as dumped"))
 
 
 def _publish(setup: _Setup, state: _State, report: Report) -> None:

@@ -28,12 +28,12 @@ _STARTED_BY_BAD = re.compile(r"[^A-Za-z0-9_/-]")
 
 @dataclass(frozen=True)
 class RemoteJob:
-    """One backup or restore to run in a Fargate task."""
+    """One backup, restore or restore drill to run in a Fargate task."""
 
-    action: Literal["backup", "restore"]
-    target: Target  # where the task runs: the backup's target or the restore's destination
+    action: Literal["backup", "restore", "drill"]
+    target: Target  # where the task runs: the backup's target, the restore's destination, the drilled target
     source: Target | None = None  # restore: the target whose backup is restored
-    backup: str = "latest"  # restore: `latest` or a backup id
+    backup: str = "latest"  # restore and drill: `latest` or a backup id
     confirm: str | None = None  # restore: the protected environment named to allow it
     verbose: bool = False
     targets_json: str = ""  # Registry.excerpt of the targets involved, for the task
@@ -63,6 +63,9 @@ def task_argv(job: RemoteJob, request_id: str) -> tuple[str, ...]:
     head = ("--verbose",) if job.verbose else ()
     if job.action == "backup":
         return (*head, "backup", target.identifier, target.env, "--executor", "local", "--request-id", request_id)
+    if job.action == "drill":
+        # A throwaway cluster inside the task: no environment is touched, so nothing to confirm.
+        return (*head, "drill", target.identifier, target.env, "--backup", job.backup, "--executor", "local")
     assert job.source is not None
     confirm = ("--confirm", job.confirm) if job.confirm else ()
     return (*head, "restore", target.identifier, "--from", job.source.env, "--to", target.env, "--backup", job.backup,
@@ -79,8 +82,8 @@ def tag_value(text: str) -> str:
 
 def task_role_for(config: EcsConfig, action: str, dest_protected: bool) -> str | None:
     """The task role override: restores into unprotected environments run as the non-production
-    task role (which cannot read production credentials) when one is configured; backups and
-    protected restores keep the task definition's role."""
+    task role (which cannot read production credentials) when one is configured; backups,
+    protected restores and drills (which write their record beside the backup) keep the task definition's role."""
     if action == "restore" and not dest_protected and config.nonproduction_task_role_arn:
         return config.nonproduction_task_role_arn
     return None

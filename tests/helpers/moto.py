@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import re
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-
-from throwaway_pg import free_port
+from runner.pg.cluster import free_port
 
 
 def start_moto() -> tuple[ThreadedMotoServer, int]:

@@ -272,9 +272,9 @@ def test_a_bad_lock_wait_timeout_is_named_with_its_place(where: str, value: str,
 
 
 def test_duration_parsing_moved_but_the_cli_name_still_works() -> None:
-    from runner import cli, durations
+    from runner import cli_checks, cli_jobs, durations
 
-    assert cli.parse_duration is durations.parse_duration
+    assert cli_jobs.parse_duration is cli_checks.parse_duration is durations.parse_duration
     assert durations.parse_duration("90m") == timedelta(minutes=90)
     with pytest.raises(BadInput, match=re.escape("duration '90 m' is not valid; write e.g. 90m, 26h or 2d")):
         durations.parse_duration("90 m")

@@ -73,10 +73,21 @@ def test_nightly_run_reports_every_target_and_fails_when_one_failed(
     assert "✅ success" in lines["app/production"] and "[logs](" in lines["app/production"]
     assert "[task](" in lines["app/production"] and " B |" in lines["app/production"]  # size known
     assert "❌ failure" in lines["app/beta"]
+    # Date and totals above the table; trend and last drill read from moto's S3 by the report job.
+    assert "Run of " in summary and " UTC · 2 targets · " in summary and "of backup time" in summary
+    assert "| first backup |" in lines["app/production"] and "| never |" in lines["app/production"]
+    assert "unknown" not in summary  # the report job's role could read the store
     # The failure's reason, below the table: the task's container exited 1, and what the task said.
     assert "**app/beta**: error: container db-backup of ECS task" in summary
     assert f'database "{dbname}__missing" does not exist' in summary
     # status: app/production has a fresh backup, app/beta none, so the gap is reported too.
     report_log = run.log("report")
     assert "no backup newer than 26h: app/beta" in report_log, report_log
+    # ... in the job summary as its own table, and as one error annotation naming the target.
+    assert "### Backup status" in summary
+    status_rows = {line.split("|")[2].strip(): line for line in summary.split("### Backup status", 1)[1].splitlines()
+                   if line.startswith("| app |")}
+    assert "✅ ok" in status_rows["production"] and "❌ STALE" in status_rows["beta"], summary
+    assert "- app/beta: no good backup newer than 26h" in summary
+    assert "::error title=db-backup status app/beta::" in report_log or "db-backup status app/beta" in report_log, report_log
     assert run.roles_assumed.count(ROLES["DB_BACKUP_ROLE_ARN"]) == 3  # two backups and the report

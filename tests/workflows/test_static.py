@@ -26,7 +26,7 @@ def _load(path: Path) -> dict:  # type: ignore[type-arg]
 
 def test_the_expected_workflows_exist() -> None:
     assert {p.name for p in WORKFLOW_FILES} == {
-        "backup.yml", "restore.yml", "scheduled-backups.yml", "ci.yml", "image.yml"}
+        "backup.yml", "restore.yml", "scheduled-backups.yml", "drill.yml", "ci.yml", "image.yml"}
 
 
 def test_zizmor_finds_nothing() -> None:
@@ -82,6 +82,7 @@ def test_concurrency_per_target() -> None:
         "backup.yml": ("backup", "db-backup-${{ inputs.identifier }}-${{ inputs.env }}"),
         "restore.yml": ("restore", "db-backup-${{ inputs.identifier }}-${{ inputs.to }}"),
         "scheduled-backups.yml": ("backup", "db-backup-${{ matrix.identifier }}-${{ matrix.env }}"),
+        "drill.yml": ("drill", "db-backup-drill-${{ matrix.identifier }}-${{ matrix.env }}"),
     }
     for name, (job, group) in groups.items():
         concurrency = _load(WORKFLOWS / name)["jobs"][job]["concurrency"]
@@ -102,6 +103,24 @@ def test_scheduled_matrix_does_not_fail_fast_and_report_always_runs() -> None:
     strategy = data["jobs"]["backup"]["strategy"]
     assert strategy["fail-fast"] is False and 1 <= strategy["max-parallel"] <= 8
     assert data["jobs"]["report"]["if"] == "always()"
+
+
+def test_drill_runs_weekly_for_every_nightly_target_or_the_one_asked_for() -> None:
+    data = _load(WORKFLOWS / "drill.yml")
+    on = data[True]
+    assert len(on["schedule"]) == 1 and on["schedule"][0]["cron"].split()[2:] == ["*", "*", "0"]  # weekly
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"identifier", "env", "backup"} and inputs["backup"]["default"] == "latest"
+    plan = next(s for s in data["jobs"]["plan"]["steps"] if s.get("id") == "matrix")
+    assert "db-backup matrix --schedule nightly" in plan["run"]
+    drill = data["jobs"]["drill"]
+    assert drill["strategy"]["fail-fast"] is False
+    action = next(s for s in drill["steps"] if s.get("id") == "drill")["with"]
+    assert action["command"] == "drill" and action["backup"] == "${{ inputs.backup || 'latest' }}"
+    assert action["role-to-assume"] == "${{ vars.DB_BACKUP_ROLE_ARN }}"
+    summary = data["jobs"]["summary"]
+    assert summary["if"] == "always()" and summary["needs"] == ["plan", "drill"]
+    assert any("--drills" in s.get("run", "") for s in summary["steps"])
 
 
 def test_repository_targets_yaml() -> None:

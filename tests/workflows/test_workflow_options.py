@@ -108,7 +108,7 @@ def test_repository_workflows_follow_a_changed_targets_yaml(tmp_path: Path) -> N
     text = (REPO / "targets.yaml").read_text() + "  - {identifier: newdb, env: beta, schedule: nightly}\n"
     (tmp_path / "targets.yaml").write_text(text)
     changed = sync(load_registry(tmp_path / "targets.yaml"), tmp_path / "workflows", check=False)
-    assert changed == ["backup.yml", "restore.yml"]
+    assert changed == ["backup.yml", "drill.yml", "restore.yml"]
     for name in changed:
         inputs = yaml.safe_load((tmp_path / "workflows" / name).read_text())[True]["workflow_dispatch"]["inputs"]
         assert "newdb" in inputs["identifier"]["options"]

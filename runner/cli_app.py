@@ -1,0 +1,111 @@
+"""The typer application: its options, the state every command shares, and where a job runs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from . import github
+from .aws import AwsClients
+from .clock import SystemClock
+from .errors import BadInput, Cancelled, cancel_reason
+from .services import Services
+from .settings import GithubEnv, Settings, load_settings
+from .targets import Registry, Target, load_registry, parse_registry
+
+log = logging.getLogger(__name__)
+
+
+# The order `--help` lists them in: the day-to-day jobs first, then checks, then the workflows' own.
+COMMAND_ORDER = ("targets", "validate", "matrix", "list", "backup", "restore", "drill", "verify", "history",
+                 "status", "ack", "report", "workflows")
+
+
+class _Commands(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: COMMAND_ORDER.index(name) if name in COMMAND_ORDER else len(COMMAND_ORDER))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            # Left alone, typer turns it into a bare exit code 130, which main() would read as success.
+            raise Cancelled(cancel_reason(exc)) from exc
+
+
+app = typer.Typer(
+    cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Backups of PostgreSQL databases to S3 or a folder, and safe restores.",
+)
+
+
+class Executor(StrEnum):
+    local = "local"
+    ecs = "ecs"
+
+
+@dataclass
+class State:
+    targets: Path
+    verbose: bool
+    settings: Settings
+
+    _registry: Registry | None = field(default=None, repr=False)
+
+    def registry(self) -> Registry:
+        """targets.yaml, read and validated once per command (an ECS run needs it twice)."""
+        if self._registry is None:
+            if self.settings.targets_json:
+                self._registry = parse_registry(self.settings.targets_json, "the targets sent by the runner (DB_BACKUP_TARGETS_JSON)")
+            else:
+                self._registry = load_registry(self.targets)
+        return self._registry
+
+    def services(self) -> Services:
+        gh = GithubEnv()
+        return Services(
+            settings=self.settings, clock=SystemClock(), aws=AwsClients(),
+            on_secret=github.add_mask if gh.actions else (lambda _secret: None),
+        )
+
+
+def state_of(ctx: typer.Context) -> State:
+    state: State = ctx.obj
+    return state
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    targets: Annotated[Path | None, typer.Option("--targets", envvar="DB_BACKUP_TARGETS", help="Path of targets.yaml.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr, force=True,
+        format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ",
+    )
+    logging.Formatter.converter = time.gmtime
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = load_settings()
+    ctx.obj = State(targets=targets or settings.targets, verbose=verbose, settings=settings)
+
+
+
+
+def executor_for(target: Target, chosen: Executor | None) -> str:
+    executor = chosen.value if chosen else target.executor
+    if executor == "ecs" and target.ecs is None:
+        raise BadInput(f"--executor ecs needs defaults.ecs in targets.yaml for {target.name}")
+    return executor
+
+

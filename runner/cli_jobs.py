@@ -1,0 +1,167 @@
+"""Commands that list targets and backups, and run backups, restores and drills (here or as ECS tasks)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from . import github, output
+from .backup import run_backup
+from .catalog import list_backups
+from .cli_app import Executor, app, executor_for, state_of
+from .credentials import parse_url
+from .durations import parse_duration
+from .ecs import remote
+from .ecs.request import RemoteJob
+from .errors import BadInput, JobFailed
+from .restore import RestorePlan, plan_restore, run_restore
+from .settings import GithubEnv
+from .targets import Target
+
+log = logging.getLogger(__name__)
+
+
+@app.command("targets")
+def targets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Table of targets: identifier, env, schedule, protected."""
+    registry = state_of(ctx).registry()
+    if as_json:
+        output.echo_json([output.target_to_json(t) for t in registry.targets])
+        return
+    output.table([output.target_row(t) for t in registry.targets], output.TARGET_HEADER)
+
+
+@app.command()
+def validate(ctx: typer.Context) -> None:
+    """Check targets.yaml and print every problem with its place."""
+    registry = state_of(ctx).registry()
+    typer.echo(f"{registry.path}: {len(registry.targets)} targets in {len(registry.environments)} environments, valid")
+
+
+@app.command()
+def matrix(ctx: typer.Context, schedule: Annotated[str | None, typer.Option(help="Only targets with this schedule.")] = None) -> None:
+    """A GitHub Actions job matrix: {"include": [{"identifier": .., "env": ..}, ..]}."""
+    registry = state_of(ctx).registry()
+    chosen = registry.scheduled(schedule) if schedule else registry.targets
+    typer.echo(json.dumps({"include": [{"identifier": t.identifier, "env": t.env} for t in chosen]}, separators=(",", ":")))
+
+
+@app.command("list")
+def list_cmd(
+    ctx: typer.Context, identifier: str, env: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most N backups.")] = 20,
+) -> None:
+    """Backups of one target, newest first: complete, legacy (no manifest) or damaged (and why)."""
+    state = state_of(ctx)
+    target = state.registry().get(identifier, env)
+    store = state.services().store(target)
+    entries = list_backups(store, identifier, env, limit=limit)
+    if as_json:
+        output.echo_json([output.entry_to_json(e) for e in entries])
+        return
+    if not entries:
+        typer.echo(f"no backups for {target.name} in {store.url}")
+        return
+    output.table([output.entry_row(e) for e in entries], output.ENTRY_HEADER)
+
+
+@app.command()
+def backup(
+    ctx: typer.Context, identifier: str, env: str,
+    executor: Annotated[Executor | None, typer.Option(help="Where pg_dump runs (default: the target's setting).")] = None,
+    request_id: Annotated[str | None, typer.Option(hidden=True, help="Recorded in the manifest.")] = None,
+    timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
+    detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
+) -> None:
+    """Back up one target's database."""
+    state = state_of(ctx)
+    limit = parse_duration(timeout)
+    target = state.registry().get(identifier, env)
+    if executor_for(target, executor) == "ecs":
+        _run_remote(ctx, target, timeout=limit, detach=detach)
+        return
+    result = run_backup(target, state.services(), request_id=request_id)
+    typer.echo(output.backup_line(target, result))
+    github.publish_local_backup(target, result, GithubEnv())
+
+
+@app.command()
+def restore(
+    ctx: typer.Context, identifier: str,
+    from_env: Annotated[str, typer.Option("--from", help="Environment whose backup is restored.")],
+    to: Annotated[str | None, typer.Option("--to", help="Environment to restore into.")] = None,
+    to_url: Annotated[str | None, typer.Option("--to-url", help="postgresql:// URL of a database outside targets.yaml.")] = None,
+    backup_id: Annotated[str, typer.Option("--backup", help="latest or a backup id.")] = "latest",
+    executor: Annotated[Executor | None, typer.Option(help="Where pg_restore runs.")] = None,
+    confirm: Annotated[str | None, typer.Option(help="Name the protected environment to allow restoring into it.")] = None,
+    timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
+    detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
+) -> None:
+    """Restore a backup into an environment (or a URL) through a fresh database and a safe swap."""
+    state = state_of(ctx)
+    limit = parse_duration(timeout)
+    registry = state.registry()
+    url = parse_url(to_url) if to_url else None
+    plan = plan_restore(registry, identifier, from_env, to, url, backup_id, confirm)
+    if plan.dest is not None and executor_for(plan.dest, executor) == "ecs":
+        _run_remote(ctx, plan.dest, timeout=limit, detach=detach, plan=plan, confirm=confirm)
+        return
+    if url is not None and executor == Executor.ecs:
+        raise BadInput("--to-url restores run locally; drop --executor ecs")
+    result = run_restore(plan, state.services())
+    typer.echo(output.restore_line(result))
+    github.publish_local_restore(result, GithubEnv())
+
+
+@app.command()
+def drill(
+    ctx: typer.Context, identifier: str, env: str,
+    backup_id: Annotated[str, typer.Option("--backup", help="latest or a backup id.")] = "latest",
+    to_url: Annotated[str | None, typer.Option("--to-url", help="postgresql:// URL of a server to drill on, not a throwaway one.")] = None,
+    executor: Annotated[Executor | None, typer.Option(help="Where the drill runs (default: the target's setting).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
+) -> None:
+    """Restore a backup into a throwaway PostgreSQL, check tables, rows and extensions, and record it; exit 1 if it failed."""
+    from .drill import DrillPlan, run_drill, summary_line
+    from .records import to_json
+
+    state = state_of(ctx)
+    limit = parse_duration(timeout)
+    target = state.registry().get(identifier, env)
+    url = parse_url(to_url) if to_url else None
+    if url is not None and executor == Executor.ecs:
+        raise BadInput("--to-url drills run locally; drop --executor ecs")
+    if url is None and executor_for(target, executor) == "ecs":
+        _run_remote(ctx, target, timeout=limit, detach=False, drill_backup=backup_id)
+        return
+    outcome = run_drill(DrillPlan(target, backup_id, url), state.services())
+    if as_json:
+        output.echo_json({**json.loads(to_json(outcome.record)), "record": outcome.record_uri})
+    else:
+        typer.echo(summary_line(target, outcome))
+    if not outcome.record.ok:
+        raise JobFailed(f"the drill of {target.name} {outcome.record.backup_id} failed: {outcome.record.problem}")
+
+
+def _run_remote(
+    ctx: typer.Context, target: Target, *, timeout: timedelta, detach: bool,
+    plan: RestorePlan | None = None, confirm: str | None = None, drill_backup: str | None = None,
+) -> None:
+    """Run the backup of `target`, the restore `plan` into it, or a drill of its backup `drill_backup`,
+    as an ECS task (the same CLI, run locally there)."""
+    state = state_of(ctx)
+    involved = (target, plan.source) if plan else (target,)
+    job = RemoteJob(
+        action="restore" if plan else "drill" if drill_backup else "backup", target=target, source=plan.source if plan else None,
+        backup=plan.backup if plan else drill_backup or "latest", confirm=confirm, verbose=state.verbose,
+        targets_json=state.registry().excerpt(*involved),
+    )
+    remote.run(job, state.services(), GithubEnv(), timeout_s=timeout.total_seconds(), detach=detach)
+
+

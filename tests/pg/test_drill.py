@@ -1,0 +1,201 @@
+"""Restore drills through the CLI: a throwaway cluster of their own (or --to-url), real backups, real checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from runner import drill
+from tests.conftest import PgCluster, fill_rich, run_cli, run_until, write_targets
+from tests.helpers.cli import run_main
+
+
+def _source_counts(pg: PgCluster, dbname: str) -> dict[str, int]:
+    counts = {}
+    with pg.connect(dbname) as conn:
+        tables = conn.execute("SELECT schemaname, tablename FROM pg_tables "
+                              "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')").fetchall()
+        for schema, table in tables:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()
+            assert row is not None
+            counts[f"{schema}.{table}"] = row[0]
+    return counts
+
+
+def _servers_under(folder: Path) -> list[str]:
+    """Command lines of processes whose command line names `folder` (a throwaway server's data directory)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(folder) in text and "pytest" not in text:
+            found.append(text)
+    return found
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """The drill's work folder, where its throwaway cluster lives: outside pytest's private tmp, since
+    under root the server runs as postgres and must reach it."""
+    folder = Path(tempfile.mkdtemp(prefix="drill-work-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def drill_env(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], work: Path) -> dict[str, str]:
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, "file://./backups")
+    return {**pg_env, "DB_BACKUP_TARGETS": str(targets), "DB_BACKUP_WORK_DIR": str(work)}
+
+
+def _record(tmp_path: Path) -> dict[str, object]:
+    records = list((tmp_path / "backups" / "app" / "production").glob("*.dump.drill.json"))
+    assert len(records) == 1, records
+    loaded: dict[str, object] = json.loads(records[0].read_text())
+    return loaded
+
+
+@pytest.mark.parametrize("compression", ["zstd:3", "gzip:6", "none"])
+def test_drill_of_a_good_backup_passes_with_the_sources_row_counts(
+    pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], work: Path, compression: str,
+) -> None:
+    fill_rich(pg, dbname)
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, "file://./backups",
+                            extra=f"compression: {compression}")
+    env = {**pg_env, "DB_BACKUP_TARGETS": str(targets), "DB_BACKUP_WORK_DIR": str(work)}
+    assert (backed := run_cli("backup", "app", "production", env=env)).returncode == 0, backed.stderr
+
+    drilled = run_cli("drill", "app", "production", "--json", env=env)
+
+    assert drilled.returncode == 0, drilled.stderr
+    shown = json.loads(drilled.stdout)
+    record = _record(tmp_path)
+    expected = _source_counts(pg, dbname)
+    assert expected == {"shop.customer": 2001, "shop.orders": 5000}
+    assert record["ok"] is True and record["problem"] is None
+    assert record["tables"] == expected and record["restored_tables"] == expected
+    assert record["missing_extensions"] == []
+    assert str(record["server"]).startswith("throwaway cluster (PostgreSQL ")
+    assert isinstance(record["database_bytes"], int) and record["database_bytes"] > 0
+    assert isinstance(record["restore_duration_s"], float) and record["restore_duration_s"] > 0
+    assert shown["backup_id"] == record["backup_id"] and shown["record"].endswith(".dump.drill.json")
+    assert list(work.iterdir()) == [] and _servers_under(work) == []
+    assert pg.password not in drilled.stderr + drilled.stdout
+
+
+def test_drill_of_an_unrestorable_backup_fails_names_why_and_leaves_nothing(
+    pg: PgCluster, dbname: str, tmp_path: Path, drill_env: dict[str, str],
+) -> None:
+    """The archive is whole, but a table's owner is a role only the source server has."""
+    with pg.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS drill_owner_x")
+        conn.execute("CREATE ROLE drill_owner_x")
+    try:
+        with pg.connect(dbname) as conn:
+            conn.execute("CREATE TABLE owned (id int PRIMARY KEY); INSERT INTO owned SELECT generate_series(1, 10)")
+            conn.execute("ALTER TABLE owned OWNER TO drill_owner_x")
+        assert (backed := run_cli("backup", "app", "production", env=drill_env)).returncode == 0, backed.stderr
+        # the role goes with the database; a dropped table keeps the role droppable
+    finally:
+        with pg.connect(dbname) as conn:
+            conn.execute("DROP TABLE IF EXISTS owned")
+        with pg.connect() as conn:
+            conn.execute("DROP ROLE IF EXISTS drill_owner_x")
+
+    drilled = run_cli("drill", "app", "production", env=drill_env)
+
+    assert drilled.returncode == 1, drilled.stderr
+    assert 'role "drill_owner_x" does not exist' in drilled.stderr, drilled.stderr
+    assert "pg_restore failed" in drilled.stderr
+    record = _record(tmp_path)
+    assert record["ok"] is False and 'role "drill_owner_x" does not exist' in str(record["problem"])
+    assert record["tables"] == {"public.owned": 10} and record["restored_tables"] == {}
+    work = Path(drill_env["DB_BACKUP_WORK_DIR"])
+    assert list(work.iterdir()) == [] and _servers_under(work) == []
+
+
+def test_drill_to_url_checks_on_the_named_server_and_drops_its_database(
+    pg: PgCluster, dbname: str, tmp_path: Path, drill_env: dict[str, str],
+) -> None:
+    fill_rich(pg, dbname)
+    assert run_cli("backup", "app", "production", env=drill_env).returncode == 0
+    env = {**drill_env, "PGPASSWORD": pg.password}
+    before = pg.databases()
+
+    drilled = run_cli("drill", "app", "production", "--to-url", pg.url("postgres", password=False), env=env)
+
+    assert drilled.returncode == 0, drilled.stderr
+    record = _record(tmp_path)
+    assert record["ok"] is True and record["restored_tables"] == _source_counts(pg, dbname)
+    assert str(record["server"]).startswith(f"postgres@{pg.host}:{pg.port} (PostgreSQL ")
+    assert pg.databases() == before  # drill_<id> was made and dropped
+
+    refused = run_cli("drill", "app", "production", "--to-url", pg.url(dbname, password=False), env=env)
+    assert refused.returncode == 2
+    assert "existing database" in refused.stderr and "drill" in refused.stderr
+
+
+def test_drill_duration_is_close_to_a_restore_of_the_same_backup(
+    pg: PgCluster, dbname: str, tmp_path: Path, drill_env: dict[str, str],
+) -> None:
+    """Measured, not a limit: the drill's own time over the restore's is what a throwaway cluster costs."""
+    fill_rich(pg, dbname)
+    assert run_cli("backup", "app", "production", env=drill_env).returncode == 0
+    env = {**drill_env, "PGPASSWORD": pg.password}
+    t0 = time.monotonic()
+    restored = run_cli("restore", "app", "--from", "production", "--to-url", pg.url(f"{dbname}__copy", password=False), env=env)
+    t1 = time.monotonic()
+    drilled = run_cli("drill", "app", "production", env=env)
+    t2 = time.monotonic()
+    assert restored.returncode == 0 and drilled.returncode == 0, restored.stderr + drilled.stderr
+    print(f"restore {t1 - t0:.2f}s, drill {t2 - t1:.2f}s (its restore {_record(tmp_path)['restore_duration_s']}s)")
+    assert t2 - t1 < 10 * (t1 - t0) + 30
+
+
+def test_a_dump_needing_an_extension_the_server_lacks_fails_naming_it(
+    pg: PgCluster, dbname: str, tmp_path: Path, drill_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The throwaway cluster runs this machine's server, which has citext: here it is made to say it has not."""
+    fill_rich(pg, dbname)  # CREATE EXTENSION citext
+    assert run_cli("backup", "app", "production", env=drill_env).returncode == 0
+    for key, value in drill_env.items():
+        monkeypatch.setenv(key, value)
+    real = drill._available_extensions
+    monkeypatch.setattr(drill, "_available_extensions", lambda db: real(db) - {"citext"})
+
+    run = run_main(["drill", "app", "production"], capsys)
+
+    assert run.code == 1, run.output
+    assert "the server lacks the extension(s) citext" in run.err_lines[-1]
+    record = _record(tmp_path)
+    assert record["ok"] is False and record["missing_extensions"] == ["citext"]
+    assert list(Path(drill_env["DB_BACKUP_WORK_DIR"]).iterdir()) == []
+
+
+def test_a_cancelled_drill_stops_and_removes_its_cluster(
+    pg: PgCluster, dbname: str, tmp_path: Path, drill_env: dict[str, str], work: Path,
+) -> None:
+    fill_rich(pg, dbname)
+    assert run_cli("backup", "app", "production", env=drill_env).returncode == 0
+
+    def server_up() -> bool:
+        return any(work.glob("dbbackup-pg-*/data/postmaster.pid"))
+
+    code, err = run_until(["drill", "app", "production"], drill_env, server_up, "the drill's server to start",
+                          lambda proc: proc.send_signal(signal.SIGTERM))
+
+    assert code == 130, err
+    assert list(work.iterdir()) == [] and _servers_under(work) == []
+    assert not list((tmp_path / "backups" / "app" / "production").glob("*.drill.json"))  # a cancelled drill says nothing

@@ -1,0 +1,120 @@
+"""A restore drill as an ECS task: its command, its role, and the report built from the record it leaves."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.ecs import remote
+from runner.ecs.request import RemoteJob, run_task_params, task_request
+from runner.errors import JobFailed
+from runner.github import SUCCESS
+from runner.manifest import Manifest
+from runner.records import DrillRecord, put_record
+from runner.settings import GithubEnv
+from runner.stores.local import LocalStore
+from runner.targets import Registry, parse_registry
+from tests.helpers.backups import write_manifest
+from tests.helpers.cli import run_main
+from tests.helpers.clock import FakeClock
+from tests.helpers.ecs import FAST, TASKDEF, FakeAws, FakeEcs, FakeLogs, container, services, task
+
+NONPROD_ROLE = "arn:aws:iam::123456789012:role/db-backup-NonProductionTaskRole-ABC123"
+TARGETS = """
+version: 1
+defaults:
+  storage: file://{storage}
+  region: eu-west-1
+  ecs:
+    cluster: db-backup
+    task_definition: db-backup
+    subnets: [subnet-a]
+    nonproduction_task_role_arn: {role}
+environments: {{production: {{protected: true}}, beta: {{}}}}
+targets:
+  - {{identifier: curation, env: production}}
+  - {{identifier: curation, env: beta}}
+"""
+
+
+def registry(tmp_path: Path) -> Registry:
+    return parse_registry(TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE))
+
+
+def drill_job(reg: Registry, env: str, backup: str = "latest", verbose: bool = False) -> RemoteJob:
+    return RemoteJob(action="drill", target=reg.get("curation", env), backup=backup, verbose=verbose)
+
+
+@pytest.mark.parametrize("env", ["production", "beta"])
+def test_the_task_runs_the_drill_locally_with_the_task_definitions_role(tmp_path: Path, env: str) -> None:
+    job = drill_job(registry(tmp_path), env, backup="2024-05-01_01-00-00", verbose=True)
+    assert job.target.ecs is not None
+    request = task_request(job, TASKDEF, "req1", GithubEnv(), {"DB_BACKUP_RESTORE_MODE": "stream", "PGPASSWORD": "no"})
+    params = run_task_params(job.target.ecs, request, token=1)
+    (override,) = params["overrides"]["containerOverrides"]
+    assert override["command"] == ["--verbose", "drill", "curation", env, "--backup", "2024-05-01_01-00-00", "--executor", "local"]
+    assert "--confirm" not in override["command"]  # no environment is touched
+    assert override["environment"] == [{"name": "DB_BACKUP_RESTORE_MODE", "value": "stream"}]
+    # The drill writes its record beside the backup: it keeps the role that may write there.
+    assert "taskRoleArn" not in params["overrides"]
+    assert ("db-backup:action", "drill") in request.tags and ("db-backup:target", f"curation/{env}") in request.tags
+
+
+def _stored(tmp_path: Path) -> tuple[LocalStore, Manifest]:
+    store = LocalStore(tmp_path / "store")
+    return store, write_manifest(store, "curation", "production", datetime(2024, 5, 1, 1, 0, tzinfo=UTC), None)
+
+
+def _record(backup_id: str, ok: bool) -> DrillRecord:
+    return DrillRecord(backup_id=backup_id, checked_at=datetime(2024, 5, 2, tzinfo=UTC), ok=ok,
+                       problem=None if ok else 'pg_restore failed (exit 1): role "x" does not exist', restore_duration_s=12.5,
+                       server="throwaway cluster (PostgreSQL 17.2)", tables={"public.t": 3}, restored_tables={"public.t": 3} if ok else {})
+
+
+def _run(tmp_path: Path, fake: FakeEcs) -> Any:
+    clock = FakeClock()
+    job = drill_job(registry(tmp_path), "production")
+    return remote.run(job, services(clock, FakeAws(fake, FakeLogs(clock, []))), GithubEnv(), timeout_s=3600, policy=FAST,
+                      out=io.StringIO())
+
+
+def test_latest_is_pinned_and_the_report_says_what_the_drill_recorded(tmp_path: Path) -> None:
+    store, manifest = _stored(tmp_path)
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))],
+                   on_run=lambda _kwargs: put_record(store, manifest.key, _record(manifest.id, ok=True)))
+
+    report = _run(tmp_path, fake)
+
+    (call,) = fake.run_calls
+    assert call["overrides"]["containerOverrides"][0]["command"] == [
+        "drill", "curation", "production", "--backup", manifest.id, "--executor", "local"]
+    assert report.result == SUCCESS and report.action == "drill" and report.backup_id == manifest.id
+    assert report.message is not None and "1 tables, 3 rows" in report.message and "PostgreSQL 17.2" in report.message
+
+
+def test_a_task_that_exits_0_without_a_record_is_a_failure(tmp_path: Path) -> None:
+    _stored(tmp_path)
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))])
+    with pytest.raises(JobFailed, match="left no drill record"):
+        _run(tmp_path, fake)
+
+
+def test_a_failed_drill_fails_the_run_with_its_reason(tmp_path: Path) -> None:
+    store, manifest = _stored(tmp_path)
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 1))],
+                   on_run=lambda _kwargs: put_record(store, manifest.key, _record(manifest.id, ok=False)))
+    with pytest.raises(JobFailed, match="exit"):
+        _run(tmp_path, fake)
+
+
+def test_a_to_url_drill_is_not_sent_to_ecs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_text(TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE))
+    monkeypatch.setenv("DB_BACKUP_TARGETS", str(path))
+    run = run_main(["drill", "curation", "beta", "--to-url", "postgresql://drill@scratch:5432/postgres", "--executor", "ecs"], capsys)
+    assert run.code == 2
+    assert run.err_lines[-1] == "error: --to-url drills run locally; drop --executor ecs"

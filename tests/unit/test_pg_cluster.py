@@ -1,0 +1,50 @@
+"""Where the throwaway cluster finds its server programs, and what it says when they are missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.errors import BadInput
+from runner.pg import cluster
+
+
+def _server(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name in ("initdb", "pg_ctl"):
+        (folder / name).write_text("")
+    return folder
+
+
+def test_db_backup_pg_bindir_wins_when_it_holds_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = _server(tmp_path / "17" / "bin")
+    monkeypatch.setenv("DB_BACKUP_PG_BINDIR", str(chosen))
+    assert cluster.pg_bindir() == chosen
+
+
+def test_a_client_only_bindir_falls_back_to_the_newest_installed_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client_only = tmp_path / "client"
+    client_only.mkdir()
+    monkeypatch.setenv("DB_BACKUP_PG_BINDIR", str(client_only))
+    found = [str(tmp_path / "usr/lib/postgresql/9/bin"), str(tmp_path / "usr/lib/postgresql/16/bin")]
+    for path in found:
+        _server(Path(path))
+    monkeypatch.setattr(cluster.glob, "glob", lambda _pattern: found)
+    monkeypatch.setattr(cluster, "_major_of", lambda path: int(Path(path).parent.name))
+    assert cluster.pg_bindir() == Path(found[1])
+
+
+def test_missing_server_programs_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_BACKUP_PG_BINDIR", str(tmp_path))
+    monkeypatch.setattr(cluster.glob, "glob", lambda _pattern: [])
+    with pytest.raises(BadInput) as caught:
+        cluster.pg_bindir()
+    message = str(caught.value)
+    assert "initdb and pg_ctl are missing" in message and str(tmp_path) in message
+    assert "apt-get install postgresql-17" in message and "DB_BACKUP_PG_BINDIR" in message
+
+
+def test_the_password_stays_out_of_the_clusters_repr(tmp_path: Path) -> None:
+    made = cluster.Cluster("127.0.0.1", 5432, "postgres", "s3cret-pw", tmp_path, tmp_path)
+    assert "s3cret-pw" not in repr(made) and "s3cret-pw" not in made.url() and "s3cret-pw" not in repr(made.connection())
