@@ -93,11 +93,11 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
         )
         store.put_manifest(manifest)
     log.info("backup %s done: %s in %.1fs, sha256 %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256)
-    return BackupResult(manifest, store.uri(key), _check_shrink(store, target, backup_id))
+    return BackupResult(manifest, store.uri(key), check_shrink(store, target, backup_id))
 
 
-def _check_shrink(store: BackupStore, target: Target, backup_id: str) -> ShrinkVerdict | None:
-    """The shrink alarm on the backup just written: a warning, never a failure (the backup itself is good)."""
+def check_shrink(store: BackupStore, target: Target, backup_id: str) -> ShrinkVerdict | None:
+    """The shrink alarm on a backup just written (here or by an ECS task): a warning, never a failure."""
     if not target.shrink_alarm.enabled:
         return None
     try:

@@ -18,6 +18,7 @@ from .shrink import describe as describe_shrink
 if TYPE_CHECKING:
     from .backup import BackupResult
     from .restore import RestoreResult
+    from .shrink import ShrinkVerdict
     from .targets import Target
 
 # Values of the `result` output; workflows and the composite action compare against these.
@@ -230,13 +231,19 @@ def publish_local_backup(target: Target, result: BackupResult, gh: GithubEnv) ->
         target=target.name, action="backup", result=SUCCESS, executor="local", duration_s=m.duration_s,
         backup_id=m.id, backup_uri=result.uri, size_bytes=m.size_bytes, sha256=m.sha256,
     ), gh, text=False)
-    if result.shrink is not None and result.shrink.shrunk:
-        message = describe_shrink(result.shrink, target.name)
-        if gh.step_summary:
-            with gh.step_summary.open("a", encoding="utf-8") as handle:
-                handle.write(f"> ⚠️ **Shrink alarm**: {_cell(message)}\n\n")
-        if gh.actions:
-            warning(message, title=f"db-backup shrink alarm {target.name}")
+    publish_shrink(target.name, result.shrink, gh)
+
+
+def publish_shrink(target_name: str, verdict: ShrinkVerdict | None, gh: GithubEnv, out: TextIO | None = None) -> None:
+    """A shrunk backup: a line in the job summary and a ::warning:: (the run stays green)."""
+    if verdict is None or not verdict.shrunk:
+        return
+    message = describe_shrink(verdict, target_name)
+    if gh.step_summary:
+        with gh.step_summary.open("a", encoding="utf-8") as handle:
+            handle.write(f"> ⚠️ **Shrink alarm**: {_cell(message)}\n\n")
+    if gh.actions:
+        warning(message, title=f"db-backup shrink alarm {target_name}", out=out)
 
 
 def publish_status(markdown: str, problems: list[str], gh: GithubEnv, out: TextIO | None = None) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TextIO
 
 from .. import github
+from ..backup import check_shrink
 from ..catalog import list_backups, resolve_backup
 from ..errors import BadInput, Cancelled, DbBackupError, JobFailed, TimedOut, cancel_reason
 from ..github import CANCELLED, FAILURE, STARTED, SUCCESS, TIMED_OUT, Report
@@ -98,6 +99,9 @@ def _execute(setup: _Setup, state: _State, detach: bool, environ: Mapping[str, s
     report = replace(state.report, result=SUCCESS, duration_s=_elapsed(setup, state))
     if job.action == "backup":
         report = _confirm_backup(setup, report, request_id, state.arn)
+        if report.backup_id is not None:  # the task logged the alarm; the run on GitHub raises it too
+            github.publish_shrink(job.target.name, check_shrink(setup.services.store(job.target), job.target, report.backup_id),
+                                  setup.gh, out=setup.out)
     elif job.action == "drill":
         report = _confirm_drill(setup, report, job.backup, state.arn)
     _publish(setup, state, report)

@@ -286,6 +286,28 @@ def test_full_lifecycle_tails_logs_and_reports_the_manifest_the_task_wrote(tmp_p
     assert max(clock.sleeps) <= FAST.log_interval and fake.describe_calls == 7
 
 
+def test_a_shrunk_backup_written_by_the_task_is_a_warning_on_github_too(tmp_path: Path) -> None:
+    # The task's own log has the alarm, but nobody reads it: the run on GitHub must raise it as well.
+    clock = FakeClock()
+    store = LocalStore(tmp_path / "store")
+    for day in (27, 28, 29, 30):
+        write_manifest(store, "curation", "production", datetime(2024, 4, day, 2, 0, tzinfo=UTC), None, size=100_000)
+
+    def task_writes_manifest(kwargs: dict[str, Any]) -> None:
+        command = kwargs["overrides"]["containerOverrides"][0]["command"]
+        write_manifest(store, "curation", "production", datetime(2024, 5, 1, 2, 0, tzinfo=UTC), option(command, "--request-id"), size=900)
+
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))], on_run=task_writes_manifest)
+    summary, out = tmp_path / "summary.md", io.StringIO()
+    report = remote.run(backup_job(target(tmp_path)), services(clock, FakeAws(fake, FakeLogs(clock, []))),
+                        GithubEnv(actions=True, step_summary=summary), timeout_s=3600, policy=FAST, out=out)
+    assert report.result == "success"  # a shrunk backup is still a good backup
+    warnings = [line for line in out.getvalue().splitlines() if line.startswith("::warning")]
+    assert len(warnings) == 1 and "title=db-backup shrink alarm curation/production" in warnings[0], out.getvalue()
+    assert "db-backup ack curation production 2024-05-01_02-00-00" in warnings[0]
+    assert "Shrink alarm" in summary.read_text()
+
+
 def test_drain_reads_lines_that_arrive_after_stopped(tmp_path: Path) -> None:
     clock = FakeClock()
     fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 1))])
