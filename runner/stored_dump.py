@@ -9,7 +9,7 @@ import logging
 import subprocess
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from . import archive
@@ -64,29 +64,20 @@ def _disk_full(folder: Path) -> InfraError:
 
 
 def _copy(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:
-    digest = hashlib.sha256()
-    size = 0
     chunks, decompress = open_dump(store, entry)
+    hashed = Hashed(chunks)
     path = folder / "restore.dump"
     where = store.uri(entry.key)
-
-    def hashed() -> Iterator[bytes]:
-        nonlocal size
-        for chunk in chunks:
-            digest.update(chunk)
-            size += len(chunk)
-            yield chunk
-
     with path.open("wb") as out:
         if decompress is None:
-            for chunk in hashed():
+            for chunk in hashed:
                 out.write(chunk)
-            return path, digest.hexdigest(), size
+            return path, hashed.sha256, hashed.size
         # A cancel or a storage error mid-download ends the pipeline and is the reason given, not
         # the decompressor's complaint about the input that stopped short.
         with Pipeline() as pipe:
             step = pipe.start(decompress.name, compressor_env(), decompress.argv, stdin=subprocess.PIPE, stdout=out)
-            stopped_early = not pipe.feed(step, hashed())  # it quit on bad data: its exit code and message say why
+            stopped_early = not pipe.feed(step, hashed)  # it quit on bad data: its exit code and message say why
             pipe.wait()
         code = step.proc.returncode
         if code != 0 and (step.tail.mentions("No space left") or step.tail.mentions("quota exceeded")):
@@ -94,7 +85,7 @@ def _copy(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, s
         if code != 0 or stopped_early:
             how = f"exit {code}" if code else "it stopped reading early"
             raise JobFailed(f"decompressing {where} failed ({how}): {step.tail.last_error()}; the dump is damaged")
-    return path, digest.hexdigest(), size
+    return path, hashed.sha256, hashed.size
 
 
 def _archive_head(store: BackupStore, entry: BackupEntry) -> bytes:
@@ -146,6 +137,25 @@ def check_reader(store: BackupStore, entry: BackupEntry, pg_restore: str) -> Non
             f"cannot read; install the PostgreSQL client tools {newer} (e.g. apt-get install postgresql-client-{needed or 'NEW'}) "
             "or set DB_BACKUP_PG_BINDIR to their bin folder"
         )
+
+
+class Hashed:
+    """The stored bytes passed on as they are, counted and hashed on the way (iterate it once)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._digest.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
 
 class Counted:

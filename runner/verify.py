@@ -10,7 +10,6 @@ folder would save that second read but need the archive's whole size on local di
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -29,7 +28,7 @@ from .pg.pipeline import Pipeline, Step
 from .pg.tools import ToolEnv, compressor_env, find_tool, tool_version
 from .records import VerifyRecord, put_record, record_key
 from .services import Services
-from .stored_dump import check_reader, open_dump
+from .stored_dump import Hashed, check_reader, open_dump
 from .stores import BackupStore
 from .targets import Target
 
@@ -200,22 +199,13 @@ def read_through(store: BackupStore, entry: BackupEntry, pg_restore: str) -> tup
 
     When pg_restore stops early the rest is still read and hashed, so the checksum verdict stays true.
     """
-    digest = hashlib.sha256()
-    size = 0
     with Pipeline() as pipe:
         first, _restore, chunks = _chain(pipe, store, entry, [pg_restore, "--exit-on-error", "-f", os.devnull], subprocess.DEVNULL)
-
-        def hashed() -> Iterator[bytes]:
-            nonlocal size
-            for chunk in chunks:
-                digest.update(chunk)
-                size += len(chunk)
-                yield chunk
-
-        stream = hashed()
+        hashed = Hashed(chunks)
+        stream = iter(hashed)
         if not pipe.feed(first, stream):
             for _chunk in stream:
                 pass
         _finish(pipe)
         failure = pipe.failure()
-    return digest.hexdigest(), size, str(failure) if failure else None
+    return hashed.sha256, hashed.size, str(failure) if failure else None
