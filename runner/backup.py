@@ -106,7 +106,7 @@ def check_shrink(store: BackupStore, target: Target, backup_id: str) -> ShrinkVe
         if position is None:
             return None
         acks = RecordIndex.of(store, target.identifier, target.env)
-        verdict = judge(entries[position], entries[position + 1:], target.shrink_alarm, lambda e: acks.has(e, "ack"))
+        verdict = judge(entries[position], entries[position + 1:], target.shrink_alarm, acks.acknowledged)
     except Exception as exc:  # advice about a finished backup must never turn it into a failure
         log.warning("shrink check of backup %s skipped: %s", backup_id, exc)
         return None

@@ -36,6 +36,11 @@ class RecordIndex:
     def read(self, entry: BackupEntry, cls: type[R]) -> R | None:
         return read_record(self.store, entry.key, cls) if self.has(entry, _KINDS[cls]) else None
 
+    def acknowledged(self, entry: BackupEntry) -> bool:
+        """A readable acknowledgement of this very backup: what silences its alarm and starts a new baseline."""
+        ack = self.read(entry, AckRecord)
+        return ack is not None and ack.backup_id == entry.id
+
 
 def sparkline(values: Sequence[int | None]) -> str:
     """One bar per value, scaled from 0 to the largest, so an emptied database reads as a drop to ▁."""
@@ -92,7 +97,7 @@ def load_history(store: BackupStore, identifier: str, env: str, policy: ShrinkPo
     index = RecordIndex.of(store, identifier, env)
     rows = []
     for position, entry in enumerate(entries[:limit]):
-        verdict = judge(entry, entries[position + 1:], policy, lambda e: index.has(e, "ack")) if good(entry) else None
+        verdict = judge(entry, entries[position + 1:], policy, index.acknowledged) if good(entry) else None
         rows.append(HistoryRow(entry, index.read(entry, VerifyRecord), index.read(entry, DrillRecord),
                                index.read(entry, AckRecord), verdict))
     shown = [row.entry for row in rows]

@@ -9,27 +9,30 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
 if TYPE_CHECKING:
     from .stores import BackupStore
 
 Kind = Literal["verify", "drill", "ack"]
+# Records are advice read back from storage: an odd one (no time zone, NaN) counts as no record.
+_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
+Seconds = Annotated[float, Field(ge=0)]
 
 
-@with_config(ConfigDict(extra="ignore"))
+@with_config(_CONFIG)
 @dataclass(frozen=True)
 class VerifyRecord:
     """What `db-backup verify` found when it read the stored backup through."""
 
     backup_id: str
-    checked_at: datetime
+    checked_at: AwareDatetime
     ok: bool
     problem: str | None  # the first thing wrong, in words; None when ok
     checks: tuple[str, ...]  # what was checked, in order, e.g. "sha256", "archive read to its end"
-    duration_s: float
+    duration_s: Seconds
     tool_version: str = ""
     sha256: str | None = None  # of the stored bytes as read; None when they were not read
     size_bytes: int | None = None
@@ -38,16 +41,16 @@ class VerifyRecord:
     pg_restore_version: str = ""
 
 
-@with_config(ConfigDict(extra="ignore"))
+@with_config(_CONFIG)
 @dataclass(frozen=True)
 class DrillRecord:
     """What a restore drill into a throwaway server (or --to-url) found."""
 
     backup_id: str
-    checked_at: datetime
+    checked_at: AwareDatetime
     ok: bool
     problem: str | None
-    restore_duration_s: float  # the recovery time an operator can plan with
+    restore_duration_s: Seconds  # the recovery time an operator can plan with
     server: str  # "throwaway cluster (PostgreSQL 17.2)" or the described --to-url
     tables: dict[str, int] = field(default_factory=dict)  # rows per table, as the archive held them
     restored_tables: dict[str, int] = field(default_factory=dict)  # rows per table after the restore
@@ -56,13 +59,13 @@ class DrillRecord:
     tool_version: str = ""
 
 
-@with_config(ConfigDict(extra="ignore"))
+@with_config(_CONFIG)
 @dataclass(frozen=True)
 class AckRecord:
     """Someone looked at a backup the shrink alarm flagged and said it is right."""
 
     backup_id: str
-    acknowledged_at: datetime
+    acknowledged_at: AwareDatetime
     by: str
     reason: str = ""
 
@@ -95,10 +98,13 @@ def put_record(store: BackupStore, dump_key: str, record: Record) -> str:
 def read_record(store: BackupStore, dump_key: str, cls: type[R]) -> R | None:
     """The record of that kind, or None when there is none or it cannot be read (never fatal: it is advice)."""
     kind = next(k for k, t in _TYPES.items() if t is cls)
-    text = store.read_text(record_key(dump_key, kind))
+    try:
+        text = store.read_text(record_key(dump_key, kind))
+    except UnicodeDecodeError:
+        return None
     if text is None:
         return None
     try:
         return TypeAdapter(cls).validate_json(text)
-    except ValidationError:
+    except (ValidationError, ValueError):
         return None

@@ -93,7 +93,7 @@ def _target_status(target: Target, services: Services, now: datetime, max_age: t
     if position is None:
         return plain
     index = RecordIndex.of(store, target.identifier, target.env)
-    verdict = judge(newest, entries[position + 1:], policy, lambda e: index.has(e, "ack")) if good(newest) else None
+    verdict = judge(newest, entries[position + 1:], policy, index.acknowledged) if good(newest) else None
     ack = index.read(newest, AckRecord) if verdict is not None and verdict.shrunk else None
     return TargetStatus(target, newest, age, plain.stale, found.damaged, verdict, ack,
                         _latest([index.read(e, VerifyRecord) for e in entries[:RECORD_SCAN]], now),

@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL cluster on loopback: restore drills, the tests, the demo and the benchmarks.
 
 initdb into a private temporary folder, a free port on 127.0.0.1, scram password auth over TCP;
-stopped and deleted when the block ends, whatever ends it. The password goes to initdb in a file,
-never in an argv.
+stopped and deleted when the block ends (with the cancel signals held meanwhile). The password goes
+to initdb in a file, never in an argv; the server gets a minimal environment, never this process's.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..credentials import Connection
 from ..errors import BadInput, InfraError
+from ..signals import deferred_signals
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,20 @@ class Cluster:
         return Connection(self.host, self.port, dbname, self.user, self.password, sslmode="disable")
 
 
+def server_env() -> dict[str, str]:
+    """What initdb, pg_ctl and so the postmaster see: a restored dump's SQL runs there as superuser
+    and could read its environment, so no credential of this process (AWS keys, tokens, env: passwords)."""
+    env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"}
+    for name in ("TZ", "TMPDIR"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
 def _run(argv: list[str], what: str, timeout: float) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(_as_server_user(argv), capture_output=True, text=True, timeout=timeout, check=False,
-                              env={**os.environ, "LC_ALL": "C"})
+                              env=server_env())
     except subprocess.TimeoutExpired as exc:
         raise InfraError(f"{what} did not finish within {timeout:.0f}s") from exc
     except FileNotFoundError as exc:
@@ -147,8 +158,21 @@ def _stop(bindir: Path, pgdata: Path) -> None:
             return
     with contextlib.suppress(OSError, ValueError, IndexError):
         pid = int(pidfile.read_text().splitlines()[0])
+        if not _is_postmaster_of(pid, pgdata):
+            log.warning("pg_ctl stop failed and pid %d of %s is not its server; nothing killed", pid, pidfile)
+            return
         log.warning("pg_ctl stop failed; killing the throwaway server (pid %d)", pid)
         os.kill(pid, signal.SIGKILL)  # its backends exit once the postmaster is gone
+
+
+def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
+    """Whether `pid` runs postgres on `pgdata`: a stale postmaster.pid may name a pid reused since."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    program = os.path.basename(argv[0].decode(errors="replace")) if argv else ""
+    return program in ("postgres", "postmaster") and str(pgdata).encode() in argv
 
 
 def _tail(text: str, limit: int = 1500) -> str:
@@ -169,5 +193,7 @@ def throwaway_cluster(password: str, extra_options: str = "", bindir: Path | Non
         _start(bindir, root, pgdata, port, extra_options)
         yield Cluster("127.0.0.1", port, "postgres", password, bindir, pgdata)
     finally:
-        _stop(bindir, pgdata)
-        shutil.rmtree(root, ignore_errors=True)
+        # A second cancel (GitHub sends SIGINT, then SIGTERM) must not skip the kill or the rmtree.
+        with deferred_signals():
+            _stop(bindir, pgdata)
+            shutil.rmtree(root, ignore_errors=True)
