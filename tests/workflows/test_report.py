@@ -168,3 +168,15 @@ def test_failed_drill_and_shrunk_backup_are_shown(tmp_path: Path) -> None:
     row = next(line for line in markdown.splitlines() if line.startswith("| app/production"))
     assert "| \N{MINUS SIGN}60% vs median of 3 ⚠️ shrink alarm |" in row  # median of 1000, 1200, 900 is 1000; alarm below 50%
     assert f"| ❌ failed 5h ago ({manifest.id}): extension postgis is not available |" in row
+
+
+def test_odd_numbers_in_a_result_file_are_unknown_not_a_crash(tmp_path: Path) -> None:
+    # A result file is data: a NaN finish time or a negative duration is unknown, and the report still renders.
+    _ok(tmp_path, "production")
+    path = tmp_path / "db-backup-result-app--beta" / "app--beta.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"identifier": "app", "env": "beta", "result": "success", "backup_id": "2025-01-02_03-17-00",'
+                    ' "size_bytes": 1024, "duration_s": -3, "finished_at": NaN}')
+    markdown, ok = _render(REGISTRY, tmp_path)
+    assert ok, markdown
+    assert "Nightly backups: 2 of 2 succeeded" in markdown and "Run of " in markdown
