@@ -4,6 +4,7 @@ A restore drill compares the restored database with this. The archive is read as
 seeking), so the stored dump flows through its decompressor straight into the reader, with no local
 copy. Table data is COPY text, one row per line, ended by a `\\.` line; pg_dump may have compressed
 each table's block with zlib (gzip), which is undone here. The layout is archive.py's (pg_backup_archiver.c).
+A damaged archive raises JobFailed; ArchiveLayoutUnknown is kept for a layout this reader does not know.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .stored_dump import open_dump
 from .stores import BackupStore
 
 READ = 1 << 20
+MAX_STRING = 256 << 20  # a TOC string (a definition) longer than this is a corrupt length, not a schema
 _ALGORITHMS = {0: "none", 1: "gzip", 2: "lz4", 3: "zstd"}  # archive 1.15+: one byte names it
 
 
@@ -75,7 +77,7 @@ class _Stream:
         while len(data) < n:
             more = self.f.read(n - len(data))
             if not more:
-                raise ArchiveLayoutUnknown(f"archive ends early at byte {self.pos + len(data)}")
+                raise JobFailed(f"archive ends early at byte {self.pos + len(data)}")
             data += more
         self.pos += n
         return data
@@ -94,7 +96,7 @@ class _Stream:
     def integer(self) -> int:
         raw = self.read(1 + self.int_size)
         if raw[0] not in (0, 1):
-            raise ArchiveLayoutUnknown(f"bad integer sign byte {raw[0]} at byte {self.pos - len(raw)}")
+            raise JobFailed(f"bad integer sign byte {raw[0]} at byte {self.pos - len(raw)}")
         value = int.from_bytes(raw[1:], "little")
         return -value if raw[0] else value
 
@@ -102,24 +104,33 @@ class _Stream:
         length = self.integer()
         if length < 0:
             return None
-        return self.read(length).decode("utf-8", "replace")
+        if length > MAX_STRING:
+            raise JobFailed(f"a string length of {length} at byte {self.pos} is past any sane definition; the archive is damaged")
+        return b"".join(self.pieces(length)).decode("utf-8", "replace")
+
+    def pieces(self, n: int) -> Iterator[bytes]:
+        """The next `n` bytes in pieces of at most READ: a corrupt length is met by the archive's end, not buffered."""
+        while n > 0:
+            piece = self.read(min(n, READ))
+            n -= len(piece)
+            yield piece
 
     def skip(self, n: int) -> None:
-        while n > 0:
-            n -= len(self.read(min(n, READ)))
+        for _ in self.pieces(n):
+            pass
 
     def chunks(self) -> Iterator[bytes]:
-        """A data block's chunks, up to its zero-length end."""
+        """A data block's chunks, up to its zero-length end, in pieces of at most READ."""
         while (length := self.integer()) != 0:
             if length < 0:
-                raise ArchiveLayoutUnknown(f"negative chunk length at byte {self.pos}")
-            yield self.read(length)
+                raise JobFailed(f"negative chunk length at byte {self.pos}")
+            yield from self.pieces(length)
 
 
 def _header(s: _Stream) -> tuple[tuple[int, int], str, int]:
     """Archive version, the data blocks' compression, and the offset size."""
     if s.read(5) != MAGIC:
-        raise ArchiveLayoutUnknown("not a custom-format archive")
+        raise JobFailed("not a custom-format archive")
     version = (s.byte(), s.byte())
     s.byte()
     if not OLDEST <= version <= NEWEST:
@@ -189,12 +200,19 @@ def _count_block(s: _Stream, compression: str) -> int:
             counter.feed(chunk)
     elif compression == "gzip":
         inflate = zlib.decompressobj()
+        fed = False
         try:
             for chunk in s.chunks():
-                counter.feed(inflate.decompress(chunk))
+                fed = True
+                data = chunk
+                while data:  # bounded output per call: a small block may inflate to a great deal
+                    counter.feed(inflate.decompress(data, READ))
+                    data = inflate.unconsumed_tail
             counter.feed(inflate.flush())
         except zlib.error as exc:
             raise JobFailed(f"a table's data in the archive does not decompress: {exc}") from exc
+        if fed and not inflate.eof:
+            raise JobFailed("a table's compressed data in the archive ends before its zlib stream does; the archive is damaged")
     else:
         raise ArchiveLayoutUnknown(f"pg_dump compressed the table data with {compression}, which db-backup cannot count")
     return counter.rows()
@@ -221,7 +239,7 @@ def read_contents(f: IO[bytes]) -> Contents:
                 for _ in s.chunks():
                     pass
         else:
-            raise ArchiveLayoutUnknown(f"unknown data block type {kind} at byte {s.pos - 1}")
+            raise JobFailed(f"unknown data block type {kind} at byte {s.pos - 1}")
     data = tuple(
         TableData(e.namespace, e.tag, rows.get(e.dump_id) if e.copy else None)
         for e in entries if e.desc == "TABLE DATA" and e.has_data

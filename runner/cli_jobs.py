@@ -138,6 +138,8 @@ def drill(
     if url is not None and executor == Executor.ecs:
         raise BadInput("--to-url drills run locally; drop --executor ecs")
     if url is None and executor_for(target, executor) == "ecs":
+        if as_json:
+            raise BadInput("--json prints a local drill's record; an ECS drill reports in its summary, or drop --executor ecs")
         _run_remote(ctx, target, timeout=limit, detach=False, drill_backup=backup_id)
         return
     outcome = run_drill(DrillPlan(target, backup_id, url), state.services())

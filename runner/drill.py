@@ -1,9 +1,9 @@
 """A restore drill: restore a backup where no environment lives, check what arrived, and record it.
 
 The server is a throwaway cluster of the drill's own (or a server named with --to-url, into a
-`drill_*` database dropped afterwards); the restore is the real one (`restore.run_restore`). Then:
-pg_restore reported no error, every table of the archive exists, each table holds the rows its data
-block held, and the extensions the dump needs are available. The result goes beside the backup
+`drill_*` database of this run's, marked as such and dropped afterwards); the restore is the real
+one (`restore.run_restore`). Then: pg_restore reported no error, every table of the archive exists,
+each table holds the rows its data block held, and the extensions the dump needs are available. The result goes beside the backup
 as a DrillRecord.
 """
 
@@ -27,14 +27,18 @@ from .errors import ArchiveLayoutUnknown, BadInput, JobFailed
 from .pg.admin import admin_connection, database_exists, derived_name, try_drop_database
 from .pg.cluster import throwaway_cluster
 from .pg.session import connect, pg_message, server_version
+from .pg.tools import find_tool
 from .records import DrillRecord, put_record
 from .restore import RestorePlan, run_restore
 from .services import Services
+from .signals import deferred_signals
+from .stored_dump import check_reader
 from .targets import Target
 
 log = logging.getLogger(__name__)
 
 DRILL_PREFIX = "drill_"
+DRILL_MARK = "db-backup drill "  # the comment on a database a drill made, then its run id
 _MAINTENANCE = ("postgres", "template1")
 
 
@@ -55,6 +59,7 @@ class DrillOutcome:
 class _Server:
     conn: Connection  # the drill database on it
     label: str
+    mark: str | None = None  # --to-url: the comment that proves this run made the drill database
 
 
 def run_drill(plan: DrillPlan, services: Services) -> DrillOutcome:
@@ -62,13 +67,16 @@ def run_drill(plan: DrillPlan, services: Services) -> DrillOutcome:
     store = services.store(plan.source)
     entry = resolve_backup(store, plan.source.identifier, plan.source.env, plan.backup)
     checked_at = services.clock.now()
+    check_reader(store, entry, find_tool("pg_restore"))  # a format no pg_restore here reads: exit 2, no record
     started = services.clock.monotonic()
     try:
         contents = stored_contents(store, entry)
         log.info("read %s through in %.1fs: %d tables, %d rows, extensions: %s", store.uri(entry.key),
                  services.clock.monotonic() - started, len(contents.tables), sum(contents.row_counts().values()),
                  ", ".join(contents.extensions) or "none")
-    except (JobFailed, ArchiveLayoutUnknown) as exc:
+    except ArchiveLayoutUnknown as exc:  # says nothing about the backup: db-backup cannot read this layout
+        raise BadInput(f"backup {entry.id} cannot be drilled: {exc}; restore it to check it") from exc
+    except JobFailed as exc:
         record = DrillRecord(backup_id=entry.id, checked_at=checked_at, ok=False, problem=f"the archive cannot be read: {exc}",
                              restore_duration_s=0.0, server="none (not restored)", tool_version=__version__)
     else:
@@ -93,27 +101,59 @@ def _server(plan: DrillPlan, entry: BackupEntry, services: Services) -> Iterator
             yield _Server(cluster.connection(name), "throwaway cluster")
         return
     url = plan.to_url
-    if url.dbname.startswith(DRILL_PREFIX):
-        name = url.dbname
+    run_id = secrets.token_hex(4)
+    # A name of this run's own: two drills of one backup on one server never meet.
+    name = derived_name(url.dbname if url.dbname.startswith(DRILL_PREFIX) else name, f"_{run_id}")
     conn = url.with_db(name)
     with connect(admin_connection(conn)) as admin:
-        if url.dbname not in _MAINTENANCE and not url.dbname.startswith(DRILL_PREFIX) and database_exists(admin, url.dbname):
+        if url.dbname not in _MAINTENANCE and database_exists(admin, url.dbname) and not _is_drill_database(admin, url.dbname):
             raise BadInput(f"{url.describe()} is an existing database, and a drill never touches one; name the server's "
-                           f"maintenance database (…/postgres) or a database called {DRILL_PREFIX}*, which the drill replaces and drops")
-        _drop(admin, name)  # an earlier drill's, by its name
+                           f"maintenance database (…/postgres), and the drill restores into a database of its own and drops it")
+    mark = f"{DRILL_MARK}{run_id}"
     try:
-        yield _Server(conn, url.with_db("postgres").describe().rsplit("/", 1)[0])
+        yield _Server(conn, url.with_db("postgres").describe().rsplit("/", 1)[0], mark)
     finally:
-        try:
-            with connect(admin_connection(conn)) as admin:
-                for leftover in (name, derived_name(name, "__previous")):
-                    _drop(admin, leftover)
-        except JobFailed as exc:  # the drill's own outcome matters more than its cleanup
-            log.warning("could not drop the drill database %s: %s; drop it by hand", name, exc)
+        with deferred_signals():  # a second cancel must not leave the restored copy behind
+            _drop_marked(conn, mark)
 
 
-def _drop(admin: psycopg.Connection[tuple[object, ...]], name: str) -> None:
-    if problem := try_drop_database(admin, name):
+def _mark_database(server: _Server) -> None:
+    """Mark the drill database the restore left (if any) as this run's, so that only this run drops it."""
+    if server.mark is None:
+        return
+    name = server.conn.dbname
+    try:
+        with connect(admin_connection(server.conn)) as admin:
+            if database_exists(admin, name):
+                admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(server.mark)))
+    except (JobFailed, psycopg.Error) as exc:  # then it is left, with a warning: the drill's outcome stands
+        problem = pg_message(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        log.warning("could not mark the drill database %s as this drill's: %s", name, problem)
+
+
+def _comment(admin: psycopg.Connection[tuple[object, ...]], name: str) -> str | None:
+    row = admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return str(row[0]) if row and row[0] is not None else None
+
+
+def _is_drill_database(admin: psycopg.Connection[tuple[object, ...]], name: str) -> bool:
+    return (_comment(admin, name) or "").startswith(DRILL_MARK)
+
+
+def _drop_marked(conn: Connection, mark: str) -> None:
+    """Drop the drill database if it carries this run's mark; one without it is not this run's to drop."""
+    name = conn.dbname
+    try:
+        with connect(admin_connection(conn)) as admin:
+            if not database_exists(admin, name):
+                return
+            if _comment(admin, name) != mark:
+                log.warning("the drill database %s is not marked as this drill's (%s), so it is left; drop it by hand", name, mark)
+                return
+            if problem := try_drop_database(admin, name):
+                log.warning("could not drop the drill database %s: %s; drop it by hand", name, problem)
+    except (JobFailed, psycopg.Error) as exc:  # the drill's own outcome matters more than its cleanup
+        problem = pg_message(exc) if isinstance(exc, psycopg.Error) else str(exc)
         log.warning("could not drop the drill database %s: %s; drop it by hand", name, problem)
 
 
@@ -134,6 +174,8 @@ def _drill(plan: DrillPlan, entry: BackupEntry, contents: Contents, server: _Ser
         elapsed = round(services.clock.monotonic() - started, 3)
         need = f"the server lacks the extension(s) {', '.join(missing_ext)}; " if missing_ext else ""
         return _with(base, problem=f"{need}the restore failed: {exc}", restore_duration_s=elapsed)
+    finally:
+        _mark_database(server)  # the name is this run's own, so whatever the restore left under it is too
     try:
         with connect(server.conn) as db:
             present = {f"{r[0]}.{r[1]}" for r in db.execute(

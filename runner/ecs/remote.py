@@ -8,11 +8,12 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TextIO
 
 from .. import github
 from ..backup import check_shrink
-from ..catalog import list_backups, resolve_backup
+from ..catalog import BackupEntry, list_backups, resolve_backup
 from ..errors import BadInput, Cancelled, DbBackupError, JobFailed, TimedOut, cancel_reason
 from ..github import CANCELLED, FAILURE, STARTED, SUCCESS, TIMED_OUT, Report
 from ..output import human_duration
@@ -200,15 +201,41 @@ def _confirm_drill(setup: _Setup, report: Report, backup: str, arn: str) -> Repo
     """The report with what the task's drill recorded beside the backup; JobFailed if it recorded nothing."""
     target = setup.job.target
     store = setup.services.store(target)
-    entry = resolve_backup(store, target.identifier, target.env, backup)
-    record = read_record(store, entry.key, DrillRecord)
-    if record is None or record.backup_id != entry.id:
-        raise JobFailed(f"ECS task {task_id(arn)} exited 0 but left no drill record beside {store.uri(entry.key)}; see the task's log")
+    if backup == "latest":
+        # _pin_backup could not resolve it here, so the task chose; re-resolving now could name a backup
+        # that finished since. What counts is a drill record written after this run started.
+        since = setup.services.clock.now() - timedelta(seconds=report.duration_s or 0.0)
+        found = _drill_since(setup, since)
+        if found is None:
+            raise JobFailed(f"ECS task {task_id(arn)} exited 0 but left no drill record beside the newest {_RECENT} backups of "
+                            f"{target.name} since {since.isoformat(timespec='seconds')}; see the task's log")
+        entry, record = found
+    else:
+        entry = resolve_backup(store, target.identifier, target.env, backup)
+        found_record = read_record(store, entry.key, DrillRecord)
+        if found_record is None or found_record.backup_id != entry.id:
+            raise JobFailed(f"ECS task {task_id(arn)} exited 0 but left no drill record beside {store.uri(entry.key)}; see the task's log")
+        record = found_record
     if not record.ok:
         raise JobFailed(f"the drill of {target.name} {entry.id} failed: {record.problem}")
     rows = sum(record.restored_tables.values())
     return replace(report, message=(f"restored in {human_duration(record.restore_duration_s)} into a {record.server}: "
                                     f"{len(record.restored_tables)} tables, {rows} rows as dumped"))
+
+
+_RECENT = 20  # backups `latest` can have meant: the newest good one, past any damaged newer ones
+
+
+def _drill_since(setup: _Setup, since: datetime) -> tuple[BackupEntry, DrillRecord] | None:
+    """The newest drill record checked at or after `since` beside one of the newest backups, with its backup."""
+    target = setup.job.target
+    store = setup.services.store(target)
+    found: list[tuple[BackupEntry, DrillRecord]] = []
+    for entry in list_backups(store, target.identifier, target.env, limit=_RECENT):
+        record = read_record(store, entry.key, DrillRecord)
+        if record is not None and record.backup_id == entry.id and record.checked_at >= since:
+            found.append((entry, record))
+    return max(found, key=lambda pair: pair[1].checked_at, default=None)
 
 
 def _publish(setup: _Setup, state: _State, report: Report) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
+from runner import archive_rows
 from runner.archive_rows import read_contents, stored_contents
 from runner.catalog import BackupEntry
-from runner.errors import ArchiveLayoutUnknown, InfraError
+from runner.errors import InfraError, JobFailed
 from tests.conftest import PgCluster
 
 SCHEMA = """
@@ -54,8 +56,34 @@ def test_counts_rows_tables_and_extensions(pg: PgCluster, filled: str, compress:
 
 def test_a_truncated_archive_is_refused(pg: PgCluster, filled: str) -> None:
     whole = _dump(pg, filled, "6")
-    with pytest.raises(ArchiveLayoutUnknown, match="ends early"):
+    with pytest.raises(JobFailed, match="ends early"):
         read_contents(io.BytesIO(whole[: len(whole) * 2 // 3]))
+
+
+def _int(value: int) -> bytes:
+    return bytes([1 if value < 0 else 0]) + abs(value).to_bytes(4, "little")
+
+
+def test_a_corrupt_string_length_is_refused_without_buffering_it() -> None:
+    with pytest.raises(JobFailed, match="past any sane"):
+        archive_rows._Stream(io.BytesIO(_int(2**31 - 1) + b"x" * 10)).string()
+    with pytest.raises(JobFailed, match="ends early"):  # under the cap: read in pieces until the archive ends
+        archive_rows._Stream(io.BytesIO(_int(200 << 20) + b"x" * 10)).string()
+
+
+def test_a_corrupt_chunk_length_is_read_in_pieces_and_refused() -> None:
+    s = archive_rows._Stream(io.BytesIO(_int(2**31 - 1) + b"a\nb\n" * 10))
+    with pytest.raises(JobFailed, match="ends early"):
+        archive_rows._count_block(s, "none")
+
+
+def test_a_truncated_gzip_block_is_an_error_not_an_undercount() -> None:
+    packed = zlib.compress(b"".join(f"{i}\tbody {i}\n".encode() for i in range(5000)) + b"\\.\n")
+    whole = _int(len(packed)) + packed + _int(0)
+    assert archive_rows._count_block(archive_rows._Stream(io.BytesIO(whole)), "gzip") == 5000
+    cut = packed[: len(packed) // 2]
+    with pytest.raises(JobFailed, match="ends before its zlib stream"):
+        archive_rows._count_block(archive_rows._Stream(io.BytesIO(_int(len(cut)) + cut + _int(0))), "gzip")
 
 
 class _FailingStore:

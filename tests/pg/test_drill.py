@@ -14,6 +14,9 @@ import pytest
 from psycopg import sql
 
 from runner import drill
+from runner.archive import header_version
+from runner.pg import cluster as cluster_module
+from runner.pg.cluster import throwaway_cluster
 from tests.conftest import PgCluster, fill_rich, run_cli, run_until, write_targets
 from tests.helpers.cli import run_main
 
@@ -199,3 +202,60 @@ def test_a_cancelled_drill_stops_and_removes_its_cluster(
     assert code == 130, err
     assert list(work.iterdir()) == [] and _servers_under(work) == []
     assert not list((tmp_path / "backups" / "app" / "production").glob("*.drill.json"))  # a cancelled drill says nothing
+
+
+def test_the_throwaway_server_never_sees_this_processs_secrets(monkeypatch: pytest.MonkeyPatch, work: Path) -> None:
+    """The dump's SQL runs there as superuser: pg_read_file('/proc/self/environ') must find no credential."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-4711-drill")
+    with throwaway_cluster("pw-for-this-test", parent=work) as made:
+        pid = int((made.datadir / "postmaster.pid").read_text().splitlines()[0])
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert cluster_module._is_postmaster_of(pid, made.datadir)  # the pid a failed stop would kill
+    assert b"PATH=" in environ and b"aws-secret-4711-drill" not in environ and b"AWS_" not in environ
+
+
+def test_a_drill_refuses_an_unmarked_drill_database_and_spares_other_drills(
+    pg: PgCluster, dbname: str, tmp_path: Path, drill_env: dict[str, str],
+) -> None:
+    assert run_cli("backup", "app", "production", env=drill_env).returncode == 0
+    env = {**drill_env, "PGPASSWORD": pg.password}
+    with pg.connect() as conn:
+        for name in ("drill_x", "drill_other_run"):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute("COMMENT ON DATABASE drill_other_run IS 'db-backup drill 0123abcd'")  # another drill's, running
+    try:
+        refused = run_cli("drill", "app", "production", "--to-url", pg.url("drill_x", password=False), env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert "existing database" in refused.stderr
+        assert "drill_x" in pg.databases()
+        assert not list((tmp_path / "backups" / "app" / "production").glob("*.drill.json"))
+
+        before = pg.databases()
+        drilled = run_cli("drill", "app", "production", "--to-url", pg.url("postgres", password=False), env=env)
+        assert drilled.returncode == 0, drilled.stderr
+        assert pg.databases() == before  # its own database made and dropped; the other drill's left alone
+    finally:
+        with pg.connect() as conn:
+            for name in ("drill_x", "drill_other_run"):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def test_an_archive_format_db_backup_cannot_read_is_refused_without_a_record(
+    pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str], work: Path,
+) -> None:
+    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": dbname}, "file://./backups", extra="compression: none")
+    env = {**pg_env, "DB_BACKUP_TARGETS": str(targets), "DB_BACKUP_WORK_DIR": str(work)}
+    assert (backed := run_cli("backup", "app", "production", env=env)).returncode == 0, backed.stderr
+    (dump,) = (tmp_path / "backups" / "app" / "production").glob("*.dump")
+    data = bytearray(dump.read_bytes())
+    assert header_version(bytes(data[:8])) is not None
+    data[6] = 17  # archive format 1.17: newer than db-backup or this pg_restore knows
+    dump.write_bytes(bytes(data))
+
+    drilled = run_cli("drill", "app", "production", env=env)
+
+    assert drilled.returncode == 2, drilled.stderr
+    assert "format 1.17" in drilled.stderr
+    assert not list((tmp_path / "backups" / "app" / "production").glob("*.drill.json"))
+    assert list(work.iterdir()) == []

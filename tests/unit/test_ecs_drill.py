@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from runner.ecs import remote
 from runner.ecs.request import RemoteJob, run_task_params, task_request
-from runner.errors import JobFailed
+from runner.errors import InfraError, JobFailed
 from runner.github import SUCCESS
 from runner.manifest import Manifest
 from runner.records import DrillRecord, put_record
@@ -118,3 +119,55 @@ def test_a_to_url_drill_is_not_sent_to_ecs(tmp_path: Path, monkeypatch: pytest.M
     run = run_main(["drill", "curation", "beta", "--to-url", "postgresql://drill@scratch:5432/postgres", "--executor", "ecs"], capsys)
     assert run.code == 2
     assert run.err_lines[-1] == "error: --to-url drills run locally; drop --executor ecs"
+
+
+def test_when_latest_could_not_be_pinned_the_record_written_since_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nightly backup finishing mid-drill is not the backup the task drilled."""
+    store, manifest = _stored(tmp_path)
+    real = remote.resolve_backup
+    calls: list[str] = []
+
+    def flaky(*args: Any) -> Any:
+        calls.append(args[-1])
+        if len(calls) == 1:
+            raise InfraError("the store is slow to answer")
+        return real(*args)
+
+    monkeypatch.setattr(remote, "resolve_backup", flaky)
+    clock = FakeClock()
+
+    def task_ran(_kwargs: Any) -> None:
+        put_record(store, manifest.key, replace(_record(manifest.id, ok=True), checked_at=clock.now()))
+        write_manifest(store, "curation", "production", datetime(2024, 5, 1, 3, 0, tzinfo=UTC), None)  # the nightly, meanwhile
+
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))], on_run=task_ran)
+    job = drill_job(registry(tmp_path), "production")
+    report = remote.run(job, services(clock, FakeAws(fake, FakeLogs(clock, []))), GithubEnv(), timeout_s=3600, policy=FAST,
+                        out=io.StringIO())
+
+    (call,) = fake.run_calls
+    assert "latest" in call["overrides"]["containerOverrides"][0]["command"]
+    assert report.result == SUCCESS and report.message is not None and "1 tables, 3 rows" in report.message
+
+
+def test_when_latest_could_not_be_pinned_an_older_record_is_not_this_drills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, manifest = _stored(tmp_path)
+    put_record(store, manifest.key, replace(_record(manifest.id, ok=True), checked_at=datetime(2024, 4, 1, tzinfo=UTC)))
+
+    def unreachable(*_args: Any) -> Any:
+        raise InfraError("the store is slow to answer")
+
+    monkeypatch.setattr(remote, "resolve_backup", unreachable)
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))])
+    with pytest.raises(JobFailed, match=r"left no drill record .* since"):
+        _run(tmp_path, fake)
+
+
+def test_json_of_an_ecs_drill_is_refused_not_silently_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_text(TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE))
+    monkeypatch.setenv("DB_BACKUP_TARGETS", str(path))
+    run = run_main(["drill", "curation", "beta", "--executor", "ecs", "--json"], capsys)
+    assert run.code == 2
+    assert run.err_lines[-1].startswith("error: --json prints a local drill's record;")
