@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from runner.targets import Registry, parse_registry
+
 ENVIRONMENTS = ("production: {protected: true}", "beta: {}", "alpha: {}")
 
 
@@ -18,3 +20,13 @@ def write_targets_file(path: Path, defaults: Sequence[str], targets: Sequence[st
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def folder_registry(store: Path, *more_targets: str) -> Registry:
+    """app/production and app/beta, both nightly, backed up into the folder `store` (plus `more_targets` lines)."""
+    lines = ["- {identifier: app, env: production, schedule: nightly}", "- {identifier: app, env: beta, schedule: nightly}",
+             *more_targets]
+    return parse_registry("\n".join([
+        "version: 1", f'defaults: {{storage: "file://{store}"}}', "environments: {production: {protected: true}, beta: {}}",
+        "targets:", *(f"  {line}" for line in lines),
+    ]) + "\n")

@@ -13,21 +13,15 @@ from runner.errors import BadInput, InfraError
 from runner.records import DrillRecord, put_record
 from runner.stores import BackupStore
 from runner.stores.local import LocalStore
-from runner.targets import Registry, Target, parse_registry
+from runner.targets import Registry, Target
 from tests.helpers.backups import write_manifest
+from tests.helpers.targets import folder_registry
 
 WHEN = datetime(2025, 1, 5, 3, 17, tzinfo=UTC)
 
 
 def _registry(store: Path) -> Registry:
-    return parse_registry(f"""version: 1
-defaults: {{storage: "file://{store}"}}
-environments: {{production: {{protected: true}}, beta: {{}}}}
-targets:
-  - {{identifier: app, env: production, schedule: nightly}}
-  - {{identifier: app, env: beta, schedule: nightly}}
-  - {{identifier: crm, env: beta}}
-""")
+    return folder_registry(store, "- {identifier: crm, env: beta}")
 
 
 def _result(folder: Path, identifier: str, env: str, **data: object) -> None:

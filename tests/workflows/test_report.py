@@ -14,6 +14,7 @@ from runner.stores import BackupStore
 from runner.stores.local import LocalStore
 from runner.targets import Registry, Target, parse_registry
 from tests.helpers.backups import write_manifest
+from tests.helpers.targets import folder_registry
 
 REGISTRY = parse_registry("""version: 1
 defaults: {storage: s3://bucket}
@@ -113,13 +114,7 @@ def test_a_store_that_cannot_be_read_makes_cells_unknown_not_a_failed_report(tmp
 
 
 def _local_registry(store: Path) -> Registry:
-    return parse_registry(f"""version: 1
-defaults: {{storage: "file://{store}"}}
-environments: {{production: {{protected: true}}, beta: {{}}}}
-targets:
-  - {{identifier: app, env: production, schedule: nightly}}
-  - {{identifier: app, env: beta, schedule: nightly}}
-""")
+    return folder_registry(store)
 
 
 def test_date_totals_trend_and_last_drill(tmp_path: Path) -> None:
