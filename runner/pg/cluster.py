@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 INITDB_TIMEOUT_S = 120.0
 START_WAIT_S = 60  # pg_ctl -t
+REMOVE_ATTEMPTS = 10
 STOP_WAIT_S = 30
 _FIX = ("install the PostgreSQL server package of the client's major version (e.g. apt-get install postgresql-17) "
         "or set DB_BACKUP_PG_BINDIR to the bin folder that holds initdb and pg_ctl")
@@ -165,6 +167,16 @@ def _stop(bindir: Path, pgdata: Path) -> None:
         os.kill(pid, signal.SIGKILL)  # its backends exit once the postmaster is gone
 
 
+def _remove(root: Path) -> None:
+    """Remove the cluster's folder; a backend still exiting after a kill may write into it once more."""
+    for _attempt in range(REMOVE_ATTEMPTS):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+        time.sleep(0.5)
+    log.warning("could not remove the throwaway cluster's folder %s; remove it by hand", root)
+
+
 def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
     """Whether `pid` runs postgres on `pgdata`: a stale postmaster.pid may name a pid reused since."""
     try:
@@ -190,10 +202,13 @@ def throwaway_cluster(password: str, extra_options: str = "", bindir: Path | Non
     try:
         _initdb(bindir, root, pgdata, password)
         port = free_port()
-        _start(bindir, root, pgdata, port, extra_options)
+        # A cancel mid-start would kill pg_ctl but not the server it is starting, which then writes
+        # into the folder while it is being removed: the cancel waits the second or two a start takes.
+        with deferred_signals():
+            _start(bindir, root, pgdata, port, extra_options)
         yield Cluster("127.0.0.1", port, "postgres", password, bindir, pgdata)
     finally:
         # A second cancel (GitHub sends SIGINT, then SIGTERM) must not skip the kill or the rmtree.
         with deferred_signals():
             _stop(bindir, pgdata)
-            shutil.rmtree(root, ignore_errors=True)
+            _remove(root)
