@@ -20,6 +20,7 @@ from .services import Services
 from .shrink import ShrinkVerdict, describe, judge
 from .stores import BackupStore, Upload
 from .targets import Target
+from .tiering import tier_for_new, tier_tags
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ class BackupResult:
 MAX_IDS_PER_SECOND = 100
 
 
-def _reserve_id(store: BackupStore, target: Target, now: datetime, locks: UploadLocks) -> tuple[str, str, Upload]:
+def _reserve_id(
+    store: BackupStore, target: Target, now: datetime, locks: UploadLocks, tags: dict[str, str],
+) -> tuple[str, str, Upload]:
     """The first free id of this second, reserved by starting its upload: two runs never share one.
 
     Its lock is taken first, so another run's cleanup never sees this upload without it.
@@ -46,7 +49,7 @@ def _reserve_id(store: BackupStore, target: Target, now: datetime, locks: Upload
             log.debug("backup id %s is held by a running backup; trying the next", backup_id)
             continue
         try:
-            return backup_id, key, store.start_upload(key, target.storage_class)
+            return backup_id, key, store.start_upload(key, target.storage_class, tags)
         except IdTaken as taken:
             locks.release(store.uri(key))
             log.debug("backup id %s is taken (%s); trying the next", backup_id, taken)
@@ -69,7 +72,9 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
             )
         now = services.clock.now()
         store.clean_leftovers(target.identifier, target.env, now, locks.abandoned)  # it logs what it removed
-        backup_id, key, upload = _reserve_id(store, target, now, locks)
+        tier = tier_for_new(store, target.identifier, target.env, now, target.retention)
+        tags = tier_tags(tier)  # every object of the backup carries them, so they expire together
+        backup_id, key, upload = _reserve_id(store, target, now, locks, tags)
         try:
             log.info("backing up %s (%s, server %s) to %s with %s", target.name, conn.describe(), server, store.uri(key), plan.compression)
             started = services.clock.monotonic()
@@ -91,8 +96,8 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
             compressed_by=plan.compressed_by, pg_dump_version=dump_version, server_version=server,
             database=conn.dbname, tool_version=__version__, request_id=request_id, uncompressed_bytes=output.raw_bytes,
         )
-        store.put_manifest(manifest)
-    log.info("backup %s done: %s in %.1fs, sha256 %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256)
+        store.put_manifest(manifest, tags)
+    log.info("backup %s done: %s in %.1fs, sha256 %s; kept as %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256, tier)
     return BackupResult(manifest, store.uri(key), check_shrink(store, target, backup_id))
 
 

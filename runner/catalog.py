@@ -148,6 +148,16 @@ def _damage(identifier: str, env: str, item: _Listed, manifest: Manifest | None)
     return None
 
 
+def cheap_listing(store: BackupStore, identifier: str, env: str) -> list[_Listed]:
+    """Every backup's id, key and time from one listing, newest first, no manifest read."""
+    return _listing(store, identifier, env)
+
+
+def judge(store: BackupStore, identifier: str, env: str, item: _Listed) -> BackupEntry:
+    """One listed backup with its manifest read and judged."""
+    return _inspect(store, identifier, env, item)
+
+
 def list_backups(store: BackupStore, identifier: str, env: str, limit: int | None = None) -> list[BackupEntry]:
     """Backups newest first, damaged ones included; manifests are read only for the entries returned."""
     listed = _listing(store, identifier, env)

@@ -7,14 +7,19 @@ backup's promise, is never rewritten; a newer record of the same kind replaces t
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
+from .retention import PINNED_FROM_TAG, TIER_TAG
+
 if TYPE_CHECKING:
     from .stores import BackupStore
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["verify", "drill", "ack"]
 # Records are advice read back from storage: an odd one (no time zone, NaN) counts as no record.
@@ -87,11 +92,21 @@ def to_json(record: Record) -> str:
     return json.dumps({k: stamp(v) for k, v in asdict(record).items()}, indent=2, sort_keys=True) + "\n"
 
 
+def record_tags(store: BackupStore, dump_key: str) -> dict[str, str]:
+    """The retention tags a new record must carry: its dump's, so the two expire together."""
+    try:
+        tags = store.get_tags(dump_key)
+    except Exception as exc:  # a record is advice: written untagged (kept longer) rather than not at all
+        log.warning("could not read the retention tags of %s (%s); the record is written untagged", store.uri(dump_key), exc)
+        return {}
+    return {k: v for k, v in tags.items() if k in (TIER_TAG, PINNED_FROM_TAG)}
+
+
 def put_record(store: BackupStore, dump_key: str, record: Record) -> str:
     """Write (or replace) the record beside the dump; its key."""
     kind = next(k for k, t in _TYPES.items() if isinstance(record, t))
     key = record_key(dump_key, kind)
-    store.put_text(key, to_json(record))
+    store.put_text(key, to_json(record), record_tags(store, dump_key))
     return key
 
 

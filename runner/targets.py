@@ -15,11 +15,15 @@ from pydantic import ValidationError
 from .compression import Compression, parse_compression
 from .durations import parse_duration
 from .errors import BadInput, RestoreRefused, TargetsInvalid, UnknownTarget
+from .retention import DEFAULT_RETENTION, RetentionPolicy
 from .shrink import DEFAULT_SHRINK_POLICY, ShrinkPolicy
 from .targets_schema import (
     DEFAULT_LOCK_WAIT_TIMEOUT,
     MAX_TARGETS_BYTES,
+    AlertsModel,
+    RetentionModel,
     ShrinkAlarmModel,
+    TargetRetentionModel,
     TargetsFileModel,
     UniqueKeyLoader,
     cross_problems,
@@ -83,10 +87,21 @@ class Target:
     # How long pg_dump waits for each table's lock before failing the backup, instead of hanging.
     lock_wait_timeout: timedelta = DEFAULT_LOCK_WAIT_TIMEOUT
     shrink_alarm: ShrinkPolicy = DEFAULT_SHRINK_POLICY
+    retention: RetentionPolicy = DEFAULT_RETENTION
 
     @property
     def name(self) -> str:
         return f"{self.identifier}/{self.env}"
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Where reports tell someone: `env:VAR` references to secret URLs, resolved only when posting."""
+
+    webhook: str | None = None
+    webhook_format: str = "slack"  # slack (blocks with a plain-text fallback) or json (generic)
+    heartbeat_url: str | None = None
+    notify: str = "failures"  # failures (and stale backups) or always
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,7 @@ class Registry:
     protected: frozenset[str]
     targets: tuple[Target, ...]
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the validated file
+    alerts: AlertsConfig = AlertsConfig()
 
     def excerpt(self, *chosen: Target) -> str:
         """This file cut down to the chosen targets (defaults and environments whole), as compact JSON.
@@ -147,6 +163,23 @@ def _shrink_policy(given: ShrinkAlarmModel | None, base: ShrinkPolicy) -> Shrink
     return ShrinkPolicy(threshold=fields.get("threshold", base.threshold), window=fields.get("window", base.window))
 
 
+def _retention(given: RetentionModel | TargetRetentionModel | None, base: RetentionPolicy) -> RetentionPolicy:
+    """`base` with the fields the file sets, field by field like the shrink alarm."""
+    if given is None:
+        return base
+    fields = {name: getattr(given, name) for name in given.model_fields_set if getattr(given, name) is not None}
+    return RetentionPolicy(
+        daily=fields.get("daily", base.daily), weekly=fields.get("weekly", base.weekly),
+        monthly=fields.get("monthly", base.monthly), yearly=fields.get("yearly", base.yearly),
+    )
+
+
+def _alerts(given: AlertsModel | None) -> AlertsConfig:
+    if given is None:
+        return AlertsConfig()
+    return AlertsConfig(given.webhook, given.webhook_format, given.heartbeat_url, given.notify)
+
+
 def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping[str, Any]) -> Registry:
     defaults = model.defaults
     ecs = None
@@ -170,6 +203,7 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping
         storage = "file://" + str(folder if folder.is_absolute() else (base_dir / folder))
     protected = frozenset(name for name, env in model.environments.items() if env and env.protected)
     shrink_default = _shrink_policy(defaults.shrink_alarm, DEFAULT_SHRINK_POLICY)
+    retention_default = _retention(defaults.retention, DEFAULT_RETENTION)
     targets = []
     for t in model.targets:
         db = DatabaseRef.default_ssm(t.identifier, t.env)
@@ -202,6 +236,7 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping
                 database=db,
                 lock_wait_timeout=parse_duration(t.lock_wait_timeout or defaults.lock_wait_timeout),
                 shrink_alarm=_shrink_policy(t.shrink_alarm, shrink_default),
+                retention=_retention(t.retention, retention_default),
             )
         )
     return Registry(
@@ -210,6 +245,7 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping
         protected=protected,
         targets=tuple(targets),
         document=document,
+        alerts=_alerts(model.alerts),
     )
 
 

@@ -13,10 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .compression import parse_compression
 from .durations import parse_duration
 from .errors import BadInput
+from .retention import DEFAULT_RETENTION
 from .shrink import DEFAULT_THRESHOLD, DEFAULT_WINDOW, MIN_PREVIOUS
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SECRET_PREFIXES = ("ssm:", "env:")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Far larger than any real registry; a bigger file is the wrong file, and is refused before it is read.
 MAX_TARGETS_BYTES = 1024 * 1024
 DEFAULT_LOCK_WAIT_TIMEOUT = timedelta(minutes=5)
@@ -92,6 +94,43 @@ class ShrinkAlarmModel(_Strict):
     window: int = Field(default=DEFAULT_WINDOW, ge=MIN_PREVIOUS, le=60)
 
 
+class RetentionModel(_Strict):
+    """How many backups of each calendar tier to keep (runner.retention); 0 turns a tier off."""
+
+    daily: int = Field(default=DEFAULT_RETENTION.daily, ge=1, le=3650)
+    weekly: int = Field(default=DEFAULT_RETENTION.weekly, ge=0, le=520)
+    monthly: int = Field(default=DEFAULT_RETENTION.monthly, ge=0, le=1200)
+    yearly: int = Field(default=DEFAULT_RETENTION.yearly, ge=0, le=100)
+
+
+class TargetRetentionModel(_Strict):
+    """A target's retention: the fields it gives replace the defaults' ones."""
+
+    daily: int | None = Field(default=None, ge=1, le=3650)
+    weekly: int | None = Field(default=None, ge=0, le=520)
+    monthly: int | None = Field(default=None, ge=0, le=1200)
+    yearly: int | None = Field(default=None, ge=0, le=100)
+
+
+def _env_reference(value: str | None) -> str | None:
+    if value is not None and not value.startswith("env:"):
+        raise ValueError("a URL here is a secret; write env:VARIABLE and set that variable from a secret")
+    if value is not None and not ENV_NAME_RE.match(value.removeprefix("env:")):
+        raise ValueError(f"{value!r} does not name an environment variable; write e.g. env:DB_BACKUP_WEBHOOK")
+    return value
+
+
+class AlertsModel(_Strict):
+    """Where the nightly report and the drill report tell someone; URLs are secrets, so only env: references."""
+
+    webhook: str | None = None
+    webhook_format: Literal["slack", "json"] = "slack"
+    heartbeat_url: str | None = None
+    notify: Literal["failures", "always"] = "failures"
+
+    _webhook = field_validator("webhook", "heartbeat_url")(_env_reference)
+
+
 class EcsModel(_Strict):
     cluster: str
     task_definition: str
@@ -138,6 +177,7 @@ class DefaultsModel(_Strict):
     lock_wait_timeout: str = "5m"
     ecs: EcsModel | None = None
     shrink_alarm: ShrinkAlarmModel | None = None
+    retention: RetentionModel | None = None
 
     _lock_wait = field_validator("lock_wait_timeout", mode="before")(_lock_wait_timeout)
     _shrink = field_validator("shrink_alarm", mode="before")(_shrink_alarm)
@@ -173,6 +213,7 @@ class TargetModel(_Strict):
     lock_wait_timeout: str | None = None
     database: DatabaseModel | None = None
     shrink_alarm: ShrinkAlarmModel | None = None
+    retention: TargetRetentionModel | None = None
 
     _lock_wait = field_validator("lock_wait_timeout", mode="before")(_lock_wait_timeout)
     _shrink = field_validator("shrink_alarm", mode="before")(_shrink_alarm)
@@ -190,6 +231,7 @@ class TargetsFileModel(_Strict):
     defaults: DefaultsModel
     environments: dict[str, EnvironmentModel | None] = Field(min_length=1)
     targets: list[TargetModel] = Field(default_factory=list)
+    alerts: AlertsModel | None = None
 
 
 def _place(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:

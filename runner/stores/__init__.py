@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from ..manifest import Manifest
+    from ..retention import Tier
 
 READ_CHUNK = 1 << 20
 
@@ -30,7 +31,7 @@ class BackupStore(Protocol):
 
     def uri(self, key: str) -> str: ...
 
-    def start_upload(self, key: str, storage_class: str) -> Upload:
+    def start_upload(self, key: str, storage_class: str, tags: Mapping[str, str] | None = None) -> Upload:
         """Reserve the key's id and start writing it; IdTaken if another backup has or holds it."""
         ...
 
@@ -43,10 +44,22 @@ class BackupStore(Protocol):
         """
         ...
 
-    def put_manifest(self, manifest: Manifest) -> None: ...
+    def put_manifest(self, manifest: Manifest, tags: Mapping[str, str] | None = None) -> None: ...
 
-    def put_text(self, key: str, text: str) -> None:
+    def put_text(self, key: str, text: str, tags: Mapping[str, str] | None = None) -> None:
         """Write a small object beside the backups (a record), replacing what was there."""
+        ...
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        """The object's tags; always empty where the store has none (a folder)."""
+        ...
+
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        """Replace the object's tags; nothing where the store has none."""
+        ...
+
+    def tier_rules(self) -> dict[Tier, int] | None:
+        """Days after which the store itself expires each tier; None where nothing expires on its own (a folder)."""
         ...
 
     def read(self, key: str) -> Iterator[bytes]: ...

@@ -10,7 +10,7 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from ..catalog import DUMP_SUFFIX, ID_RE, backup_key
 from ..errors import IdTaken, InfraError, JobFailed, NoBackup
 from ..filelocks import remove_if_unlocked
 from ..manifest import Manifest
+from ..retention import Tier
 from . import READ_CHUNK, Upload
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class LocalStore:
     def uri(self, key: str) -> str:
         return str(self.root / key)
 
-    def start_upload(self, key: str, storage_class: str) -> Upload:
+    def start_upload(self, key: str, storage_class: str, tags: Mapping[str, str] | None = None) -> Upload:
         return _FileUpload(self.root / key)
 
     def clean_leftovers(
@@ -197,10 +198,31 @@ class LocalStore:
             removed.append(str(child))
         return removed
 
-    def put_manifest(self, manifest: Manifest) -> None:
-        self.put_text(manifest.key + ".json", manifest.to_json(), "writing the manifest")
+    def put_manifest(self, manifest: Manifest, tags: Mapping[str, str] | None = None) -> None:
+        self.put_text(manifest.key + ".json", manifest.to_json(), action="writing the manifest")
 
-    def put_text(self, key: str, text: str, action: str = "writing") -> None:
+    # A folder has no object tags and no lifecycle: `db-backup prune` applies the policy to it.
+    def get_tags(self, key: str) -> dict[str, str]:
+        return {}
+
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        return None
+
+    def tier_rules(self) -> dict[Tier, int] | None:
+        return None
+
+    def delete(self, key: str) -> bool:
+        """Remove one object of a backup (prune); False when it was already gone."""
+        path = self.root / key
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _local_error("deleting", path, exc) from exc
+        return True
+
+    def put_text(self, key: str, text: str, tags: Mapping[str, str] | None = None, *, action: str = "writing") -> None:
         path = self.root / key
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
         try:

@@ -12,7 +12,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn, cast
 
@@ -22,10 +22,12 @@ from ..aws import CREDENTIAL_ERRORS, abort_client_for, error_code, infra_error
 from ..catalog import backup_key, folder_key
 from ..errors import IdTaken, InfraError, JobFailed, NoBackup
 from ..manifest import Manifest
-from . import READ_CHUNK, Upload
+from ..retention import Tier
+from . import READ_CHUNK, Upload, s3_tags
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.literals import StorageClassType
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef, MultipartUploadTypeDef
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class _S3Upload:
 
     def __init__(
         self, client: S3Client, abort_client: S3Client, bucket: str, key: str, storage_class: str, part_size: int, parallel: int,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         self._client = client
         self._abort_client = abort_client
@@ -78,7 +81,9 @@ class _S3Upload:
         self._aborted = False
         self._abort_error: str | None = None
         try:
-            response = client.create_multipart_upload(Bucket=bucket, Key=key, StorageClass=storage_class)  # type: ignore[arg-type]
+            response = client.create_multipart_upload(
+                Bucket=bucket, Key=key, StorageClass=cast("StorageClassType", storage_class), **s3_tags.tagging_header(tags),
+            )
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(f"starting the upload to s3://{bucket}/{key}", exc, bucket) from exc
         self.upload_id = response["UploadId"]
@@ -258,7 +263,7 @@ class S3Store:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def start_upload(self, key: str, storage_class: str) -> Upload:
+    def start_upload(self, key: str, storage_class: str, tags: Mapping[str, str] | None = None) -> Upload:
         """Reserve the id by opening its multipart upload: of two open uploads of one key, the first wins.
 
         Every run orders the key's open uploads the same way (Initiated, then UploadId) and keeps its
@@ -266,7 +271,7 @@ class S3Store:
         """
         if self.list_keys(key):
             raise IdTaken(f"{self.uri(key)} already exists")
-        upload = _S3Upload(self._client, self._abort_client, self.bucket, key, storage_class, self._part_size, self._parallel)
+        upload = _S3Upload(self._client, self._abort_client, self.bucket, key, storage_class, self._part_size, self._parallel, tags)
         try:
             rival = self._first_other_upload(key, upload.upload_id) or bool(self.list_keys(key))
         except BaseException as exc:
@@ -324,12 +329,12 @@ class S3Store:
             log.warning("could not clean up unfinished uploads under %s (%s)", self.uri(prefix), _short_reason(exc))
         return aborted
 
-    def put_manifest(self, manifest: Manifest) -> None:
+    def put_manifest(self, manifest: Manifest, tags: Mapping[str, str] | None = None) -> None:
         text = manifest.to_json()
         try:
             self._client.put_object(
                 Bucket=self.bucket, Key=manifest.key + ".json", Body=text.encode(),
-                ContentType="application/json", IfNoneMatch="*",
+                ContentType="application/json", IfNoneMatch="*", **s3_tags.tagging_header(tags),
             )
         except ClientError as exc:
             # A retried request whose first attempt landed meets its own manifest: that is success.
@@ -339,11 +344,23 @@ class S3Store:
         except BotoCoreError as exc:
             raise _s3_error(f"writing the manifest of {self.uri(manifest.key)}", exc, self.bucket) from exc
 
-    def put_text(self, key: str, text: str) -> None:
+    def put_text(self, key: str, text: str, tags: Mapping[str, str] | None = None) -> None:
+        content_type = "application/json" if key.endswith(".json") else "text/plain; charset=utf-8"
         try:
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=text.encode(), ContentType="application/json")
+            self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=text.encode(), ContentType=content_type, **s3_tags.tagging_header(tags),
+            )
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(f"writing {self.uri(key)}", exc, self.bucket) from exc
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        return s3_tags.get_tags(self._client, self.bucket, key)
+
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        s3_tags.set_tags(self._client, self.bucket, key, tags)
+
+    def tier_rules(self) -> dict[Tier, int] | None:
+        return s3_tags.tier_rules(self._client, self.bucket, self.prefix)
 
     def _read_quietly(self, key: str) -> str | None:
         try:

@@ -1,0 +1,81 @@
+"""Retention on a store: the tier a new backup gets, the tags on all of a backup's objects, pins and promotions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from .catalog import cheap_listing, judge, list_backups
+from .records import DrillRecord, VerifyRecord, read_record
+from .retention import CALENDAR_TIERS, TIER_TAG, RetentionPolicy, Tier, decide_tier, period
+
+if TYPE_CHECKING:
+    from .catalog import BackupEntry
+    from .stores import BackupStore
+
+log = logging.getLogger(__name__)
+
+
+def failed_check(store: BackupStore, dump_key: str) -> bool:
+    """A readable verify or drill record of this backup says it failed."""
+    verify = read_record(store, dump_key, VerifyRecord)
+    drill = read_record(store, dump_key, DrillRecord)
+    return (verify is not None and not verify.ok) or (drill is not None and not drill.ok)
+
+
+def tier_for_new(store: BackupStore, identifier: str, env: str, created_at: datetime, policy: RetentionPolicy) -> Tier:
+    """The tier of a backup about to be written, from the good backups already stored before it."""
+    listed = {item.id: item for item in cheap_listing(store, identifier, env)}
+
+    def good(backup_id: str) -> bool:
+        entry = judge(store, identifier, env, listed[backup_id])
+        return entry.complete and not failed_check(store, entry.key)
+
+    return decide_tier(created_at, ((item.sort_key[0], item.id) for item in listed.values()), good, policy)
+
+
+def tier_tags(tier: Tier) -> dict[str, str]:
+    return {TIER_TAG: tier.value}
+
+
+def object_keys(store: BackupStore, dump_key: str) -> list[str]:
+    """Every object of one backup: dump, manifest, records, globals (all share `{folder}{id}.`)."""
+    stem = dump_key.removesuffix(".dump") + "."
+    return sorted(key for key, _size in store.list_keys(stem))
+
+
+def retag(store: BackupStore, dump_key: str, tags: Mapping[str, str]) -> list[str]:
+    """Give every object of the backup the same tags (the dump last, so it never leaves its manifest behind)."""
+    keys = object_keys(store, dump_key)
+    for key in sorted(keys, key=lambda k: k == dump_key):
+        store.set_tags(key, tags)
+    return keys
+
+
+def promote_next(store: BackupStore, identifier: str, env: str, failed: BackupEntry, policy: RetentionPolicy) -> list[str]:
+    """After `failed` failed its check: the next good backup of each calendar period it stood for gets that tier.
+
+    The failed backup keeps its tier (it may still hold most of the data); promotion only adds.
+    Returns what was promoted, in words.
+    """
+    tier = Tier(store.get_tags(failed.key).get(TIER_TAG, Tier.DAILY.value)) if store.tier_rules() is not None else None
+    if tier is None or tier not in CALENDAR_TIERS:
+        return []
+    mine = period(tier, failed.created_at)
+    later = sorted(
+        (e for e in list_backups(store, identifier, env) if e.created_at > failed.created_at and period(tier, e.created_at) == mine),
+        key=lambda e: e.created_at,
+    )
+    rank = {t: i for i, t in enumerate((Tier.DAILY, Tier.WEEKLY, Tier.MONTHLY, Tier.YEARLY, Tier.PINNED))}
+    for entry in later:
+        if not entry.complete or failed_check(store, entry.key):
+            continue
+        current = Tier(store.get_tags(entry.key).get(TIER_TAG, Tier.DAILY.value))
+        if rank[current] >= rank[tier]:
+            return []  # the period already has a good backup kept at least as long
+        retag(store, entry.key, tier_tags(tier))
+        return [f"backup {entry.id} promoted from {current} to {tier} in place of {failed.id}"]
+    return []
+
