@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import typer
 
-from . import cli_checks, cli_jobs, signals  # noqa: F401  (the command modules register their commands)
+from . import cli_checks, cli_jobs, cli_retention, signals  # noqa: F401  (the command modules register their commands)
 from .cli_app import app
 from .errors import DbBackupError, ExitCode, TargetsInvalid, cancel_reason
 

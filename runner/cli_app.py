@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # The order `--help` lists them in: the day-to-day jobs first, then checks, then the workflows' own.
 COMMAND_ORDER = ("targets", "validate", "matrix", "list", "backup", "restore", "drill", "verify", "history",
-                 "status", "ack", "report", "workflows")
+                 "status", "ack", "retention", "pin", "unpin", "prune", "report", "workflows")
 
 
 class _Commands(TyperGroup):

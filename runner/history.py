@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .catalog import BackupEntry, list_backups
-from .records import AckRecord, DrillRecord, Kind, R, VerifyRecord, read_record, record_key
+from .records import AckRecord, DrillRecord, Kind, PinRecord, R, VerifyRecord, read_record, record_key
 from .shrink import Measure, ShrinkPolicy, ShrinkVerdict, good, judge, measure_of, measured_size
 
 if TYPE_CHECKING:
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 BARS = "▁▂▃▄▅▆▇█"
 GAP = "·"  # a damaged backup: no size worth drawing
-_KINDS: dict[type, Kind] = {VerifyRecord: "verify", DrillRecord: "drill", AckRecord: "ack"}
+_KINDS: dict[type, Kind] = {VerifyRecord: "verify", DrillRecord: "drill", AckRecord: "ack", PinRecord: "pin"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,11 @@ class RecordIndex:
 
     def read(self, entry: BackupEntry, cls: type[R]) -> R | None:
         return read_record(self.store, entry.key, cls) if self.has(entry, _KINDS[cls]) else None
+
+    def pin(self, entry: BackupEntry) -> PinRecord | None:
+        """The backup's pin when it is pinned now; None otherwise."""
+        pin = self.read(entry, PinRecord)
+        return pin if pin is not None and pin.pinned and pin.backup_id == entry.id else None
 
     def acknowledged(self, entry: BackupEntry) -> bool:
         """A readable acknowledgement of this very backup: what silences its alarm and starts a new baseline."""

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["verify", "drill", "ack"]
+Kind = Literal["verify", "drill", "ack", "pin"]
 # Records are advice read back from storage: an odd one (no time zone, NaN) counts as no record.
 _CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
 Seconds = Annotated[float, Field(ge=0)]
@@ -75,10 +75,23 @@ class AckRecord:
     reason: str = ""
 
 
-Record = VerifyRecord | DrillRecord | AckRecord
-R = TypeVar("R", VerifyRecord, DrillRecord, AckRecord)
+@with_config(_CONFIG)
+@dataclass(frozen=True)
+class PinRecord:
+    """Someone pinned (or unpinned) a backup: while pinned, no retention rule or prune removes it."""
 
-_TYPES: dict[Kind, type[Record]] = {"verify": VerifyRecord, "drill": DrillRecord, "ack": AckRecord}
+    backup_id: str
+    pinned: bool
+    changed_at: AwareDatetime
+    by: str
+    reason: str = ""
+    tier_before: str | None = None  # the tier it had before the pin, given back by unpin
+
+
+Record = VerifyRecord | DrillRecord | AckRecord | PinRecord
+R = TypeVar("R", VerifyRecord, DrillRecord, AckRecord, PinRecord)
+
+_TYPES: dict[Kind, type[Record]] = {"verify": VerifyRecord, "drill": DrillRecord, "ack": AckRecord, "pin": PinRecord}
 
 
 def record_key(dump_key: str, kind: Kind) -> str:
@@ -102,11 +115,11 @@ def record_tags(store: BackupStore, dump_key: str) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k in (TIER_TAG, PINNED_FROM_TAG)}
 
 
-def put_record(store: BackupStore, dump_key: str, record: Record) -> str:
-    """Write (or replace) the record beside the dump; its key."""
+def put_record(store: BackupStore, dump_key: str, record: Record, tags: dict[str, str] | None = None) -> str:
+    """Write (or replace) the record beside the dump, with the dump's retention tags unless given; its key."""
     kind = next(k for k, t in _TYPES.items() if isinstance(record, t))
     key = record_key(dump_key, kind)
-    store.put_text(key, to_json(record), record_tags(store, dump_key))
+    store.put_text(key, to_json(record), record_tags(store, dump_key) if tags is None else tags)
     return key
 
 

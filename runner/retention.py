@@ -98,10 +98,13 @@ def decide_tier(
 
 
 def expires_at(created_at: datetime, tier: Tier, policy: RetentionPolicy) -> datetime | None:
-    """When a backup of that tier expires under the policy, as S3 counts it: the midnight UTC after created + days."""
+    """When a backup of that tier expires under the policy; None when it never does."""
     days = policy.keep_days(tier)
-    if days is None:
-        return None
+    return None if days is None else expires_after(created_at, days)
+
+
+def expires_after(created_at: datetime, days: int) -> datetime:
+    """As S3 lifecycle counts it: created + days, rounded up to the next midnight UTC."""
     due = created_at.astimezone(UTC) + timedelta(days=days)
     midnight = due.replace(hour=0, minute=0, second=0, microsecond=0)
     return midnight if midnight == due else midnight + timedelta(days=1)

@@ -60,7 +60,7 @@ def promote_next(store: BackupStore, identifier: str, env: str, failed: BackupEn
     The failed backup keeps its tier (it may still hold most of the data); promotion only adds.
     Returns what was promoted, in words.
     """
-    tier = Tier(store.get_tags(failed.key).get(TIER_TAG, Tier.DAILY.value)) if store.tier_rules() is not None else None
+    tier = Tier(store.get_tags(failed.key).get(TIER_TAG, Tier.DAILY.value)) if store.expires_itself else None
     if tier is None or tier not in CALENDAR_TIERS:
         return []
     mine = period(tier, failed.created_at)

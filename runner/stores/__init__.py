@@ -26,6 +26,8 @@ class Upload(Protocol):
 
 class BackupStore(Protocol):
     url: str
+    # True where the store removes expired backups itself by their tags (S3 lifecycle); a folder is pruned.
+    expires_itself: bool
 
     def key(self, identifier: str, env: str, backup_id: str) -> str: ...
 

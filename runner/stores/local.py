@@ -156,6 +156,7 @@ class _FileUpload:
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.expires_itself = False
         self.url = f"file://{root}"
 
     def key(self, identifier: str, env: str, backup_id: str) -> str:

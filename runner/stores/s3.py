@@ -253,6 +253,7 @@ class S3Store:
         self._abort_client = abort_client or abort_client_for(client)
         self.bucket = bucket
         self.prefix = prefix
+        self.expires_itself = True
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
         self._part_size = part_size
         self._parallel = parallel

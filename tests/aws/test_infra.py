@@ -1,4 +1,4 @@
-"""infra/db-backup.yaml: lint-clean, deploys on moto, and its IAM is least privilege.
+"""infra/db-backup.yaml: lint-clean, deploys on moto, expires backups only by their tier tag, and its IAM is least privilege.
 
 Policy tests resolve the template's intrinsic functions for given parameters (a small evaluator
 below) and then evaluate the trust policies' conditions against GitHub OIDC claims, so they
@@ -121,7 +121,10 @@ FULL_PARAMS = {
     "KmsKeyArn": KMS_KEY,
     "OidcProviderArn": EXISTING_PROVIDER,
     "ImageUri": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/db-backup@sha256:{'0' * 64}",
-    "RetentionDays": "0",
+    # Weekly and monthly tiers off, yearly on (3 x 366): each tier condition on its other branch.
+    "WeeklyRetentionDays": "0",
+    "MonthlyRetentionDays": "0",
+    "YearlyRetentionDays": "1098",
 }
 SCENARIOS = {"defaults": BASE_PARAMS, "all-options": FULL_PARAMS}
 
@@ -384,7 +387,10 @@ def test_template_takes_the_documented_parameters(template: dict[str, Any]) -> N
         "SubnetIds",
         "ImageUri",
         "BucketName",
-        "RetentionDays",
+        "DailyRetentionDays",
+        "WeeklyRetentionDays",
+        "MonthlyRetentionDays",
+        "YearlyRetentionDays",
         "TaskCpu",
         "TaskMemory",
         "EphemeralStorageGiB",
@@ -398,6 +404,125 @@ def test_template_takes_the_documented_parameters(template: dict[str, Any]) -> N
     assert params["OidcProviderArn"]["Default"] == ""
     assert params["KmsKeyArn"]["Default"] == ""
     assert params["DefaultBranch"]["Default"] == "main"
+    # Retention is per tier now; a single unfiltered expiry would also expire pinned backups.
+    assert "RetentionDays" not in params
+
+
+# --------------------------------------------------------------------------- retention tiers
+
+TIER_TAG = "db-backup-tier"
+TIER_PARAMETERS = {
+    "daily": "DailyRetentionDays",
+    "weekly": "WeeklyRetentionDays",
+    "monthly": "MonthlyRetentionDays",
+    "yearly": "YearlyRetentionDays",
+}
+
+
+def lifecycle_rules(stack: Stack) -> list[dict[str, Any]]:
+    return list(stack.resource("BackupBucket")["LifecycleConfiguration"]["Rules"])
+
+
+def expiry_days(rules: list[dict[str, Any]], tags: dict[str, str]) -> str | None:
+    """After how many days S3 would expire the current version of an object with these tags (None: never)."""
+    days = [
+        rule["ExpirationInDays"]
+        for rule in rules
+        if rule["Status"] == "Enabled"
+        and "ExpirationInDays" in rule
+        and not rule.get("Prefix")
+        and all(tags.get(f["Key"]) == f["Value"] for f in rule.get("TagFilters", []))
+    ]
+    return min(days, key=int) if days else None
+
+
+def test_retention_parameters_default_to_the_targets_yaml_default_policy(template: dict[str, Any]) -> None:
+    from runner.retention import DEFAULT_RETENTION, Tier
+
+    params = template["Parameters"]
+    for tier, name in TIER_PARAMETERS.items():
+        # CloudFormation cannot multiply, so the defaults are the products, written out.
+        assert int(params[name]["Default"]) == (DEFAULT_RETENTION.keep_days(Tier(tier)) or 0), name
+        description = " ".join(params[name]["Description"].split())
+        assert f"retention.{tier} x " in description, name
+        assert "targets.yaml retention" in description, name
+    # Daily cannot be off: every backup that is not weekly, monthly or yearly is daily.
+    assert params["DailyRetentionDays"]["MinValue"] == 1
+    for name in ("WeeklyRetentionDays", "MonthlyRetentionDays", "YearlyRetentionDays"):
+        assert params[name]["MinValue"] == 0, name  # 0: the tier is off, no rule
+    assert "db-backup retention IDENT ENV" in " ".join(params["DailyRetentionDays"]["Description"].split())
+
+
+def test_bucket_lifecycle_expires_each_tier_by_its_tag(stack: Stack) -> None:
+    rules = {r["Id"]: r for r in lifecycle_rules(stack)}
+    for each in rules.values():
+        assert each["Status"] == "Enabled"
+        assert not {"Prefix", "ObjectSizeGreaterThan", "ObjectSizeLessThan"} & set(each)  # no part of the bucket left out
+    tier_rules = {rule_id: rule for rule_id, rule in rules.items() if "TagFilters" in rule}
+    expected = {f"tier-{tier}" for tier, name in TIER_PARAMETERS.items() if stack.params[name] != "0"}
+    assert set(tier_rules) == expected
+    for rule_id, rule in tier_rules.items():
+        tier = rule_id.removeprefix("tier-")
+        assert rule == {
+            "Id": rule_id,
+            "Status": "Enabled",
+            "TagFilters": [{"Key": TIER_TAG, "Value": tier}],
+            "ExpirationInDays": stack.params[TIER_PARAMETERS[tier]],
+        }
+    # Each tier's expiry is its own parameter, not a copy of another's.
+    for rule in stack.template["Resources"]["BackupBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]:
+        spec = rule["Fn::If"][1] if "Fn::If" in rule else rule
+        if "TagFilters" in spec:
+            (tag,) = spec["TagFilters"]
+            assert spec["ExpirationInDays"] == {"Ref": TIER_PARAMETERS[tag["Value"]]}
+
+
+def test_old_versions_and_stale_uploads_go_whatever_the_tags(stack: Stack) -> None:
+    rules = {r["Id"]: r for r in lifecycle_rules(stack)}
+    assert rules["expired-delete-markers"] == {"Id": "expired-delete-markers", "Status": "Enabled", "ExpiredObjectDeleteMarker": True}
+    (rule,) = [r for r in rules.values() if "NoncurrentVersionExpiration" in r or "AbortIncompleteMultipartUpload" in r]
+    assert rule == {
+        "Id": rule["Id"],
+        "Status": "Enabled",
+        "NoncurrentVersionExpiration": {"NoncurrentDays": "30"},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }
+    # Exactly: tier rules, this one, the delete markers; nothing else expires anything.
+    assert len(rules) == 2 + sum(stack.params[name] != "0" for name in TIER_PARAMETERS.values())
+
+
+def test_no_rule_expires_an_object_without_a_tier_tag(stack: Stack) -> None:
+    rules = lifecycle_rules(stack)
+    for rule in rules:
+        if {"ExpirationInDays", "ExpirationDate"} & set(rule):
+            assert [f["Key"] for f in rule["TagFilters"]] == [TIER_TAG], rule["Id"]
+            assert rule["TagFilters"][0]["Value"] in TIER_PARAMETERS, rule["Id"]
+    # What S3 would do with objects written before tier tags, pinned ones, and each tier.
+    assert expiry_days(rules, {}) is None
+    assert expiry_days(rules, {"project": "x"}) is None
+    assert expiry_days(rules, {TIER_TAG: "pinned"}) is None
+    assert expiry_days(rules, {TIER_TAG: "pinned", "db-backup-pinned-from": "daily"}) is None
+    assert expiry_days(rules, {TIER_TAG: "hourly"}) is None
+    for tier, name in TIER_PARAMETERS.items():
+        days = stack.params[name]
+        assert expiry_days(rules, {TIER_TAG: tier, "project": "x"}) == (None if days == "0" else days), tier
+
+
+@pytest.mark.parametrize(
+    ("params", "tiers"),
+    [
+        ({}, {"daily": "7", "weekly": "35", "monthly": "372"}),
+        ({"YearlyRetentionDays": "1098"}, {"daily": "7", "weekly": "35", "monthly": "372", "yearly": "1098"}),
+        ({"WeeklyRetentionDays": "0"}, {"daily": "7", "monthly": "372"}),
+        ({"MonthlyRetentionDays": "0", "DailyRetentionDays": "14"}, {"daily": "14", "weekly": "35"}),
+        ({"WeeklyRetentionDays": "0", "MonthlyRetentionDays": "0", "YearlyRetentionDays": "0"}, {"daily": "7"}),
+    ],
+    ids=["defaults-no-yearly", "yearly-3", "weekly-off", "monthly-off", "daily-only"],
+)
+def test_a_tier_of_zero_days_has_no_rule(template: dict[str, Any], params: dict[str, str], tiers: dict[str, str]) -> None:
+    rules = lifecycle_rules(Stack(template, {**BASE_PARAMS, **params}))
+    found = {r["TagFilters"][0]["Value"]: r["ExpirationInDays"] for r in rules if "TagFilters" in r}
+    assert found == tiers
 
 
 # --------------------------------------------------------------------------- trust policies
@@ -519,20 +644,6 @@ def test_bucket_is_private_versioned_encrypted_and_tls_only(stack: Stack) -> Non
     assert set(as_list(deny_plain_http[0]["Resource"])) == {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"}
 
 
-def test_bucket_lifecycle_expires_backups_old_versions_and_stale_uploads(stack: Stack) -> None:
-    rules = {r["Id"]: r for r in stack.resource("BackupBucket")["LifecycleConfiguration"]["Rules"]}
-    for each in rules.values():
-        assert each["Status"] == "Enabled"
-        assert not {"Prefix", "TagFilters", "ObjectSizeGreaterThan"} & set(each)  # the whole bucket
-    assert rules.pop("expired-delete-markers") == {"Id": "expired-delete-markers", "Status": "Enabled", "ExpiredObjectDeleteMarker": True}
-    (rule,) = rules.values()
-    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
-    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": "30"}
-    if stack.params["RetentionDays"] == "0":
-        assert "ExpirationInDays" not in rule
-    else:
-        assert rule["ExpirationInDays"] == stack.params["RetentionDays"] == "35"
-
 
 def _s3_resources(statements: list[dict[str, Any]]) -> set[str]:
     return {r for s in statements if any(a.startswith("s3:") for a in as_list(s["Action"])) for r in as_list(s["Resource"])}
@@ -543,7 +654,7 @@ def test_task_role_s3_access_is_only_its_bucket_and_never_delete(stack: Stack) -
     assert _s3_resources(statements) == {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"}
     s3_actions = {a for s in statements for a in as_list(s["Action"]) if a.startswith("s3:")}
     assert {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:AbortMultipartUpload"} <= s3_actions
-    assert not [a for a in s3_actions if "Delete" in a]
+    assert not [a for a in s3_actions if "Delete" in a or "Lifecycle" in a]
     # Object actions on objects, bucket actions on the bucket: never mixed up.
     for s in statements:
         for action in as_list(s["Action"]):
@@ -551,6 +662,55 @@ def test_task_role_s3_access_is_only_its_bucket_and_never_delete(stack: Stack) -
                 assert as_list(s["Resource"]) == [f"arn:aws:s3:::{BUCKET}"]
             elif action.startswith("s3:"):
                 assert as_list(s["Resource"]) == [f"arn:aws:s3:::{BUCKET}/*"]
+
+
+TAGGING = ("s3:GetObjectTagging", "s3:PutObjectTagging")
+# What would let a role destroy backups or change when they expire; lifecycle alone deletes.
+DESTRUCTIVE = (
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:DeleteObjectTagging",
+    "s3:DeleteObjectVersionTagging",
+    "s3:PutObjectVersionTagging",
+    "s3:PutLifecycleConfiguration",
+    "s3:PutBucketVersioning",
+    "s3:PutBucketPolicy",
+    "s3:DeleteBucket",
+    "s3:DeleteBucketPolicy",
+    "s3:PutBucketObjectLockConfiguration",
+)
+
+
+def test_task_role_tags_the_objects_of_its_bucket_only(stack: Stack) -> None:
+    statements = stack.statements("TaskRole")
+    key = f"arn:aws:s3:::{BUCKET}/curation/production/2026-01-01_00-00-00.dump"
+    for action in TAGGING:
+        # Backups are written with their tier tag; drills retag the next good backup of a period.
+        assert permits(statements, action, key), action
+        assert permits(statements, action, key + ".json"), action
+        assert not permits(statements, action, f"arn:aws:s3:::other-bucket/{key.split(':::', 1)[1]}"), action
+        assert not permits(statements, action, f"arn:aws:s3:::{BUCKET}"), action
+    tagging = [s for s in statements if set(TAGGING) & set(as_list(s["Action"]))]
+    assert tagging and all(as_list(s["Resource"]) == [f"arn:aws:s3:::{BUCKET}/*"] for s in tagging)
+    # Tags of the current version only: no version tagging, no tag deletion.
+    for action in ("s3:PutObjectVersionTagging", "s3:DeleteObjectTagging", "s3:GetObjectVersionTagging"):
+        assert not permits(statements, action, key), action
+
+
+@pytest.mark.parametrize("role", ["TaskRole", "NonProductionTaskRole", "TaskExecutionRole", *GITHUB_ROLES])
+def test_no_role_may_delete_backups_or_change_the_lifecycle(stack: Stack, role: str) -> None:
+    statements = role_statements(stack, role)
+    for resource in (f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*", f"arn:aws:s3:::{BUCKET}/curation/production/x.dump"):
+        for action in DESTRUCTIVE:
+            assert not permits(statements, action, resource), (role, action, resource)
+
+
+def test_only_the_task_role_tags_objects(stack: Stack) -> None:
+    key = f"arn:aws:s3:::{BUCKET}/curation/production/2026-01-01_00-00-00.dump"
+    # Restores read; the GitHub roles only start tasks and read manifests. Pins are an operator's.
+    for role in ("NonProductionTaskRole", "TaskExecutionRole", *GITHUB_ROLES):
+        for action in TAGGING:
+            assert not permits(role_statements(stack, role), action, key), (role, action)
 
 
 def ssm_arn(prefix: str) -> str:
@@ -714,6 +874,9 @@ def test_nonproduction_task_role_reads_the_bucket_and_writes_nothing(stack: Stac
             assert not permits(nonprod, action, key), (action, env)
             assert not permits(nonprod, action, key + ".json"), (action, env)
     assert permits(nonprod, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}")
+    key = f"arn:aws:s3:::{BUCKET}/curation/production/2026-01-01_00-00-00.dump"
+    for action in TAGGING:  # a restore never pins, unpins or promotes
+        assert not permits(nonprod, action, key), action
     written = {a for s in allows("NonProductionTaskRole") for a in as_list(s["Action"]) if a.startswith("s3:")}
     assert written == {"s3:GetObject", "s3:ListBucket"}
 
@@ -864,6 +1027,85 @@ def test_outputs_name_the_repository_variables_and_setup_doc_sets_them(template:
         assert key in doc, key
 
 
+def test_setup_doc_describes_every_parameter(template: dict[str, Any]) -> None:
+    doc = SETUP_DOC.read_text(encoding="utf-8")
+    table = [line for line in doc.splitlines() if line.startswith("| `")]
+    for name in template["Parameters"]:
+        assert any(f"`{name}`" in line for line in table), name
+    # The removed single-expiry parameter appears only where the doc explains the upgrade from it.
+    before_upgrade, upgrade = doc.split("### Upgrading a stack that had `RetentionDays`", 1)
+    after_upgrade = upgrade.split("\n### ", 1)[1]
+    for part in (before_upgrade, after_upgrade):
+        assert not re.search(r"(?<![A-Za-z])RetentionDays\b", part)
+
+
+def _operator_policy() -> list[dict[str, Any]]:
+    doc = SETUP_DOC.read_text(encoding="utf-8")
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", doc, re.S) if "s3:PutObjectTagging" in b]
+    assert len(blocks) == 1, "docs/setup.md should show one operator policy for pins and retention"
+    return list(blocks[0]["Statement"])
+
+
+def test_setup_doc_operator_policy_can_pin_and_view_retention_and_nothing_more() -> None:
+    statements = _operator_policy()
+    bucket, prefix = f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/curation/production/2026-03-01_02-00-07"
+    for action, resource in [
+        ("s3:ListBucket", bucket),
+        ("s3:GetLifecycleConfiguration", bucket),
+        ("s3:GetObject", prefix + ".dump.json"),
+        ("s3:GetObjectTagging", prefix + ".dump"),
+        ("s3:PutObjectTagging", prefix + ".dump"),
+        ("s3:PutObjectTagging", prefix + ".globals.sql"),
+        ("s3:PutObject", prefix + ".dump.pin.json"),
+    ]:
+        assert permits(statements, action, resource), (action, resource)
+    # The pin record is all it writes: no dump, manifest or other record can be overwritten.
+    for suffix in (".dump", ".dump.json", ".dump.drill.json", ".globals.sql"):
+        assert not permits(statements, "s3:PutObject", prefix + suffix), suffix
+    for action in DESTRUCTIVE:
+        for resource in (bucket, prefix + ".dump"):
+            assert not permits(statements, action, resource), action
+    # The doc says the first two statements alone only view retention.
+    view_only = statements[:2]
+    assert permits(view_only, "s3:GetLifecycleConfiguration", bucket)
+    assert permits(view_only, "s3:GetObjectTagging", prefix + ".dump")
+    assert not any(a.startswith(("s3:Put", "s3:Delete")) for s in view_only for a in as_list(s["Action"]))
+
+
+def _as_s3_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """One CloudFormation lifecycle rule in the shape of the S3 API, as CloudFormation sends it."""
+    out: dict[str, Any] = {"ID": rule["Id"], "Status": rule["Status"]}
+    tags = rule.get("TagFilters", [])
+    out["Filter"] = {"Tag": tags[0]} if len(tags) == 1 else {"Prefix": ""}
+    if "ExpirationInDays" in rule:
+        out["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "ExpiredObjectDeleteMarker" in rule:
+        out["Expiration"] = {"ExpiredObjectDeleteMarker": rule["ExpiredObjectDeleteMarker"]}
+    if "NoncurrentVersionExpiration" in rule:
+        out["NoncurrentVersionExpiration"] = {"NoncurrentDays": int(rule["NoncurrentVersionExpiration"]["NoncurrentDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        out["AbortIncompleteMultipartUpload"] = rule["AbortIncompleteMultipartUpload"]
+    return out
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_db_backup_reads_the_stack_rules_as_the_retention_parameters(aws: Any, template: dict[str, Any], scenario: str) -> None:
+    # moto's CloudFormation does not apply lifecycle rules, so the resolved rules are put by hand.
+    from runner.retention import TIER_TAG as RUNNER_TIER_TAG
+    from runner.retention import Tier
+    from runner.stores.s3_tags import tier_rules
+
+    assert RUNNER_TIER_TAG == TIER_TAG
+    stack = Stack(template, SCENARIOS[scenario])
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=BUCKET, LifecycleConfiguration={"Rules": [_as_s3_rule(r) for r in lifecycle_rules(stack)]},
+    )
+    expected = {Tier(tier): int(stack.params[name]) for tier, name in TIER_PARAMETERS.items() if stack.params[name] != "0"}
+    assert tier_rules(s3, BUCKET, "curation/production/") == expected
+
+
 # --------------------------------------------------------------------------- deploy on moto
 
 
@@ -930,7 +1172,6 @@ def test_template_deploys_on_moto_with_the_runner_default_names(aws: Any, scenar
         "SubnetIds": subnet,
         "BucketName": BUCKET,
         "OidcProviderArn": provider,
-        "RetentionDays": "35",
         "SsmParameterPrefixes": "/curation,/chipmunk,/mati",
     }
     prefixes = ["/curation", "/chipmunk", "/mati"]
@@ -938,7 +1179,8 @@ def test_template_deploys_on_moto_with_the_runner_default_names(aws: Any, scenar
     if scenario == "kms-and-many-prefixes":
         key_arn = boto3.client("kms").create_key(Description="db-backup test")["KeyMetadata"]["Arn"]
         prefixes = [f"/db{i}" for i in range(11)]
-        params |= {"KmsKeyArn": key_arn, "SsmParameterPrefixes": ",".join(prefixes), "RetentionDays": "0"}
+        params |= {"KmsKeyArn": key_arn, "SsmParameterPrefixes": ",".join(prefixes), "WeeklyRetentionDays": "0",
+                   "YearlyRetentionDays": "1098"}
 
     cf = boto3.client("cloudformation")
     cf.create_stack(
@@ -1045,13 +1287,17 @@ def test_template_deploys_on_moto_with_the_runner_default_names(aws: Any, scenar
     deny = statements["DenyProductionParameters"]
     assert deny["Effect"] == "Deny" and as_list(deny["Resource"]) == [parameter_arn("/*/production/*")]
 
+    bucket_doc = _policy_document(iam.get_role_policy(RoleName=task_role, PolicyName="backup-bucket")["PolicyDocument"])
+    (tagging,) = [s for s in bucket_doc["Statement"] if s["Sid"] == "TagObjects"]
+    assert sorted(as_list(tagging["Action"])) == ["s3:GetObjectTagging", "s3:PutObjectTagging"]
+    assert as_list(tagging["Resource"]) == [f"arn:aws:s3:::{BUCKET}/*"]
+
     s3 = boto3.client("s3")
     encryption = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]
     (rule,) = encryption["Rules"]
     if key_arn:
         assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}
         assert container["image"] == f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/db-backup:latest"
-        bucket_doc = _policy_document(iam.get_role_policy(RoleName=task_role, PolicyName="backup-bucket")["PolicyDocument"])
         assert [s["Resource"] for s in bucket_doc["Statement"] if s["Sid"] == "UseBucketKey"] == [key_arn]
     else:
         assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
