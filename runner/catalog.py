@@ -136,7 +136,7 @@ def _inspect(store: BackupStore, identifier: str, env: str, item: _Listed) -> Ba
 def _damage(identifier: str, env: str, item: _Listed, manifest: Manifest | None) -> str | None:
     """Why a backup with a readable (or no) manifest cannot be trusted; None if it can."""
     if item.size_bytes is None:
-        return "manifest without dump: the dump is missing"
+        return "manifest without dump: the dump is missing (expired by retention, or deleted)"
     if manifest is not None and (manifest.identifier, manifest.env, manifest.id, manifest.key) != (identifier, env, item.id, item.key):
         # Restoring it would put another environment's (or another backup's) data into the target.
         return (f"manifest does not match its place: it describes {manifest.identifier}/{manifest.env} "

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from . import github, output
+from .alerts import Notify
 from .cli_app import app, state_of
 from .durations import parse_duration
 from .errors import JobFailed
@@ -66,24 +67,32 @@ def report(
     results: Annotated[Path, typer.Argument(help="Folder of per-target result files.")],
     drills: Annotated[bool, typer.Option("--drills", help="The results are restore drills (drill.yml), not backups.")] = False,
     target: Annotated[list[str] | None, typer.Option("--target", help="IDENT/ENV expected (repeatable); default: nightly targets.")] = None,
+    notify: Annotated[Notify | None, typer.Option(
+        "--notify", help="When the alerts webhook gets a message: failures or always; default: alerts.notify in targets.yaml.")] = None,
+    max_age: Annotated[str, typer.Option(
+        "--max-age", help="Alerts call a nightly target stale without a good backup newer than this, as `status` does.")] = "26h",
 ) -> None:
-    """One summary table of a scheduled run's per-target results; exit 1 if any target failed."""
-    from .drill_report import expected_targets, render_drills
-    from .report import SCHEDULE, render
+    """One summary table of a scheduled run's per-target results; exit 1 if any target failed. Then the alerts."""
+    from .alerts import deliver, stale_targets
+    from .drill_report import build_drills, expected_targets
+    from .report import SCHEDULE, build
 
     state = state_of(ctx)
+    limit = parse_duration(max_age)
     services = state.services()
+    registry = state.registry()
     if drills:
-        registry = state.registry()
-        markdown, all_ok = render_drills(registry, results, services.store, expected_targets(registry, target or [], SCHEDULE))
+        done = build_drills(registry, results, services.store, expected_targets(registry, target or [], SCHEDULE))
     else:
-        markdown, all_ok = render(state.registry(), results, services.store, services.clock.now())
+        done = build(registry, results, services.store, services.clock.now())
     gh = GithubEnv()
     if gh.step_summary:
         with gh.step_summary.open("a", encoding="utf-8") as handle:
-            handle.write(markdown)
-    typer.echo(markdown)
-    if not all_ok:
+            handle.write(done.markdown)
+    typer.echo(done.markdown)
+    deliver(done.outcome, registry.alerts, gh, notify,
+            stale=None if drills else (lambda: stale_targets(registry, services, limit)))
+    if not done.outcome.ok:
         raise JobFailed(f"at least one {'drill' if drills else 'scheduled backup'} failed; see the table above")
 
 

@@ -18,7 +18,7 @@ from .catalog import list_backups
 from .errors import BadInput
 from .output import human_duration
 from .records import DrillRecord, read_record
-from .report import Row, links_cell, md_cell, read_results
+from .report import NO_RESULT, Failing, Outcome, Rendered, Row, links_cell, md_cell, read_results
 from .report_facts import DRILL_LOOKBACK, UNKNOWN
 from .targets import Registry, Target
 
@@ -77,10 +77,16 @@ def expected_targets(registry: Registry, named: Sequence[str], schedule: str) ->
 def render_drills(registry: Registry, results_dir: Path, stores: Callable[[Target], BackupStore],
                   expected: list[tuple[str, str]]) -> tuple[str, bool]:
     """The Markdown summary of one drill run and whether every expected drill passed."""
+    done = build_drills(registry, results_dir, stores, expected)
+    return done.markdown, done.outcome.ok
+
+
+def build_drills(registry: Registry, results_dir: Path, stores: Callable[[Target], BackupStore],
+                 expected: list[tuple[str, str]]) -> Rendered:
+    """The Markdown summary of one drill run and its outcome."""
     found, problems = read_results(results_dir)
     rows = [found.pop(key) if key in found else Row(
-        identifier=key[0], env=key[1], result="missing",
-        error="no result: the job did not report (cancelled, timed out or never started)",
+        identifier=key[0], env=key[1], result="missing", error=NO_RESULT,
     ) for key in expected]
     rows.extend(found[key] for key in sorted(found))
     failed = [r for r in rows if not r.ok]
@@ -90,7 +96,7 @@ def render_drills(registry: Registry, results_dir: Path, stores: Callable[[Targe
         "| Target | Backup | Result | Restore duration | Rows | Links |",
         "|---|---|---|---|---|---|",
     ]
-    reasons: list[str] = []
+    failing: list[Failing] = []
     for r in rows:
         drilled = _drilled(registry, stores, r) if r.result != "missing" else Drilled(None)
         record = drilled.record
@@ -101,11 +107,12 @@ def render_drills(registry: Registry, results_dir: Path, stores: Callable[[Targe
         lines.append(f"| {md_cell(f'{r.identifier}/{r.env}')} | {md_cell(backup)} | {mark} | {duration} | {count} | {links_cell(r)} |")
         if not r.ok:
             why = (record.problem if record and not record.ok else None) or r.error or "failed; see the job log"
-            reasons.append(f"- **{r.identifier}/{r.env}**: {md_cell(why)}")
-    if reasons:
-        lines += ["", "### Failures", "", *reasons]
+            failing.append(Failing(r.name, r.result, why))
+    if failing:
+        lines += ["", "### Failures", "", *[f"- **{f.target}**: {md_cell(f.reason)}" for f in failing]]
     if problems:
         lines += ["", "### Unreadable results", "", *[f"- {md_cell(p)}" for p in problems]]
     if not rows:
         lines += ["", "No target to drill."]
-    return "\n".join(lines) + "\n", not failed and not problems
+    outcome = Outcome("drill", len(rows), tuple(failing), tuple(problems))
+    return Rendered("\n".join(lines) + "\n", outcome)

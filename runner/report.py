@@ -5,7 +5,8 @@ Each matrix job of scheduled-backups.yml writes one JSON file (the db-backup act
 downloads them all into one folder. A scheduled target without a result file counts as failed:
 its job never reported (it was cancelled, timed out, or never started). Above the table: the run's
 date and totals; per target also the new backup's size against its trend and the last drill, read
-from the store (runner/report_facts.py), "unknown" where the store cannot be read.
+from the store (runner/report_facts.py), "unknown" where the store cannot be read. Beside the
+Markdown, an Outcome: which targets failed and why, in plain words, for the alerts (runner/alerts.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ OpenStore = Callable[[Target], "BackupStore"]
 log = logging.getLogger(__name__)
 
 SCHEDULE = "nightly"
+NO_RESULT = "no result: the job did not report (cancelled, timed out or never started)"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,39 @@ class Row:
     @property
     def ok(self) -> bool:
         return self.result == "success"
+
+    @property
+    def name(self) -> str:
+        return f"{self.identifier}/{self.env}"
+
+
+@dataclass(frozen=True)
+class Failing:
+    """One target that needs a person, in plain words (no Markdown): what an alert says about it."""
+
+    target: str  # IDENT/ENV
+    result: str  # failure, missing, cancelled, timed-out, ... or stale
+    reason: str  # the sanitised error line the report shows
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a report found, for the alerts: how many targets, which failed and why."""
+
+    report: str  # "nightly" or "drill"
+    targets: int
+    failing: tuple[Failing, ...] = ()
+    problems: tuple[str, ...] = ()  # result files that could not be read
+
+    @property
+    def ok(self) -> bool:
+        return not self.failing and not self.problems
+
+
+@dataclass(frozen=True)
+class Rendered:
+    markdown: str
+    outcome: Outcome
 
 
 def _text(value: Any) -> str | None:
@@ -164,18 +199,22 @@ def _totals(rows: list[Row], now: datetime) -> str:
 
 def render(registry: Registry, results_dir: Path, stores: OpenStore, now: datetime) -> tuple[str, bool]:
     """The Markdown summary of one scheduled run and whether every scheduled target succeeded."""
+    done = build(registry, results_dir, stores, now)
+    return done.markdown, done.outcome.ok
+
+
+def build(registry: Registry, results_dir: Path, stores: OpenStore, now: datetime) -> Rendered:
+    """The Markdown summary of one scheduled run and its outcome."""
     found, problems = read_results(results_dir)
     expected = [(t.identifier, t.env) for t in registry.scheduled(SCHEDULE)]
     rows: list[Row] = []
     for key in expected:
         rows.append(found.pop(key) if key in found else Row(
-            identifier=key[0], env=key[1], result="missing",
-            error="no result: the job did not report (cancelled, timed out or never started)",
+            identifier=key[0], env=key[1], result="missing", error=NO_RESULT,
         ))
     # Results for targets no longer scheduled still show up (and count), at the end.
     rows.extend(found[key] for key in sorted(found))
     failed = [r for r in rows if not r.ok]
-    all_ok = not failed and not problems
     lines = [
         f"## Nightly backups: {len(rows) - len(failed)} of {len(rows)} succeeded",
         "",
@@ -192,12 +231,14 @@ def render(registry: Registry, results_dir: Path, stores: OpenStore, now: dateti
             f"{_size(r.size_bytes)} | {md_cell(facts.trend)} | {_duration(r.duration_s)} | {md_cell(facts.last_drill)} | "
             f"{links_cell(r)} |"
         )
-    if failed:
+    failing = [Failing(r.name, r.result, r.error or "failed; see the job log") for r in failed]
+    if failing:
         lines += ["", "### Failures", ""]
-        lines += [f"- **{r.identifier}/{r.env}**: {md_cell(r.error or 'failed; see the job log')}" for r in failed]
+        lines += [f"- **{f.target}**: {md_cell(f.reason)}" for f in failing]
     if problems:
         lines += ["", "### Unreadable results", ""]
         lines += [f"- {md_cell(p)}" for p in problems]
     if not rows:
         lines += ["", f"No target in {registry.path} has schedule: {SCHEDULE}."]
-    return "\n".join(lines) + "\n", all_ok
+    outcome = Outcome("nightly", len(rows), tuple(failing), tuple(problems))
+    return Rendered("\n".join(lines) + "\n", outcome)

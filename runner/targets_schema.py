@@ -116,7 +116,7 @@ def _env_reference(value: str | None) -> str | None:
     if value is not None and not value.startswith("env:"):
         raise ValueError("a URL here is a secret; write env:VARIABLE and set that variable from a secret")
     if value is not None and not ENV_NAME_RE.match(value.removeprefix("env:")):
-        raise ValueError(f"{value!r} does not name an environment variable; write e.g. env:DB_BACKUP_WEBHOOK")
+        raise ValueError(f"{value!r} does not name an environment variable; write e.g. env:DB_BACKUP_WEBHOOK_URL")
     return value
 
 

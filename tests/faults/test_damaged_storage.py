@@ -155,7 +155,7 @@ def _empty_dump(world: World, damaged_id: str) -> str:
 
 def _missing_dump(world: World, damaged_id: str) -> str:
     world.stored.delete(key(damaged_id))
-    return "manifest without dump: the dump is missing"
+    return "manifest without dump: the dump is missing (expired by retention, or deleted)"
 
 
 def _resized_dump(world: World, damaged_id: str, resize: Callable[[bytes], bytes]) -> str:

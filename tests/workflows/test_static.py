@@ -147,3 +147,17 @@ def test_action_requirements_pin_every_runtime_dependency() -> None:
         key = name.lower().replace("_", "-")
         if key in dev and key != "setuptools":  # the build backend: pyproject wants >=68, the venv has 65.5
             assert dev[key] == version, f"{name}: {version} here, {dev[key]} in requirements-dev.txt"
+
+
+def test_both_report_steps_get_the_alert_secrets_through_env() -> None:
+    """The report reads the webhook and heartbeat URLs from its environment; targets.yaml names only the variables."""
+    reports = {
+        "scheduled-backups.yml": ("report", "db-backup report "),
+        "drill.yml": ("summary", "--drills"),
+    }
+    for name, (job, marker) in reports.items():
+        steps = _load(WORKFLOWS / name)["jobs"][job]["steps"]
+        [step] = [s for s in steps if marker in s.get("run", "")]
+        for variable in ("DB_BACKUP_WEBHOOK_URL", "DB_BACKUP_HEARTBEAT_URL"):
+            assert step["env"][variable] == f"${{{{ secrets.{variable} }}}}", f"{name}: {variable}"
+        assert "secrets." not in str(step["run"])
