@@ -68,6 +68,7 @@ class HistoryRow:
     drill: DrillRecord | None
     ack: AckRecord | None
     shrink: ShrinkVerdict | None  # None for damaged and legacy backups: they are not judged
+    pin: PinRecord | None = None  # set while the backup is pinned
 
     @property
     def uncompressed_bytes(self) -> int | None:
@@ -104,7 +105,7 @@ def load_history(store: BackupStore, identifier: str, env: str, policy: ShrinkPo
     for position, entry in enumerate(entries[:limit]):
         verdict = judge(entry, entries[position + 1:], policy, index.acknowledged) if good(entry) else None
         rows.append(HistoryRow(entry, index.read(entry, VerifyRecord), index.read(entry, DrillRecord),
-                               index.read(entry, AckRecord), verdict))
+                               index.read(entry, AckRecord), verdict, index.pin(entry)))
     shown = [row.entry for row in rows]
     measure = measure_of([e for e in shown if good(e)])
     sizes = tuple(measured_size(e, measure) if e.problem is None else None for e in reversed(shown))

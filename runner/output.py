@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .backup import BackupResult
     from .catalog import BackupEntry
     from .history import History, HistoryRow
+    from .records import PinRecord
     from .restore import RestoreResult
     from .status import Proof, TargetStatus
     from .targets import Target
@@ -76,7 +77,15 @@ def table(rows: list[list[str]], header: list[str]) -> None:
         typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def entry_to_json(entry: BackupEntry) -> dict[str, Any]:
+def pin_words(pin: PinRecord | None) -> str:
+    return "" if pin is None else "pinned" + (f": {pin.reason}" if pin.reason else f" by {pin.by}")
+
+
+def pin_to_json(pin: PinRecord | None) -> dict[str, Any] | None:
+    return None if pin is None else {"by": pin.by, "at": _stamp(pin.changed_at), "reason": pin.reason}
+
+
+def entry_to_json(entry: BackupEntry, pin: PinRecord | None = None) -> dict[str, Any]:
     return {
         "id": entry.id,
         "key": entry.key,
@@ -88,13 +97,15 @@ def entry_to_json(entry: BackupEntry) -> dict[str, Any]:
         "verified": entry.verified,  # the dump's sha256 checked by reading it: nothing does so yet
         "reason": entry.problem,
         "compression": entry.manifest.compression if entry.manifest else None,
+        "pinned": pin_to_json(pin),
     }
 
 
-def entry_row(entry: BackupEntry) -> list[str]:
+def entry_row(entry: BackupEntry, pin: PinRecord | None = None) -> list[str]:
+    status = f"damaged: {entry.problem}" if entry.problem else entry.status
     return [entry.id, entry.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
             human_size(entry.size_bytes) if entry.has_dump else "-", (entry.sha256 or "-")[:16],
-            f"damaged: {entry.problem}" if entry.problem else entry.status]
+            f"{status}, {pin_words(pin)}" if pin else status]
 
 
 ENTRY_HEADER = ["ID", "CREATED", "SIZE", "SHA256", "STATUS"]
@@ -184,7 +195,7 @@ def status_markdown(rows: list[dict[str, Any]]) -> str:
 def history_row_to_json(row: HistoryRow) -> dict[str, Any]:
     shrink, verify, drill = row.shrink, row.verify, row.drill
     return {
-        **entry_to_json(row.entry),
+        **entry_to_json(row.entry, row.pin),
         "uncompressed_bytes": row.uncompressed_bytes, "duration_s": row.duration_s,
         "rate_bytes_per_s": round(row.rate) if row.rate is not None else None,
         "verify": None if verify is None else {"at": _stamp(verify.checked_at), "ok": verify.ok, "problem": verify.problem},
@@ -213,6 +224,8 @@ def history_row(row: HistoryRow) -> list[str]:
     note = f"damaged: {entry.problem}" if entry.problem else ""
     if shrink is not None and shrink.shrunk:
         note = "SHRUNK, acknowledged" if row.ack else "SHRUNK"
+    if row.pin is not None:
+        note = ", ".join(n for n in (note, pin_words(row.pin)) if n)
     return [entry.id, human_size(entry.size_bytes) if entry.has_dump else "-",
             human_size(row.uncompressed_bytes) if row.uncompressed_bytes is not None else "-",
             human_duration(row.duration_s) if row.duration_s is not None else "-",

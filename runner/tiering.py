@@ -26,14 +26,23 @@ def failed_check(store: BackupStore, dump_key: str) -> bool:
 
 
 def tier_for_new(store: BackupStore, identifier: str, env: str, created_at: datetime, policy: RetentionPolicy) -> Tier:
-    """The tier of a backup about to be written, from the good backups already stored before it."""
-    listed = {item.id: item for item in cheap_listing(store, identifier, env)}
+    """The tier of a backup about to be written, from the good backups already stored before it.
 
-    def good(backup_id: str) -> bool:
-        entry = judge(store, identifier, env, listed[backup_id])
-        return entry.complete and not failed_check(store, entry.key)
+    When the store cannot say, the longest-kept tier: a backup kept too long costs storage, one kept
+    too short could leave its month without a backup.
+    """
+    try:
+        listed = {item.id: item for item in cheap_listing(store, identifier, env)}
 
-    return decide_tier(created_at, ((item.sort_key[0], item.id) for item in listed.values()), good, policy)
+        def good(backup_id: str) -> bool:
+            entry = judge(store, identifier, env, listed[backup_id])
+            return entry.complete and not failed_check(store, entry.key)
+
+        return decide_tier(created_at, ((item.sort_key[0], item.id) for item in listed.values()), good, policy)
+    except Exception as exc:
+        fallback = next((t for t in CALENDAR_TIERS if policy.count(t) > 0), Tier.DAILY)
+        log.warning("could not decide the retention tier from the stored backups (%s); keeping this one as %s", exc, fallback)
+        return fallback
 
 
 def tier_tags(tier: Tier) -> dict[str, str]:

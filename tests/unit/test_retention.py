@@ -182,3 +182,21 @@ def test_prune_refuses_an_s3_store(tmp_path: Path, capsys: pytest.CaptureFixture
     refused = run_main(["--targets", str(targets), "prune", "app", "production"], capsys)
     assert refused.code == 2
     assert "prune is for file:// stores" in refused.err
+
+
+class _UnlistableStore(LocalStore):
+    """A stub store whose listing fails, as a stalled or refused S3 listing would."""
+
+    def list_keys(self, prefix: str) -> list[tuple[str, int]]:
+        from runner.errors import InfraError
+
+        raise InfraError("listing failed: SlowDown")
+
+
+def test_an_unreadable_store_keeps_the_new_backup_longest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from runner.tiering import tier_for_new
+
+    store = _UnlistableStore(tmp_path)
+    assert tier_for_new(store, "app", "production", NOW, RetentionPolicy()) is Tier.MONTHLY
+    assert tier_for_new(store, "app", "production", NOW, RetentionPolicy(yearly=3)) is Tier.YEARLY
+    assert "could not decide the retention tier" in caplog.text and "SlowDown" in caplog.text
