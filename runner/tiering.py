@@ -63,7 +63,7 @@ def retag(store: BackupStore, dump_key: str, tags: Mapping[str, str]) -> list[st
     return keys
 
 
-def promote_next(store: BackupStore, identifier: str, env: str, failed: BackupEntry, policy: RetentionPolicy) -> list[str]:
+def promote_next(store: BackupStore, identifier: str, env: str, failed: BackupEntry) -> list[str]:
     """After `failed` failed its check: the next good backup of each calendar period it stood for gets that tier.
 
     The failed backup keeps its tier (it may still hold most of the data); promotion only adds.
@@ -88,3 +88,16 @@ def promote_next(store: BackupStore, identifier: str, env: str, failed: BackupEn
         return [f"backup {entry.id} promoted from {current} to {tier} in place of {failed.id}"]
     return []
 
+
+
+def after_failed_check(store: BackupStore, identifier: str, env: str, failed: BackupEntry) -> list[str]:
+    """Promote the next good backup of the failed one's period; a warning, never an error, when that fails."""
+    try:
+        promoted = promote_next(store, identifier, env, failed)
+    except Exception as exc:
+        log.warning("could not promote a backup in place of %s, which failed its check (%s); "
+                    "the next backup of the period takes its tier", failed.id, exc)
+        return []
+    for line in promoted:
+        log.warning("retention: %s, which failed its check", line)
+    return promoted

@@ -11,9 +11,8 @@ import pytest
 
 from runner.catalog import list_backups, make_id
 from runner.records import DrillRecord, put_record
-from runner.retention import TIER_TAG, Tier
+from runner.retention import TIER_TAG
 from runner.stores.s3 import S3Store
-from runner.targets import parse_registry
 from runner.tiering import promote_next
 from tests.conftest import MotoServer, PgCluster, fill_small, run_cli
 from tests.helpers.backups import sample_manifest
@@ -130,8 +129,6 @@ def test_retag_tags_backups_written_before_tiers(aws: MotoServer, env: dict[str,
 
 
 def test_a_failed_drill_promotes_the_next_good_backup_of_its_month(aws: MotoServer, env: dict[str, str]) -> None:
-    registry = parse_registry(Path(env["DB_BACKUP_TARGETS"]).read_text())
-    target = registry.targets[0]
     store = S3Store(boto3.client("s3", region_name="us-east-1"), BUCKET, f"{PREFIX}/", 5 << 20, 1)
     start = datetime(2026, 3, 1, 2, tzinfo=UTC)  # a Sunday: its backup is March's monthly
     for day in range(3):
@@ -145,9 +142,9 @@ def test_a_failed_drill_promotes_the_next_good_backup_of_its_month(aws: MotoServ
     entries = sorted(list_backups(store, "app", "production"), key=lambda e: e.created_at)
     put_record(store, entries[0].key, DrillRecord(backup_id=entries[0].id, checked_at=start, ok=False, problem="x",
                                                    restore_duration_s=1.0, server="throwaway"))
-    promoted = promote_next(store, "app", "production", entries[0], target.retention)
+    promoted = promote_next(store, "app", "production", entries[0])
     assert promoted == [f"backup {entries[1].id} promoted from weekly to monthly in place of {entries[0].id}"]
     assert all(_tags(k) == {TIER_TAG: "monthly"} for k in _keys() if k.startswith(entries[1].key.removesuffix(".dump")))
     assert _tags(entries[0].key) == {TIER_TAG: "monthly"}  # the failed one keeps its tier
     assert _tags(entries[2].key) == {TIER_TAG: "daily"}
-    assert promote_next(store, "app", "production", entries[0], target.retention) == []  # the month is held now
+    assert promote_next(store, "app", "production", entries[0]) == []  # the month is held now
