@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import getpass
+import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from . import output
 from .cli_app import app, state_of
-from .errors import BadInput
+from .errors import BadInput, DbBackupError
 
 if TYPE_CHECKING:
     from .keeping import Kept, RetentionPlan
+
+log = logging.getLogger(__name__)
 
 BACKUP_ID = typer.Argument(metavar="ID", help="The backup id (see `db-backup list`), or latest.")
 
@@ -37,7 +40,7 @@ def pin(
     services = state.services()
     store = services.store(target)
     entry = resolve_backup(store, identifier, env, backup_id)
-    change = pin_backup(store, entry, _who(), reason, services.clock.now())
+    change = pin_backup(store, entry, _who(), reason, services.clock.now(), target.retention)
     again = " (it was already pinned; reason updated)" if change.was_pinned else ""
     typer.echo(f"pinned backup {entry.id} of {target.name}{again}; `db-backup unpin {identifier} {env} {entry.id}` releases it")
 
@@ -54,14 +57,21 @@ def unpin(ctx: typer.Context, identifier: str, env: str, backup_id: Annotated[st
     services = state.services()
     store = services.store(target)
     entry = resolve_backup(store, identifier, env, backup_id)
-    change = unpin_backup(store, entry, _who(), services.clock.now())
+    change = unpin_backup(store, entry, _who(), services.clock.now(), target.retention)
+    if not store.expires_itself:
+        typer.echo(f"unpinned backup {entry.id} of {target.name}; prune keeps it as long as its tier does "
+                   f"(`db-backup retention {identifier} {env}` shows until when)")
+        return
     tier = Tier(change.record.tier_before or Tier.DAILY)
-    rules = store.tier_rules()
-    days = (rules or {}).get(tier) if rules is not None else target.retention.keep_days(tier)
+    try:
+        lifecycle = store.lifecycle(identifier, env)
+    except DbBackupError as exc:  # the unpin is done; only the forecast is missing
+        log.warning("could not read the bucket's lifecycle rules (%s)", exc)
+        lifecycle = None
+    days = lifecycle.days.get(tier) if lifecycle is not None else None
     when = "" if days is None else f"; it expires {expires_after(entry.created_at, days):%Y-%m-%d}"
     if days is not None and expires_after(entry.created_at, days) <= services.clock.now():
-        when = "; it is older than its tier keeps, so it goes at the next lifecycle run" if rules is not None \
-            else "; it is older than its tier keeps, so the next prune deletes it"
+        when = "; it is older than its tier keeps, so S3 removes it at its next lifecycle run"
     typer.echo(f"unpinned backup {entry.id} of {target.name}: {tier} again{when}")
 
 

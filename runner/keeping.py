@@ -11,7 +11,7 @@ from .catalog import BackupEntry, list_backups
 from .history import RecordIndex
 from .records import DrillRecord, PinRecord, VerifyRecord
 from .retention import CALENDAR_TIERS, TIER_TAG, RetentionPolicy, Tier, decide_tier, expires_after
-from .tiering import object_keys, retag, tier_tags
+from .tiering import object_keys, retag, tag_key, tag_tier, tier_tags
 
 if TYPE_CHECKING:
     from .stores import BackupStore
@@ -64,9 +64,15 @@ def computed_tiers(entries: list[BackupEntry], failed: set[str], policy: Retenti
     history = [(e.created_at, e.id) for e in oldest_first]
     return {
         # A damaged backup holds no tier's place; it is kept as long as any daily one.
-        e.id: decide_tier(e.created_at, history, lambda i: _good(by_id[i], failed), policy) if e.problem is None else Tier.DAILY
+        e.id: decide_tier(e.created_at, history, lambda i, _tier: _good(by_id[i], failed), policy) if e.problem is None else Tier.DAILY
         for e in oldest_first
     }
+
+
+def decided_tier(store: BackupStore, identifier: str, env: str, backup_id: str, policy: RetentionPolicy) -> Tier:
+    """The tier backup time would have given that backup, from the target's stored backups."""
+    entries = list_backups(store, identifier, env)
+    return computed_tiers(entries, failed_ids(RecordIndex.of(store, identifier, env), entries), policy).get(backup_id, Tier.DAILY)
 
 
 def policy_days(policy: RetentionPolicy) -> dict[Tier, int]:
@@ -96,26 +102,28 @@ def plan_retention(store: BackupStore, target: Target, now: datetime) -> Retenti
     failed = failed_ids(records, entries)
     pins = {e.id: pin for e in entries if (pin := records.pin(e)) is not None}
     warnings: list[str] = []
-    rules = store.tier_rules()
-    if rules is None:
+    lifecycle = store.lifecycle(target.identifier, target.env)
+    tiers: dict[str, Tier] = {}
+    if lifecycle is None:
         days = policy_days(target.retention)
-        tiers: dict[str, Tier] = computed_tiers(entries, failed, target.retention)
+        tiers = computed_tiers(entries, failed, target.retention)
     else:
-        days = rules
-        warnings += rule_warnings(rules, target.retention, f"bucket of {store.url}")
-        tiers = {}
+        days = lifecycle.days
+        warnings += lifecycle.problems
+        warnings += rule_warnings(days, target.retention, f"bucket of {store.url}")
         for entry in entries:
             if entry.manifest is None and entry.problem is None:
                 continue  # legacy: never tagged, never read for tags
-            value = store.get_tags(entry.key).get(TIER_TAG)
-            if value in {t.value for t in Tier}:
-                tiers[entry.id] = Tier(str(value))
+            tier = tag_tier(store.get_tags(tag_key(entry)))
+            if tier is not None:
+                tiers[entry.id] = tier
+            if (tier is Tier.PINNED) != (entry.id in pins):
+                # The tag is what S3 obeys; the record only explains it.
+                warnings.append(f"backup {entry.id}: its pin record and its tags disagree ({tier or 'untagged'}); "
+                                f"run `db-backup pin` or `db-backup unpin` on it again")
+                pins.pop(entry.id, None)
     newest_good = next((e.id for e in entries if _good(e, failed)), None)
-    rows = []
-    for entry in entries:
-        tier = tiers.get(entry.id)
-        pin = pins.get(entry.id)
-        rows.append(_judge(entry, tier, pin, days, now, entry.id == newest_good, rules is not None))
+    rows = [_judge(e, tiers.get(e.id), pins.get(e.id), days, now, e.id == newest_good, lifecycle is not None) for e in entries]
     untagged = [r.entry.id for r in rows if r.tier is None and r.entry.manifest is not None]
     if untagged:
         warnings.append(f"{len(untagged)} backup(s) have no tier tag (written before tiers existed) and never expire; "
@@ -127,7 +135,7 @@ def _judge(entry: BackupEntry, tier: Tier | None, pin: PinRecord | None, days: d
            newest: bool, tagged_store: bool) -> Kept:
     if entry.manifest is None and entry.problem is None:
         return Kept(entry, None, None, "legacy dump: db-backup never removes it")
-    if pin is not None or tier is Tier.PINNED:
+    if tier is Tier.PINNED or (pin is not None and not tagged_store):
         reason = f"pinned by {pin.by}" + (f": {pin.reason}" if pin and pin.reason else "") if pin else "pinned"
         return Kept(entry, Tier.PINNED, None, reason, pin)
     if tier is None:
@@ -139,6 +147,9 @@ def _judge(entry: BackupEntry, tier: Tier | None, pin: PinRecord | None, days: d
         return Kept(entry, tier, expires, f"{tier} until {expires:%Y-%m-%d}")
     if newest and not tagged_store:
         return Kept(entry, tier, expires, "newest good backup: prune keeps it")
+    if entry.problem is not None and entry.has_dump and not tagged_store:
+        # A dump with a manifest that does not match it may still hold the data: a person decides.
+        return Kept(entry, tier, expires, f"damaged ({entry.problem}): prune leaves it for you to look at")
     due = "expired: S3 removes it at its next lifecycle run" if tagged_store else "expired: prune deletes it"
     return Kept(entry, tier, expires, due, expired=True)
 
@@ -165,8 +176,8 @@ def retag_untagged(store: BackupStore, target: Target) -> list[tuple[str, Tier]]
     tiers = computed_tiers(entries, failed_ids(records, entries), target.retention)
     done = []
     for entry in sorted(entries, key=lambda e: e.created_at):
-        if entry.id not in tiers or TIER_TAG in store.get_tags(entry.key):
+        if entry.id not in tiers or TIER_TAG in store.get_tags(tag_key(entry)):
             continue
-        retag(store, entry.key, tier_tags(tiers[entry.id]))
+        retag(store, entry.key, tier_tags(tiers[entry.id]), longer=False)
         done.append((entry.id, tiers[entry.id]))
     return done

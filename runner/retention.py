@@ -72,27 +72,32 @@ def period(tier: Tier, when: datetime) -> tuple[int, ...]:
     return (day.year, day.month, day.day)
 
 
+# From the shortest-lived up; pinned outlives every tier.
+RANK = {Tier.DAILY: 0, Tier.WEEKLY: 1, Tier.MONTHLY: 2, Tier.YEARLY: 3, Tier.PINNED: 4}
+
+
 def decide_tier(
-    created_at: datetime, earlier: Iterable[tuple[datetime, str]], is_good: Callable[[str], bool], policy: RetentionPolicy,
+    created_at: datetime, earlier: Iterable[tuple[datetime, str]], holds: Callable[[str, Tier], bool], policy: RetentionPolicy,
 ) -> Tier:
     """The tier of a backup created at `created_at`, given the backups before it (time, id; any order).
 
-    `is_good(id)` is asked only for backups in the backup's own periods, oldest first, and only
-    until one good backup is found in each, so a long history costs a few reads.
+    `holds(id, tier)`: that earlier backup is good and kept at least as long as the tier. It is asked
+    only about backups in the new one's own periods, oldest first, until one holds, so a long
+    history costs a few reads.
     """
     ordered = sorted((when, backup_id) for when, backup_id in earlier if when < created_at)
-    checked: dict[str, bool] = {}
+    checked: dict[tuple[str, Tier], bool] = {}
 
-    def good(backup_id: str) -> bool:
-        if backup_id not in checked:
-            checked[backup_id] = is_good(backup_id)
-        return checked[backup_id]
+    def held(backup_id: str, tier: Tier) -> bool:
+        if (backup_id, tier) not in checked:
+            checked[backup_id, tier] = holds(backup_id, tier)
+        return checked[backup_id, tier]
 
     for tier in CALENDAR_TIERS:
         if policy.count(tier) == 0:
             continue
         mine = period(tier, created_at)
-        if not any(good(backup_id) for when, backup_id in ordered if period(tier, when) == mine):
+        if not any(held(backup_id, tier) for when, backup_id in ordered if period(tier, when) == mine):
             return tier
     return Tier.DAILY
 

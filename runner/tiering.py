@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .catalog import cheap_listing, judge, list_backups
 from .records import DrillRecord, VerifyRecord, read_record
-from .retention import CALENDAR_TIERS, TIER_TAG, RetentionPolicy, Tier, decide_tier, period
+from .retention import CALENDAR_TIERS, RANK, TIER_TAG, RetentionPolicy, Tier, decide_tier, period
 
 if TYPE_CHECKING:
     from .catalog import BackupEntry
@@ -34,11 +34,15 @@ def tier_for_new(store: BackupStore, identifier: str, env: str, created_at: date
     try:
         listed = {item.id: item for item in cheap_listing(store, identifier, env)}
 
-        def good(backup_id: str) -> bool:
+        def holds(backup_id: str, tier: Tier) -> bool:
             entry = judge(store, identifier, env, listed[backup_id])
-            return entry.complete and not failed_check(store, entry.key)
+            if not entry.complete or failed_check(store, entry.key):
+                return False
+            # A tier turned on mid-period, or a promotion that did not finish, leaves the period's
+            # first good backup in a shorter tier: it does not hold this one's place.
+            return not store.expires_itself or RANK[tag_tier(store.get_tags(entry.key)) or Tier.PINNED] >= RANK[tier]
 
-        return decide_tier(created_at, ((item.sort_key[0], item.id) for item in listed.values()), good, policy)
+        return decide_tier(created_at, ((item.sort_key[0], item.id) for item in listed.values()), holds, policy)
     except Exception as exc:
         fallback = next((t for t in CALENDAR_TIERS if policy.count(t) > 0), Tier.DAILY)
         log.warning("could not decide the retention tier from the stored backups (%s); keeping this one as %s", exc, fallback)
@@ -49,16 +53,31 @@ def tier_tags(tier: Tier) -> dict[str, str]:
     return {TIER_TAG: tier.value}
 
 
+def tag_tier(tags: Mapping[str, str]) -> Tier | None:
+    """The tier a tag set names; None when it names none (written before tiers: nothing expires it)."""
+    value = tags.get(TIER_TAG)
+    return Tier(value) if value is not None and value in {t.value for t in Tier} else None
+
+
+def tag_key(entry: BackupEntry) -> str:
+    """The object whose tags stand for the backup: its dump, or its manifest when the dump is gone."""
+    return entry.key if entry.has_dump else entry.key + ".json"
+
+
 def object_keys(store: BackupStore, dump_key: str) -> list[str]:
     """Every object of one backup: dump, manifest, records, globals (all share `{folder}{id}.`)."""
     stem = dump_key.removesuffix(".dump") + "."
     return sorted(key for key, _size in store.list_keys(stem))
 
 
-def retag(store: BackupStore, dump_key: str, tags: Mapping[str, str]) -> list[str]:
-    """Give every object of the backup the same tags (the dump last, so it never leaves its manifest behind)."""
+def retag(store: BackupStore, dump_key: str, tags: Mapping[str, str], longer: bool) -> list[str]:
+    """Give every object of the backup the same tags.
+
+    Kept `longer` than before: the dump first; shorter: the dump last. Stopped midway, the dump then
+    outlives its manifest and records (shown damaged, and fixed by running again), never the reverse.
+    """
     keys = object_keys(store, dump_key)
-    for key in sorted(keys, key=lambda k: k == dump_key):
+    for key in sorted(keys, key=lambda k: (k == dump_key) != longer):
         store.set_tags(key, tags)
     return keys
 
@@ -69,22 +88,21 @@ def promote_next(store: BackupStore, identifier: str, env: str, failed: BackupEn
     The failed backup keeps its tier (it may still hold most of the data); promotion only adds.
     Returns what was promoted, in words.
     """
-    tier = Tier(store.get_tags(failed.key).get(TIER_TAG, Tier.DAILY.value)) if store.expires_itself else None
+    tier = tag_tier(store.get_tags(failed.key)) if store.expires_itself else None
     if tier is None or tier not in CALENDAR_TIERS:
-        return []
+        return []  # nothing to hand on: a daily, pinned or untagged backup, or a folder (prune decides afresh)
     mine = period(tier, failed.created_at)
     later = sorted(
         (e for e in list_backups(store, identifier, env) if e.created_at > failed.created_at and period(tier, e.created_at) == mine),
         key=lambda e: e.created_at,
     )
-    rank = {t: i for i, t in enumerate((Tier.DAILY, Tier.WEEKLY, Tier.MONTHLY, Tier.YEARLY, Tier.PINNED))}
     for entry in later:
         if not entry.complete or failed_check(store, entry.key):
             continue
-        current = Tier(store.get_tags(entry.key).get(TIER_TAG, Tier.DAILY.value))
-        if rank[current] >= rank[tier]:
+        current = tag_tier(store.get_tags(entry.key)) or Tier.PINNED  # untagged: nothing expires it
+        if RANK[current] >= RANK[tier]:
             return []  # the period already has a good backup kept at least as long
-        retag(store, entry.key, tier_tags(tier))
+        retag(store, entry.key, tier_tags(tier), longer=True)
         return [f"backup {entry.id} promoted from {current} to {tier} in place of {failed.id}"]
     return []
 

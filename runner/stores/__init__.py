@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from ..manifest import Manifest
-    from ..retention import Tier
+    from .s3_tags import Lifecycle
 
 READ_CHUNK = 1 << 20
 
@@ -60,8 +60,8 @@ class BackupStore(Protocol):
         """Replace the object's tags; nothing where the store has none."""
         ...
 
-    def tier_rules(self) -> dict[Tier, int] | None:
-        """Days after which the store itself expires each tier; None where nothing expires on its own (a folder)."""
+    def lifecycle(self, identifier: str, env: str) -> Lifecycle | None:
+        """What the store's own rules expire in a target's folder, per tier; None where nothing expires on its own (a folder)."""
         ...
 
     def read(self, key: str) -> Iterator[bytes]: ...

@@ -13,13 +13,16 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..catalog import DUMP_SUFFIX, ID_RE, backup_key
 from ..errors import IdTaken, InfraError, JobFailed, NoBackup
 from ..filelocks import remove_if_unlocked
 from ..manifest import Manifest
-from ..retention import Tier
 from . import READ_CHUNK, Upload
+
+if TYPE_CHECKING:
+    from .s3_tags import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +212,7 @@ class LocalStore:
     def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
         return None
 
-    def tier_rules(self) -> dict[Tier, int] | None:
+    def lifecycle(self, identifier: str, env: str) -> Lifecycle | None:
         return None
 
     def delete(self, key: str) -> bool:

@@ -22,7 +22,6 @@ from ..aws import CREDENTIAL_ERRORS, abort_client_for, error_code, infra_error
 from ..catalog import backup_key, folder_key
 from ..errors import IdTaken, InfraError, JobFailed, NoBackup
 from ..manifest import Manifest
-from ..retention import Tier
 from . import READ_CHUNK, Upload, s3_tags
 
 if TYPE_CHECKING:
@@ -360,8 +359,8 @@ class S3Store:
     def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
         s3_tags.set_tags(self._client, self.bucket, key, tags)
 
-    def tier_rules(self) -> dict[Tier, int] | None:
-        return s3_tags.tier_rules(self._client, self.bucket, self.prefix)
+    def lifecycle(self, identifier: str, env: str) -> s3_tags.Lifecycle | None:
+        return s3_tags.read_lifecycle(self._client, self.bucket, folder_key(self.prefix, identifier, env))
 
     def _read_quietly(self, key: str) -> str | None:
         try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -43,28 +44,58 @@ def set_tags(client: S3Client, bucket: str, key: str, tags: Mapping[str, str]) -
         raise infra_error(f"tagging s3://{bucket}/{key}", exc) from exc
 
 
-def tier_rules(client: S3Client, bucket: str, prefix: str) -> dict[Tier, int]:
-    """Days after which the bucket's enabled rules expire each tier's objects under `prefix` (a tier without a rule is absent)."""
+@dataclass(frozen=True)
+class Lifecycle:
+    """What a bucket's enabled rules do to one folder's objects."""
+
+    days: dict[Tier, int]  # each tier's expiry by its own tag rule
+    problems: tuple[str, ...]  # rules that expire objects there regardless of tier (or pinned ones)
+
+
+def read_lifecycle(client: S3Client, bucket: str, folder: str) -> Lifecycle:
+    """The bucket's rules as they apply to `folder` (a target's key prefix)."""
     try:
         rules = client.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
     except (ClientError, BotoCoreError) as exc:
         if isinstance(exc, ClientError) and error_code(exc) == "NoSuchLifecycleConfiguration":
-            return {}
+            return Lifecycle({}, ())
         raise infra_error(f"reading the lifecycle rules of bucket {bucket}", exc) from exc
+    return judge_rules(cast("list[dict[str, Any]]", rules), folder)
+
+
+def judge_rules(rules: list[dict[str, Any]], folder: str) -> Lifecycle:
     found: dict[Tier, int] = {}
+    problems: list[str] = []
     for rule in rules:
-        days = rule.get("Expiration", {}).get("Days")
-        if rule.get("Status") != "Enabled" or days is None:
-            continue
-        rule_filter = rule.get("Filter", {})
-        both = rule_filter.get("And", {})
-        if not prefix.startswith(rule_filter.get("Prefix", "") or both.get("Prefix", "") or rule.get("Prefix", "")):
+        expiration = rule.get("Expiration", {})
+        days, date = expiration.get("Days"), expiration.get("Date")
+        if rule.get("Status") != "Enabled" or (days is None and date is None):
+            continue  # disabled, or only noncurrent versions, delete markers, unfinished uploads
+        name = f"lifecycle rule {rule.get('ID') or '(no id)'}"
+        rule_filter = rule.get("Filter", {}) or {}
+        both = rule_filter.get("And", {}) or {}
+        rule_prefix = rule_filter.get("Prefix") or both.get("Prefix") or rule.get("Prefix") or ""
+        if not (folder.startswith(rule_prefix) or rule_prefix.startswith(folder)):
             continue  # a rule for another part of the bucket
         tags = [rule_filter["Tag"]] if "Tag" in rule_filter else list(both.get("Tags", []))
-        if len(tags) != 1:
-            continue  # a rule that also needs another tag does not expire db-backup's objects
-        for tag in tags:
-            if tag.get("Key") == TIER_TAG and tag.get("Value") in Tier.__members__.values():
-                tier = Tier(tag["Value"])
-                found[tier] = min(days, found.get(tier, days))
-    return found
+        tier_tags = [t for t in tags if t.get("Key") == TIER_TAG]
+        sized = any(k in rule_filter or k in both for k in ("ObjectSizeGreaterThan", "ObjectSizeLessThan"))
+        when = f"after {days} days" if days is not None else f"on {date}"
+        if not tags:
+            problems.append(f"{name} expires every object under {rule_prefix or 'the bucket'} {when}, whatever its tier or pin")
+        elif len(tags) != 1 or not tier_tags:
+            continue  # needs a tag db-backup never sets: it expires none of its objects
+        elif tier_tags[0].get("Value") == Tier.PINNED.value:
+            problems.append(f"{name} expires pinned backups {when}")
+        elif sized or (rule_prefix.startswith(folder) and rule_prefix != folder) or days is None:
+            problems.append(f"{name} expires only some {tier_tags[0].get('Value')} objects ({when}, by size, date or a "
+                            "narrower prefix): a dump and its manifest may not expire together")
+        elif tier_tags[0].get("Value") in {t.value for t in Tier}:
+            tier = Tier(tier_tags[0]["Value"])
+            found[tier] = min(days, found.get(tier, days))
+    return Lifecycle(found, tuple(problems))
+
+
+def tier_rules(client: S3Client, bucket: str, folder: str) -> dict[Tier, int]:
+    """Days after which the bucket's rules expire each tier's objects under `folder` (a tier without a rule is absent)."""
+    return read_lifecycle(client, bucket, folder).days

@@ -148,3 +148,92 @@ def test_a_failed_drill_promotes_the_next_good_backup_of_its_month(aws: MotoServ
     assert _tags(entries[0].key) == {TIER_TAG: "monthly"}  # the failed one keeps its tier
     assert _tags(entries[2].key) == {TIER_TAG: "daily"}
     assert promote_next(store, "app", "production", entries[0]) == []  # the month is held now
+
+
+def _old_backup(store: S3Store, when: datetime, tags: dict[str, str] | None, dump: bool = True) -> str:
+    key = store.key("app", "production", make_id(when))
+    if dump:
+        upload = store.start_upload(key, "STANDARD", tags)
+        upload.write(b"x" * 10)
+        upload.complete()
+    store.put_manifest(sample_manifest(key, identifier="app", env="production", created_at=when, size=10), tags)
+    return make_id(when)
+
+
+def _store() -> S3Store:
+    return S3Store(boto3.client("s3", region_name="us-east-1"), BUCKET, f"{PREFIX}/", 5 << 20, 1)
+
+
+def test_retention_copes_with_a_manifest_whose_dump_expired(aws: MotoServer, env: dict[str, str]) -> None:
+    store = _store()
+    gone = _old_backup(store, datetime(2026, 3, 1, 2, tzinfo=UTC), {TIER_TAG: "daily"}, dump=False)
+    kept = _old_backup(store, datetime(2026, 3, 2, 2, tzinfo=UTC), {TIER_TAG: "weekly"})
+    shown = run_cli("retention", "app", "production", "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    rows = {b["id"]: b for b in json.loads(shown.stdout)["backups"]}
+    assert rows[gone]["status"] == "damaged" and rows[gone]["tier"] == "daily" and rows[gone]["expired"] is True
+    assert rows[kept]["tier"] == "weekly"
+    assert run_cli("retention", "app", "production", "--retag", env=env).returncode == 0
+
+
+def test_unpinning_a_backup_that_had_no_tier_gives_it_the_tier_it_earned(aws: MotoServer, env: dict[str, str]) -> None:
+    store = _store()
+    # Written before tiers existed: the first of March (monthly by the policy) and a Tuesday after a Monday (daily).
+    first = _old_backup(store, datetime(2026, 3, 1, 2, tzinfo=UTC), None)
+    _old_backup(store, datetime(2026, 3, 2, 2, tzinfo=UTC), None)
+    third = _old_backup(store, datetime(2026, 3, 3, 2, tzinfo=UTC), None)
+    for backup_id, earned in ((first, "monthly"), (third, "daily")):
+        dump = store.key("app", "production", backup_id)
+        assert run_cli("pin", "app", "production", backup_id, env=env).returncode == 0
+        assert _tags(dump) == {TIER_TAG: "pinned", "db-backup-pinned-from": earned}
+        released = run_cli("unpin", "app", "production", backup_id, env=env)
+        assert released.returncode == 0, released.stderr
+        assert f"{earned} again" in released.stdout
+        assert _tags(dump) == _tags(dump + ".json") == {TIER_TAG: earned}  # never a default daily for March's monthly
+
+
+def test_a_tier_turned_on_mid_month_goes_to_the_next_backup(aws: MotoServer, env: dict[str, str], tmp_path: Path) -> None:
+    from runner.retention import RetentionPolicy, Tier
+    from runner.tiering import tier_for_new
+
+    store = _store()
+    # 1 and 2 March were backed up while monthly was off: both daily, so March has no monthly yet.
+    _old_backup(store, datetime(2026, 3, 1, 2, tzinfo=UTC), {TIER_TAG: "daily"})
+    _old_backup(store, datetime(2026, 3, 2, 2, tzinfo=UTC), {TIER_TAG: "weekly"})
+    policy = RetentionPolicy()
+    assert tier_for_new(store, "app", "production", datetime(2026, 3, 3, 2, tzinfo=UTC), policy) is Tier.MONTHLY
+    # Once March holds a monthly, the next one is daily again.
+    _old_backup(store, datetime(2026, 3, 3, 2, tzinfo=UTC), {TIER_TAG: "monthly"})
+    assert tier_for_new(store, "app", "production", datetime(2026, 3, 4, 2, tzinfo=UTC), policy) is Tier.DAILY
+
+
+def test_rules_that_expire_regardless_of_tier_are_named(aws: MotoServer, env: dict[str, str]) -> None:
+    rules = [
+        *_rules(),
+        {"ID": "old-stuff", "Status": "Enabled", "Filter": {"Prefix": f"{PREFIX}/"}, "Expiration": {"Days": 90}},
+        {"ID": "pins-too", "Status": "Enabled", "Filter": {"Tag": {"Key": TIER_TAG, "Value": "pinned"}}, "Expiration": {"Days": 400}},
+        {"ID": "other-target", "Status": "Enabled", "Filter": {"Prefix": f"{PREFIX}/other/"}, "Expiration": {"Days": 1}},
+    ]
+    boto3.client("s3", region_name="us-east-1").put_bucket_lifecycle_configuration(
+        Bucket=BUCKET, LifecycleConfiguration={"Rules": rules},  # type: ignore[typeddict-item]
+    )
+    shown = run_cli("retention", "app", "production", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"lifecycle rule old-stuff expires every object under {PREFIX}/ after 90 days, whatever its tier or pin" in shown.stdout
+    assert "lifecycle rule pins-too expires pinned backups after 400 days" in shown.stdout
+    assert "other-target" not in shown.stdout
+
+
+def test_a_rule_on_some_objects_of_a_tier_is_named() -> None:
+    from runner.stores.s3_tags import judge_rules
+
+    sized = {"ID": "big-dailies", "Status": "Enabled", "Expiration": {"Days": 2},
+             "Filter": {"And": {"Prefix": "nightly/app/", "ObjectSizeGreaterThan": 1000, "Tags": [{"Key": TIER_TAG, "Value": "daily"}]}}}
+    legacy = {"ID": "legacy-prefix", "Status": "Enabled", "Prefix": "nightly/", "Expiration": {"Days": 30}}
+    disabled = {"ID": "off", "Status": "Disabled", "Filter": {}, "Expiration": {"Days": 1}}
+    narrower = {"ID": "one-db", "Status": "Enabled", "Filter": {"Prefix": "nightly/app/production/2026-"}, "Expiration": {"Days": 9}}
+    seen = judge_rules([*_rules(), sized, legacy, disabled, narrower], "nightly/app/production/")
+    assert seen.days == {"daily": 7, "weekly": 35, "monthly": 372}
+    assert [p.split(" expires")[0] for p in seen.problems] == [
+        "lifecycle rule big-dailies", "lifecycle rule legacy-prefix", "lifecycle rule one-db"]
+    assert "a dump and its manifest may not expire together" in seen.problems[0]

@@ -101,7 +101,7 @@ def test_decide_tier_asks_only_about_its_own_periods() -> None:
     created = datetime(2026, 11, 18, 2, 0, tzinfo=UTC)
     earlier = [(created - timedelta(days=d), f"b{d}") for d in range(1, 300)]
 
-    def good(backup_id: str) -> bool:
+    def good(backup_id: str, tier: Tier) -> bool:
         asked.append(backup_id)
         return True
 
@@ -171,7 +171,7 @@ def test_pin_and_unpin_in_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture
 
     released = run_main(["--targets", str(targets), "unpin", "app", "production", old], capsys)
     assert released.code == 0, released.err
-    assert "the next prune deletes it" in released.out
+    assert "prune keeps it as long as its tier does" in released.out
     again = run_main(["--targets", str(targets), "unpin", "app", "production", old], capsys)
     assert again.code == 2 and "is not pinned" in again.err
     assert "deleted 1 of 2 backups" in run_main(["--targets", str(targets), "prune", "app", "production"], capsys).out
@@ -200,3 +200,17 @@ def test_an_unreadable_store_keeps_the_new_backup_longest(tmp_path: Path, caplog
     assert tier_for_new(store, "app", "production", NOW, RetentionPolicy()) is Tier.MONTHLY
     assert tier_for_new(store, "app", "production", NOW, RetentionPolicy(yearly=3)) is Tier.YEARLY
     assert "could not decide the retention tier" in caplog.text and "SlowDown" in caplog.text
+
+
+def test_prune_leaves_a_dump_whose_manifest_disagrees_but_removes_an_orphan_manifest(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    ids = _nightly(store, days=4, start=datetime(2026, 1, 6, 2, 0, tzinfo=UTC))  # Tuesday to Friday: one week
+    folder = tmp_path / "app" / "production"
+    (folder / f"{ids[1]}.dump").write_bytes(b"y" * 99)  # its manifest says 1234 bytes: damaged, data maybe intact
+    (folder / f"{ids[2]}.dump").unlink()  # a manifest whose dump is gone
+    target = _registry(tmp_path, "{monthly: 0}").targets[0]  # type: ignore[attr-defined]
+    plan = plan_retention(store, target, NOW)
+    assert {k.entry.id for k in prune(store, plan, dry_run=False)} == {ids[0], ids[2]}  # ids[3] is the newest good
+    why = {k.entry.id: k.why for k in plan_retention(store, target, NOW).rows}
+    assert why[ids[1]].startswith("damaged (dump is 99 bytes but its manifest says 1234): prune leaves it")
+    assert ids[2] not in why
