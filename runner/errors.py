@@ -69,6 +69,10 @@ class InfraError(DbBackupError):
     exit_code = ExitCode.INFRA
 
 
+class TaggingDenied(InfraError):
+    """S3 refused a write because it carried tags the caller may not set (s3:PutObjectTagging)."""
+
+
 class TimedOut(DbBackupError):
     exit_code = ExitCode.TIMEOUT
 

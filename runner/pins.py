@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .errors import BadInput
-from .records import PinRecord, put_record, read_record
 from .keeping import decided_tier
+from .records import PinRecord, put_record, read_record
 from .retention import PINNED_FROM_TAG, TIER_TAG, RetentionPolicy, Tier
 from .tiering import retag, tag_key, tag_tier
 

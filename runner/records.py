@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
+from .errors import TaggingDenied
 from .retention import PINNED_FROM_TAG, TIER_TAG
 
 if TYPE_CHECKING:
@@ -119,7 +120,15 @@ def put_record(store: BackupStore, dump_key: str, record: Record, tags: dict[str
     """Write (or replace) the record beside the dump, with the dump's retention tags unless given; its key."""
     kind = next(k for k, t in _TYPES.items() if isinstance(record, t))
     key = record_key(dump_key, kind)
-    store.put_text(key, to_json(record), record_tags(store, dump_key) if tags is None else tags)
+    chosen = record_tags(store, dump_key) if tags is None else tags
+    try:
+        store.put_text(key, to_json(record), chosen)
+    except TaggingDenied as exc:
+        if tags is not None:
+            raise  # the tags are the point of this write (a pin)
+        # Untagged, the record outlives its backup; better than no record at all.
+        log.warning("%s; writing the record without its retention tags", exc)
+        store.put_text(key, to_json(record), {})
     return key
 
 

@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..aws import CREDENTIAL_ERRORS, abort_client_for, error_code, infra_error
 from ..catalog import backup_key, folder_key
-from ..errors import IdTaken, InfraError, JobFailed, NoBackup
+from ..errors import IdTaken, InfraError, JobFailed, NoBackup, TaggingDenied
 from ..manifest import Manifest
 from . import READ_CHUNK, Upload, s3_tags
 
@@ -351,7 +351,10 @@ class S3Store:
                 Bucket=self.bucket, Key=key, Body=text.encode(), ContentType=content_type, **s3_tags.tagging_header(tags),
             )
         except (ClientError, BotoCoreError) as exc:
-            raise _s3_error(f"writing {self.uri(key)}", exc, self.bucket) from exc
+            error = _s3_error(f"writing {self.uri(key)}", exc, self.bucket)
+            if tags and isinstance(exc, ClientError) and error_code(exc) == "AccessDenied":
+                raise TaggingDenied(str(error)) from exc
+            raise error from exc
 
     def get_tags(self, key: str) -> dict[str, str]:
         return s3_tags.get_tags(self._client, self.bucket, key)

@@ -864,7 +864,11 @@ def test_nonproduction_task_role_reads_the_bucket_and_writes_nothing(stack: Stac
     ssm = [s for s in allows("TaskRole") if any(a.startswith("ssm:") for a in as_list(s["Action"]))
            or "kms:ViaService" in s.get("Condition", {}).get("StringEquals", {})]
     assert ssm and all(s in allows("NonProductionTaskRole") for s in ssm)
-    assert [s for s in main if s["Effect"] == "Deny"] == []
+    # The task role's one Deny keeps it from retagging the longest-kept backups (a delayed delete).
+    assert [s for s in main if s["Effect"] == "Deny"] == [{
+        "Sid": "KeepLongLivedTiers", "Effect": "Deny", "Action": "s3:PutObjectTagging", "Resource": f"arn:aws:s3:::{BUCKET}/*",
+        "Condition": {"StringEquals": {"s3:ExistingObjectTag/db-backup-tier": ["monthly", "yearly", "pinned"]}},
+    }]
     # ...and read-only S3: a restore reads any environment's dumps, and writes none.
     for env in ("production", "beta"):
         key = f"arn:aws:s3:::{BUCKET}/curation/{env}/2026-01-01_00-00-00.dump"

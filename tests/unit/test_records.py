@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,3 +57,32 @@ def test_a_damaged_acknowledgement_neither_silences_nor_resets_the_alarm(tmp_pat
     assert not RecordIndex.of(store, "curation", "production").acknowledged(entry)
     put_record(store, key, AckRecord(backup_id=entry.id, acknowledged_at=WHEN, by="alice"))
     assert RecordIndex.of(store, "curation", "production").acknowledged(entry)
+
+
+class _TagRefusingStore(LocalStore):
+    """A stub store: tags on the dump, and a write that carries tags refused as S3 refuses a caller without s3:PutObjectTagging."""
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        return {"db-backup-tier": "monthly"}
+
+    def put_text(self, key: str, text: str, tags: Mapping[str, str] | None = None, *, action: str = "writing") -> None:
+        if tags:
+            from runner.errors import TaggingDenied
+
+            raise TaggingDenied(f"writing {key} failed: AccessDenied: Access Denied")
+        super().put_text(key, text, tags, action=action)
+
+
+def test_a_record_whose_tags_are_refused_is_written_untagged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from runner.errors import TaggingDenied
+    from runner.records import PinRecord
+
+    store = _TagRefusingStore(tmp_path)
+    (tmp_path / "app" / "production").mkdir(parents=True)
+    when = datetime(2026, 11, 30, tzinfo=UTC)
+    put_record(store, "app/production/x.dump", AckRecord(backup_id="x", acknowledged_at=when, by="ops"))
+    assert read_record(store, "app/production/x.dump", AckRecord) is not None
+    assert "writing the record without its retention tags" in caplog.text
+    with pytest.raises(TaggingDenied):  # a pin is nothing without its tags
+        put_record(store, "app/production/x.dump", PinRecord(backup_id="x", pinned=True, changed_at=when, by="ops"),
+                   {"db-backup-tier": "pinned"})
