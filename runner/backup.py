@@ -6,14 +6,17 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from . import __version__
 from .catalog import list_backups, make_id
+from .credentials import Connection
 from .errors import IdTaken, JobFailed
 from .history import RecordIndex
-from .manifest import Manifest
+from .manifest import Manifest, globals_key
 from .output import human_size
 from .pg.dump import dump_stream, plan_dump
+from .pg.globals import capture_globals
 from .pg.session import UploadLocks, upload_locks
 from .pg.tools import find_tool, major, tool_version
 from .services import Services
@@ -89,16 +92,35 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
             upload.abort()
             raise
         upload.complete()
+        extra = _store_globals(store, conn, globals_key(key), tags)
         manifest = Manifest(
             identifier=target.identifier, env=target.env, id=backup_id, key=key,
             created_at=now, duration_s=round(services.clock.monotonic() - started, 3),
             size_bytes=size, sha256=digest.hexdigest(), format="custom", compression=plan.compression,
             compressed_by=plan.compressed_by, pg_dump_version=dump_version, server_version=server,
             database=conn.dbname, tool_version=__version__, request_id=request_id, uncompressed_bytes=output.raw_bytes,
+            **extra,
         )
         store.put_manifest(manifest, tags)
     log.info("backup %s done: %s in %.1fs, sha256 %s; kept as %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256, tier)
     return BackupResult(manifest, store.uri(key), check_shrink(store, target, backup_id))
+
+
+def _store_globals(store: BackupStore, conn: Connection, key: str, tags: dict[str, str]) -> dict[str, Any]:
+    """Roles, memberships and role settings beside the dump, before the manifest; the manifest fields that describe them.
+
+    pg_dumpall failing is a warning noted in the manifest; the upload failing fails the backup, as the dump's would.
+    """
+    captured = capture_globals(conn)
+    fields: dict[str, Any] = {"globals_missing": captured.missing, "roles": captured.roles}
+    if captured.text is not None:
+        data = captured.text.encode()
+        store.put_text(key, captured.text, tags)
+        fields.update(globals_sha256=hashlib.sha256(data).hexdigest(), globals_bytes=len(data))
+        log.info("stored the roles and globals as %s (%s)", store.uri(key), human_size(len(data)))
+    if captured.missing:
+        log.warning("backup goes on without part of the roles and globals: %s", captured.missing)
+    return fields
 
 
 def check_shrink(store: BackupStore, target: Target, backup_id: str) -> ShrinkVerdict | None:

@@ -18,6 +18,7 @@ from .durations import parse_duration
 from .ecs import remote
 from .ecs.request import RemoteJob
 from .errors import BadInput, JobFailed
+from .history import RecordIndex
 from .restore import RestorePlan, plan_restore, run_restore
 from .settings import GithubEnv
 from .targets import Target
@@ -61,13 +62,15 @@ def list_cmd(
     target = state.registry().get(identifier, env)
     store = state.services().store(target)
     entries = list_backups(store, identifier, env, limit=limit)
+    records = RecordIndex.of(store, identifier, env)
+    pins = {e.id: records.pin(e) for e in entries}
     if as_json:
-        output.echo_json([output.entry_to_json(e) for e in entries])
+        output.echo_json([output.entry_to_json(e, pins[e.id]) for e in entries])
         return
     if not entries:
         typer.echo(f"no backups for {target.name} in {store.url}")
         return
-    output.table([output.entry_row(e) for e in entries], output.ENTRY_HEADER)
+    output.table([output.entry_row(e, pins[e.id]) for e in entries], output.ENTRY_HEADER)
 
 
 @app.command()
@@ -99,6 +102,9 @@ def restore(
     backup_id: Annotated[str, typer.Option("--backup", help="latest or a backup id.")] = "latest",
     executor: Annotated[Executor | None, typer.Option(help="Where pg_restore runs.")] = None,
     confirm: Annotated[str | None, typer.Option(help="Name the protected environment to allow restoring into it.")] = None,
+    with_roles: Annotated[bool, typer.Option(
+        "--with-roles", help="First create the roles the backup's objects need that the server lacks (never superuser).",
+    )] = False,
     timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
     detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
 ) -> None:
@@ -107,7 +113,7 @@ def restore(
     limit = parse_duration(timeout)
     registry = state.registry()
     url = parse_url(to_url) if to_url else None
-    plan = plan_restore(registry, identifier, from_env, to, url, backup_id, confirm)
+    plan = plan_restore(registry, identifier, from_env, to, url, backup_id, confirm, with_roles)
     if plan.dest is not None and executor_for(plan.dest, executor) == "ecs":
         _run_remote(ctx, plan.dest, timeout=limit, detach=detach, plan=plan, confirm=confirm)
         return
@@ -162,6 +168,7 @@ def _run_remote(
     job = RemoteJob(
         action="restore" if plan else "drill" if drill_backup else "backup", target=target, source=plan.source if plan else None,
         backup=plan.backup if plan else drill_backup or "latest", confirm=confirm, verbose=state.verbose,
+        with_roles=plan.with_roles if plan else False,
         targets_json=state.registry().excerpt(*involved),
     )
     remote.run(job, state.services(), GithubEnv(), timeout_s=timeout.total_seconds(), detach=detach)

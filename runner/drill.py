@@ -2,7 +2,8 @@
 
 The server is a throwaway cluster of the drill's own (or a server named with --to-url, into a
 `drill_*` database of this run's, marked as such and dropped afterwards); the restore is the real
-one (`restore.run_restore`). Then: pg_restore reported no error, every table of the archive exists,
+one (`restore.run_restore`), creating the backup's roles first in a throwaway cluster when the
+backup has a globals file. Then: pg_restore reported no error, every table of the archive exists,
 each table holds the rows its data block held, and the extensions the dump needs are available. The result goes beside the backup
 as a DrillRecord.
 """
@@ -34,6 +35,7 @@ from .services import Services
 from .signals import deferred_signals
 from .stored_dump import check_reader
 from .targets import Target
+from .tiering import after_failed_check
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class _Server:
     conn: Connection  # the drill database on it
     label: str
     mark: str | None = None  # --to-url: the comment that proves this run made the drill database
+    throwaway: bool = False  # a cluster of the drill's own, gone afterwards: roles may be created on it
 
 
 def run_drill(plan: DrillPlan, services: Services) -> DrillOutcome:
@@ -85,6 +88,8 @@ def run_drill(plan: DrillPlan, services: Services) -> DrillOutcome:
     key = put_record(store, entry.key, record)
     log.info("drill of %s %s: %s; recorded in %s", plan.source.name, entry.id, "passed" if record.ok else record.problem,
              store.uri(key))
+    if not record.ok:
+        after_failed_check(store, plan.source.identifier, plan.source.env, entry)
     return DrillOutcome(record, store.uri(key))
 
 
@@ -98,7 +103,7 @@ def _server(plan: DrillPlan, entry: BackupEntry, services: Services) -> Iterator
         with throwaway_cluster(password, parent=services.settings.work_dir) as cluster:
             log.info("started a throwaway PostgreSQL cluster on 127.0.0.1:%d in %.1fs (%s)", cluster.port,
                      services.clock.monotonic() - started, cluster.bindir)
-            yield _Server(cluster.connection(name), "throwaway cluster")
+            yield _Server(cluster.connection(name), "throwaway cluster", throwaway=True)
         return
     url = plan.to_url
     run_id = secrets.token_hex(4)
@@ -115,6 +120,14 @@ def _server(plan: DrillPlan, entry: BackupEntry, services: Services) -> Iterator
     finally:
         with deferred_signals():  # a second cancel must not leave the restored copy behind
             _drop_marked(conn, mark)
+
+
+def _with_roles(entry: BackupEntry, server: _Server) -> bool:
+    """Create the backup's roles first (as `restore --with-roles`), so objects owned by or granted to them restore.
+
+    Only in a throwaway cluster: roles outlive a database, and a server of the operator's keeps its own.
+    """
+    return server.throwaway and entry.manifest is not None and entry.manifest.globals_sha256 is not None
 
 
 def _mark_database(server: _Server) -> None:
@@ -169,7 +182,7 @@ def _drill(plan: DrillPlan, entry: BackupEntry, contents: Contents, server: _Ser
                        server=label, tables=expected, missing_extensions=missing_ext, tool_version=__version__)
     started = services.clock.monotonic()
     try:
-        restored = run_restore(RestorePlan(plan.source, entry.id, None, server.conn), services)
+        restored = run_restore(RestorePlan(plan.source, entry.id, None, server.conn, _with_roles(entry, server)), services)
     except JobFailed as exc:
         elapsed = round(services.clock.monotonic() - started, 3)
         need = f"the server lacks the extension(s) {', '.join(missing_ext)}; " if missing_ext else ""

@@ -32,14 +32,28 @@ class Manifest:
     tool_version: str = ""
     request_id: str | None = None
     uncompressed_bytes: int | None = None  # pg_dump's own output; known for zstd and none
+    # The roles and globals file beside the dump (`{id}.globals.sql`); absent in older manifests.
+    globals_sha256: Annotated[str | None, Field(pattern=r"^[0-9a-f]{64}$")] = None
+    globals_bytes: Annotated[int | None, Field(ge=0)] = None
+    globals_missing: str | None = None  # what could not be captured, and why
+    roles: tuple[str, ...] | None = None  # the roles the database's objects refer to
 
     def to_json(self) -> str:
         data = asdict(self)
+        for name in _OPTIONAL:
+            if data[name] is None:
+                del data[name]  # a manifest without them reads, and is written, as before they existed
         data["created_at"] = self.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
+_OPTIONAL = ("globals_sha256", "globals_bytes", "globals_missing", "roles")
 _SCHEMA = TypeAdapter(Manifest)
+
+
+def globals_key(dump_key: str) -> str:
+    """Where a backup's roles and globals (pg_dumpall's output) live: beside its dump."""
+    return dump_key.removesuffix(".dump") + ".globals.sql"
 
 
 def parse_manifest(text: str) -> Manifest | str:

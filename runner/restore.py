@@ -26,13 +26,14 @@ from .pg.admin import (
 )
 from .pg.dbstate import apply_settings, database_info
 from .pg.restore_proc import pg_restore_argv, restore_stream, run_restore_file
+from .pg.roles import GlobalsDoc, create_roles, missing_roles, parse_globals
 from .pg.session import AdminConnection, bound_statements, connect, lock_target
 from .pg.swap import Checkpoint, SwapState, swap_in
 from .pg.tools import find_tool
 from .restore_mode import Mode, choose_mode
 from .services import Services
 from .settings import Settings
-from .stored_dump import Counted, check_digest, check_reader, download, open_dump
+from .stored_dump import Counted, check_digest, check_reader, download, open_dump, read_globals
 from .stores import BackupStore
 from .targets import Registry, Target
 
@@ -47,6 +48,7 @@ class RestorePlan:
     backup: str
     dest: Target | None
     dest_url: Connection | None
+    with_roles: bool = False  # create the missing roles the backup's globals file describes
 
     @property
     def dest_label(self) -> str:
@@ -58,7 +60,7 @@ class RestorePlan:
 
 def plan_restore(
     registry: Registry, identifier: str, source_env: str, to_env: str | None, to_url: Connection | None,
-    backup_id: str, confirm: str | None,
+    backup_id: str, confirm: str | None, with_roles: bool = False,
 ) -> RestorePlan:
     """Apply the refusal rules (existence, direction, protection) before any side effect."""
     if (to_env is None) == (to_url is None):
@@ -73,7 +75,7 @@ def plan_restore(
                 f"{dest.name} is protected; add --confirm {dest.env} to replace its database "
                 "(in GitHub, the environment's approval does this)"
             )
-    return RestorePlan(source, backup_id, dest, to_url)
+    return RestorePlan(source, backup_id, dest, to_url, with_roles)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def run_restore(plan: RestorePlan, services: Services) -> RestoreResult:
     checkpoint = _checkpoints(settings)
     store = services.store(plan.source)
     entry = resolve_backup(store, plan.source.identifier, plan.source.env, plan.backup)
+    roles = _roles_of(store, entry) if plan.with_roles else None  # a tampered file stops the restore here
     conn = services.resolver(plan.dest).resolve(plan.dest.database) if plan.dest else plan.dest_url
     assert conn is not None
     if conn.dbname in ("template0", "template1"):
@@ -110,7 +113,8 @@ def run_restore(plan: RestorePlan, services: Services) -> RestoreResult:
     admin_conn = admin_connection(conn)
     swap = SwapState()
     try:
-        job = _RestoreJob(store, entry, conn, admin_conn, fresh, previous, pg_restore, mode, ignore_privileges, keep_previous)
+        job = _RestoreJob(store, entry, conn, admin_conn, fresh, previous, pg_restore, mode, ignore_privileges, keep_previous,
+                          roles)
         kept, actual = _restore_and_swap(job, settings, swap, checkpoint)
     except KeyboardInterrupt as exc:
         if swap.committed:  # e.g. while the work folder's copy was being removed
@@ -139,6 +143,7 @@ class _RestoreJob:
     mode: Mode
     ignore_privileges: bool
     keep_previous: bool
+    roles: GlobalsDoc | None = None  # --with-roles: the backup's roles, checked against its manifest
 
 
 def _restore_and_swap(
@@ -152,6 +157,9 @@ def _restore_and_swap(
         bound_statements(admin, settings.admin_timeout_s)
         check_can_create(admin, job.conn)
         lock_target(admin, job.conn.dbname)
+        server = job.conn.describe().rsplit("/", 1)[0]
+        wanted = job.entry.manifest.roles if job.entry.manifest else None
+        missing = missing_roles(admin, job.roles, wanted, server) if job.roles is not None else []
         for leftover in restore_leftovers(admin, job.conn.dbname):
             if problem := try_drop_database(admin, leftover):
                 raise JobFailed(f"cannot drop {leftover}, left by an interrupted restore: {problem}; drop it by hand, then run again")
@@ -168,6 +176,9 @@ def _restore_and_swap(
                 check_digest(job.entry, actual, size, where)
                 if indexed := archive.fill_offsets(path):
                     log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
+            if job.roles is not None and missing:
+                # Before the swap, and kept whatever happens next: a role without objects is harmless.
+                create_roles(admin, job.roles, missing, server)
             like = database_info(admin, job.conn.dbname)
             try:
                 create_database(admin, job.fresh, like)
@@ -198,6 +209,16 @@ def _restore_and_swap(
             if kept and not job.keep_previous:
                 kept = _drop_previous(admin, job.conn.dbname, job.previous)
     return kept, actual
+
+
+def _roles_of(store: BackupStore, entry: BackupEntry) -> GlobalsDoc | None:
+    """--with-roles: the roles the backup's globals file describes (its sha256 checked), or None with a warning."""
+    text = read_globals(store, entry)
+    if text is None:
+        why = (entry.manifest.globals_missing if entry.manifest else None) or "it was taken before db-backup stored roles"
+        log.warning("backup %s has no roles and globals file (%s); --with-roles creates no roles", entry.id, why)
+        return None
+    return parse_globals(text)
 
 
 def _checkpoints(settings: Settings) -> Checkpoint:

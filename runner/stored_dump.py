@@ -15,7 +15,8 @@ from pathlib import Path
 from . import archive
 from .catalog import BackupEntry
 from .compression import Codec, decompressor, sniff
-from .errors import BadInput, InfraError, JobFailed
+from .errors import BadInput, InfraError, JobFailed, NoBackup
+from .manifest import globals_key
 from .pg.pipeline import Pipeline
 from .pg.tools import compressor_env, major, tool_version
 from .stores import BackupStore
@@ -43,6 +44,26 @@ def check_digest(entry: BackupEntry, actual: str, size: int, where: str) -> None
             f"checksum mismatch for {where}: expected sha256 {entry.manifest.sha256}, got {actual}; "
             "the backup is damaged and the target was not touched"
         )
+
+
+def read_globals(store: BackupStore, entry: BackupEntry) -> str | None:
+    """The backup's roles and globals file, checked against the manifest's sha256; None if its manifest names none."""
+    manifest = entry.manifest
+    if manifest is None or manifest.globals_sha256 is None:
+        return None
+    key = globals_key(entry.key)
+    where = store.uri(key)
+    try:
+        data = b"".join(store.read(key))
+    except NoBackup as exc:
+        raise JobFailed(f"the globals file {where} that the manifest names is missing; the backup's roles cannot be trusted") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != manifest.globals_sha256 or (manifest.globals_bytes is not None and len(data) != manifest.globals_bytes):
+        raise JobFailed(
+            f"globals checksum mismatch for {where}: expected sha256 {manifest.globals_sha256}, got {actual}; "
+            "the backup's roles file is damaged"
+        )
+    return data.decode("utf-8", "replace")
 
 
 def download(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:

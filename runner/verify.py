@@ -28,9 +28,10 @@ from .pg.pipeline import Pipeline, Step
 from .pg.tools import ToolEnv, compressor_env, find_tool, tool_version
 from .records import VerifyRecord, put_record, record_key
 from .services import Services
-from .stored_dump import Hashed, check_reader, open_dump
+from .stored_dump import Hashed, check_reader, open_dump, read_globals
 from .stores import BackupStore
 from .targets import Target
+from .tiering import after_failed_check
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ FINISH_S = 300.0
 
 class _Bad(Exception):
     """A check found the backup bad: the message is the problem, in words."""
+
+
+class _BadGlobals(_Bad):
+    """The roles and globals file is missing or differs from what the manifest promises."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ def verify_backups(target: Target, services: Services, which: str) -> list[Verif
             log.info("verified backup %s of %s in %.1fs", entry.id, target.name, record.duration_s)
         else:
             log.error("backup %s of %s is bad: %s", entry.id, target.name, record.problem)
+            after_failed_check(store, target.identifier, target.env, entry)
     return results
 
 
@@ -142,10 +148,18 @@ def verify_entry(store: BackupStore, entry: BackupEntry, target: Target, pg_rest
                 raise _Bad(f"the archive cannot be read to its end: {unreadable}")
             checks.append("table of contents listed by pg_restore -l")
             toc = list_toc(store, entry, pg_restore)
+            if entry.manifest is not None and entry.manifest.globals_sha256 is not None:
+                checks.append("size and sha256 of the roles and globals file against the manifest")
+                _check_globals(store, entry)
         except _Bad as exc:
             problem = str(exc)
-            fix = (f"the stored bytes changed after the backup was written; {new_backup} and check the store"
-                   if problem.startswith("checksum") else f"a restore of it would fail; {new_backup}")
+            if problem.startswith("checksum"):
+                fix = f"the stored bytes changed after the backup was written; {new_backup} and check the store"
+            elif isinstance(exc, _BadGlobals):
+                fix = (f"the dump reads, but restores --with-roles and drills of it refuse its roles; {new_backup} "
+                       "and check the store")
+            else:
+                fix = f"a restore of it would fail; {new_backup}"
         except JobFailed as exc:  # e.g. open_dump: the stored bytes are not a dump at all
             problem, fix = str(exc), f"a restore of it would fail; {new_backup}"
     record = VerifyRecord(
@@ -154,6 +168,13 @@ def verify_entry(store: BackupStore, entry: BackupEntry, target: Target, pg_rest
         toc_entries=toc.entries if toc else None, tables_with_data=toc.table_data if toc else None,
     )
     return Verified(target.name, entry.key, record, entry.manifest is None, fix)
+
+
+def _check_globals(store: BackupStore, entry: BackupEntry) -> None:
+    try:
+        read_globals(store, entry)
+    except JobFailed as exc:
+        raise _BadGlobals(str(exc)) from exc
 
 
 def _offline_env() -> ToolEnv:

@@ -35,6 +35,7 @@ class RemoteJob:
     source: Target | None = None  # restore: the target whose backup is restored
     backup: str = "latest"  # restore and drill: `latest` or a backup id
     confirm: str | None = None  # restore: the protected environment named to allow it
+    with_roles: bool = False  # restore: create the missing roles first (--with-roles)
     verbose: bool = False
     targets_json: str = ""  # Registry.excerpt of the targets involved, for the task
 
@@ -68,8 +69,9 @@ def task_argv(job: RemoteJob, request_id: str) -> tuple[str, ...]:
         return (*head, "drill", target.identifier, target.env, "--backup", job.backup, "--executor", "local")
     assert job.source is not None
     confirm = ("--confirm", job.confirm) if job.confirm else ()
+    roles = ("--with-roles",) if job.with_roles else ()
     return (*head, "restore", target.identifier, "--from", job.source.env, "--to", target.env, "--backup", job.backup,
-            *confirm, "--executor", "local")
+            *confirm, *roles, "--executor", "local")
 
 
 def started_by(text: str) -> str:

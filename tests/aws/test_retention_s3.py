@@ -237,3 +237,17 @@ def test_a_rule_on_some_objects_of_a_tier_is_named() -> None:
     assert [p.split(" expires")[0] for p in seen.problems] == [
         "lifecycle rule big-dailies", "lifecycle rule legacy-prefix", "lifecycle rule one-db"]
     assert "a dump and its manifest may not expire together" in seen.problems[0]
+
+
+def test_a_failed_verify_hands_the_month_to_the_next_good_backup(aws: MotoServer, env: dict[str, str]) -> None:
+    store = _store()
+    # The dumps' bytes do not match their manifests' sha256: any of them fails a verify.
+    first = _old_backup(store, datetime(2026, 3, 1, 2, tzinfo=UTC), {TIER_TAG: "monthly"})
+    second = _old_backup(store, datetime(2026, 3, 2, 2, tzinfo=UTC), {TIER_TAG: "weekly"})
+    third = _old_backup(store, datetime(2026, 3, 3, 2, tzinfo=UTC), {TIER_TAG: "daily"})
+    failed = run_cli("verify", "app", "production", "--backup", first, env=env)
+    assert failed.returncode == 1, failed.stderr
+    assert f"backup {second} promoted from weekly to monthly in place of {first}" in failed.stderr
+    assert _tags(store.key("app", "production", second)) == _tags(store.key("app", "production", second) + ".json") == {TIER_TAG: "monthly"}
+    assert _tags(store.key("app", "production", first)) == {TIER_TAG: "monthly"}
+    assert _tags(store.key("app", "production", third)) == {TIER_TAG: "daily"}

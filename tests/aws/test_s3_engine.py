@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -102,13 +103,19 @@ def test_backup_to_s3_with_ssm_credentials_and_restore(pg: PgCluster, dbname: st
     result = run_cli("backup", "app", "production", env={**env, "DB_BACKUP_PART_SIZE_MB": "5"})
     assert result.returncode == 0, result.stderr
     keys = _objects()
-    assert len(keys) == 2 and keys[0].startswith("nightly/app/production/") and keys[1] == keys[0] + ".json"
+    assert len(keys) == 3 and keys[0].startswith("nightly/app/production/") and keys[1] == keys[0] + ".json"
+    assert keys[2] == keys[0].removesuffix(".dump") + ".globals.sql"  # the roles, beside the dump
     s3 = boto3.client("s3", region_name="us-east-1")
+    roles = s3.get_object(Bucket=BUCKET, Key=keys[2])["Body"].read()
+    assert b"CREATE ROLE" in roles and b"SCRAM" not in roles
+    tagging = {key: s3.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"] for key in keys}
+    assert tagging[keys[2]] == tagging[keys[0]] == tagging[keys[1]]  # they expire together
     head = s3.head_object(Bucket=BUCKET, Key=keys[0])
     assert head["StorageClass"] == "GLACIER_IR"
     assert head["ContentLength"] > 10 << 20 and "-" in head["ETag"]  # a real multipart object
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=keys[1])["Body"].read())
     assert manifest["size_bytes"] == head["ContentLength"] and manifest["database"] == dbname
+    assert manifest["globals_sha256"] == hashlib.sha256(roles).hexdigest()
     assert manifest["server_version"].startswith(str(pg.bindir).split("/")[4])
     listed = json.loads(run_cli("list", "app", "production", "--json", env=env).stdout)
     assert [(e["id"], e["status"], e["sha256"]) for e in listed] == [(manifest["id"], "complete", manifest["sha256"])]

@@ -86,12 +86,12 @@ def test_two_backups_in_the_same_second_get_distinct_ids_and_both_complete(
     store_class = LocalStore if store_kind == "folder" else S3Store
     original = store_class.start_upload
 
-    def start_upload(self: Any, key: str, storage_class: str) -> Any:
+    def start_upload(self: Any, key: str, storage_class: str, tags: Any = None) -> Any:
         tried.append(key.rsplit("/", 1)[1])
         if not getattr(waited, "done", False):
             waited.done = True
             barrier.wait()
-        return original(self, key, storage_class)
+        return original(self, key, storage_class, tags)
 
     monkeypatch.setattr(store_class, "start_upload", start_upload)
     results: list[BackupResult] = []

@@ -61,6 +61,18 @@ def drill_env(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str]
     return {**pg_env, "DB_BACKUP_TARGETS": str(targets), "DB_BACKUP_WORK_DIR": str(work)}
 
 
+def _without_globals(tmp_path: Path) -> None:
+    """Make the stored backup one of an older db-backup: no globals file, and a manifest that names none."""
+    folder = tmp_path / "backups" / "app" / "production"
+    for path in folder.glob("*.globals.sql"):
+        path.unlink()
+    (path,) = folder.glob("*.dump.json")
+    manifest = json.loads(path.read_text())
+    for name in ("globals_sha256", "globals_bytes", "globals_missing", "roles"):
+        manifest.pop(name, None)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
 def _record(tmp_path: Path) -> dict[str, object]:
     records = list((tmp_path / "backups" / "app" / "production").glob("*.dump.drill.json"))
     assert len(records) == 1, records
@@ -99,7 +111,8 @@ def test_drill_of_a_good_backup_passes_with_the_sources_row_counts(
 def test_drill_of_an_unrestorable_backup_fails_names_why_and_leaves_nothing(
     pg: PgCluster, dbname: str, tmp_path: Path, drill_env: dict[str, str],
 ) -> None:
-    """The archive is whole, but a table's owner is a role only the source server has."""
+    """The archive is whole, but a table's owner is a role only the source server has, and the backup is one
+    from before db-backup stored roles beside the dump (no globals file), so the drill cannot create it."""
     with pg.connect() as conn:
         conn.execute("DROP ROLE IF EXISTS drill_owner_x")
         conn.execute("CREATE ROLE drill_owner_x")
@@ -108,6 +121,7 @@ def test_drill_of_an_unrestorable_backup_fails_names_why_and_leaves_nothing(
             conn.execute("CREATE TABLE owned (id int PRIMARY KEY); INSERT INTO owned SELECT generate_series(1, 10)")
             conn.execute("ALTER TABLE owned OWNER TO drill_owner_x")
         assert (backed := run_cli("backup", "app", "production", env=drill_env)).returncode == 0, backed.stderr
+        _without_globals(tmp_path)
         # the role goes with the database; a dropped table keeps the role droppable
     finally:
         with pg.connect(dbname) as conn:

@@ -89,6 +89,7 @@ def test_two_backups_in_the_same_second_never_overwrite(pg: PgCluster, dbname: s
     assert (first.manifest.id, second.manifest.id) == ("2026-05-06_07-08-09", "2026-05-06_07-08-09_2")
     folder = tmp_path / "backups" / "app" / "production"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "2026-05-06_07-08-09.dump", "2026-05-06_07-08-09.dump.json", "2026-05-06_07-08-09_2.dump", "2026-05-06_07-08-09_2.dump.json",
+        "2026-05-06_07-08-09.dump", "2026-05-06_07-08-09.dump.json", "2026-05-06_07-08-09.globals.sql",
+        "2026-05-06_07-08-09_2.dump", "2026-05-06_07-08-09_2.dump.json", "2026-05-06_07-08-09_2.globals.sql",
     ]
     assert first.manifest.sha256 != "" and second.manifest.created_at == first.manifest.created_at

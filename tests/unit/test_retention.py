@@ -167,6 +167,12 @@ def test_pin_and_unpin_in_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     assert f"pinned backup {old} of app/production" in pinned.out
     shown = run_main(["--targets", str(targets), "retention", "app", "production"], capsys)
     assert "before the v2 migration" in shown.out
+    listed = run_main(["--targets", str(targets), "list", "app", "production"], capsys)
+    assert "complete, pinned: before the v2 migration" in listed.out
+    listed_json = json.loads(run_main(["--targets", str(targets), "list", "app", "production", "--json"], capsys).out)
+    assert [b["pinned"]["reason"] if b["pinned"] else None for b in listed_json] == [None, "before the v2 migration"]
+    history = run_main(["--targets", str(targets), "history", "app", "production"], capsys)
+    assert "pinned: before the v2 migration" in history.out
     assert run_main(["--targets", str(targets), "prune", "app", "production"], capsys).out.endswith("deleted 0 of 2 backups; 2 kept\n")
 
     released = run_main(["--targets", str(targets), "unpin", "app", "production", old], capsys)
