@@ -58,6 +58,7 @@ done
 [[ -z $IN_BACKUP ]] || check backup "$IN_BACKUP" "$backup_re" "latest or a backup id"
 [[ -z $IN_ROLE ]] || check role-to-assume "$IN_ROLE" "$role_re" "an IAM role ARN"
 [[ -z $IN_REGION ]] || check aws-region "$IN_REGION" "$region_re" "an AWS region"
+check with-roles "${IN_WITH_ROLES:-false}" '^(true|false)$' "true or false"
 if [[ -n $IN_ROLE && -z $IN_REGION ]]; then
   problems+=("input \"aws-region\" is required with role-to-assume (set the repository variable AWS_REGION)")
 fi

@@ -81,8 +81,9 @@ def test_restore_runs_as_an_ecs_task(
     backup_id = boto3.client("s3").list_objects_v2(Bucket=infra.bucket)["Contents"][0]["Key"].split("/")[-1].split(".")[0]
 
     with FakeFargate(infra.cluster, cli_env) as fargate:
-        run = act.run("restore.yml", {"identifier": "app", "from": "production", "to": to, "backup": "latest"},
-                      targets=targets, endpoint=aws.endpoint, actor="alice")
+        # Into beta the form's with_roles box is ticked; into production it is left alone.
+        inputs = {"identifier": "app", "from": "production", "to": to, "backup": "latest", **({} if confirmed else {"with_roles": "true"})}
+        run = act.run("restore.yml", inputs, targets=targets, endpoint=aws.endpoint, actor="alice")
     assert run.job_results("check") == ["success"], run.explain()
     assert run.job_results("restore") == ["success"], run.explain()
     assert run.roles_assumed == [ROLES[role]]  # only the restore job assumed a role, the destination's
@@ -93,6 +94,7 @@ def test_restore_runs_as_an_ecs_task(
     # The runner pins the resolved backup id; --confirm only for the protected destination.
     assert task.command[:8] == ["restore", "app", "--from", "production", "--to", to, "--backup", backup_id]
     assert (["--confirm", to] == task.command[8:10]) is confirmed, task.command
+    assert ("--with-roles" in task.command) is not confirmed, task.command
     with pg.connect(dbname if to == "production" else beta_db) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() != (0,)
 
