@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 from typer.core import TyperGroup
@@ -20,6 +20,9 @@ from .errors import BadInput, Cancelled, cancel_reason
 from .services import Services
 from .settings import GithubEnv, Settings, load_settings
 from .targets import Registry, Target, load_registry, parse_registry
+
+if TYPE_CHECKING:
+    from .stores import BackupStore
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,28 @@ class State:
 def state_of(ctx: typer.Context) -> State:
     state: State = ctx.obj
     return state
+
+
+class Stored(NamedTuple):
+    """One target, the services of this run, and the store its backups are in."""
+
+    target: Target
+    services: Services
+    store: BackupStore
+
+
+def stored(ctx: typer.Context, identifier: str, env: str) -> Stored:
+    state = state_of(ctx)
+    target = state.registry().get(identifier, env)
+    services = state.services()
+    return Stored(target, services, services.store(target))
+
+
+def who() -> str:
+    """Who runs this command, as records name them: the GitHub actor, else the local user."""
+    import getpass
+
+    return GithubEnv().actor or getpass.getuser()
 
 
 @app.callback()

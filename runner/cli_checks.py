@@ -11,7 +11,7 @@ import typer
 
 from . import github, output
 from .alerts import Notify
-from .cli_app import app, state_of
+from .cli_app import app, state_of, stored, who
 from .durations import parse_duration
 from .errors import JobFailed
 from .settings import GithubEnv
@@ -156,18 +156,12 @@ def ack(
     reason: Annotated[str, typer.Option(help="Why its size is right, kept with the acknowledgement.")] = "",
 ) -> None:
     """Acknowledge a backup the shrink alarm flagged: `status` stops failing on it, and it starts a new baseline."""
-    import getpass
-
     from .catalog import resolve_backup
     from .shrink import acknowledge
 
-    state = state_of(ctx)
-    target = state.registry().get(identifier, env)
-    services = state.services()
-    store = services.store(target)
+    target, services, store = stored(ctx, identifier, env)
     entry = resolve_backup(store, identifier, env, backup_id)
-    by = GithubEnv().actor or getpass.getuser()
-    record = acknowledge(store, entry, by, reason, services.clock.now())
+    record = acknowledge(store, entry, who(), reason, services.clock.now())
     typer.echo(f"acknowledged backup {record.backup_id} of {target.name} as {record.by}")
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from . import output
-from .cli_app import app, state_of
+from .cli_app import app, stored, who
 from .errors import BadInput, DbBackupError
 
 if TYPE_CHECKING:
@@ -18,12 +17,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKUP_ID = typer.Argument(metavar="ID", help="The backup id (see `db-backup list`), or latest.")
-
-
-def _who() -> str:
-    from .settings import GithubEnv
-
-    return GithubEnv().actor or getpass.getuser()
 
 
 @app.command()
@@ -35,12 +28,9 @@ def pin(
     from .catalog import resolve_backup
     from .pins import pin as pin_backup
 
-    state = state_of(ctx)
-    target = state.registry().get(identifier, env)
-    services = state.services()
-    store = services.store(target)
+    target, services, store = stored(ctx, identifier, env)
     entry = resolve_backup(store, identifier, env, backup_id)
-    change = pin_backup(store, entry, _who(), reason, services.clock.now(), target.retention)
+    change = pin_backup(store, entry, who(), reason, services.clock.now(), target.retention)
     again = " (it was already pinned; reason updated)" if change.was_pinned else ""
     typer.echo(f"pinned backup {entry.id} of {target.name}{again}; `db-backup unpin {identifier} {env} {entry.id}` releases it")
 
@@ -52,12 +42,9 @@ def unpin(ctx: typer.Context, identifier: str, env: str, backup_id: Annotated[st
     from .pins import unpin as unpin_backup
     from .retention import Tier, expires_after
 
-    state = state_of(ctx)
-    target = state.registry().get(identifier, env)
-    services = state.services()
-    store = services.store(target)
+    target, services, store = stored(ctx, identifier, env)
     entry = resolve_backup(store, identifier, env, backup_id)
-    change = unpin_backup(store, entry, _who(), services.clock.now(), target.retention)
+    change = unpin_backup(store, entry, who(), services.clock.now(), target.retention)
     if not store.expires_itself:
         typer.echo(f"unpinned backup {entry.id} of {target.name}; prune keeps it as long as its tier does "
                    f"(`db-backup retention {identifier} {env}` shows until when)")
@@ -102,10 +89,7 @@ def retention(
     """Which backups are kept in which tier and when each expires, from the tags and the bucket's rules."""
     from .keeping import plan_retention, retag_untagged
 
-    state = state_of(ctx)
-    target = state.registry().get(identifier, env)
-    services = state.services()
-    store = services.store(target)
+    target, services, store = stored(ctx, identifier, env)
     if retag:
         if not store.expires_itself:
             raise BadInput(f"{store.url} is a folder: it keeps no tags (prune applies the policy); drop --retag")
@@ -136,10 +120,7 @@ def prune(
     from .keeping import prune as prune_backups
     from .stores.local import LocalStore
 
-    state = state_of(ctx)
-    target = state.registry().get(identifier, env)
-    services = state.services()
-    store = services.store(target)
+    target, services, store = stored(ctx, identifier, env)
     if not isinstance(store, LocalStore):
         raise BadInput(f"{store.url} expires backups itself by their tags; `db-backup retention {identifier} {env}` "
                        "shows what it keeps (prune is for file:// stores)")
