@@ -10,13 +10,12 @@ from typing import Any
 
 from . import __version__
 from .catalog import list_backups, make_id
-from .credentials import Connection
 from .errors import IdTaken, JobFailed
 from .history import RecordIndex
 from .manifest import Manifest, globals_key
 from .output import human_size
 from .pg.dump import dump_stream, plan_dump
-from .pg.globals import capture_globals
+from .pg.globals import Globals, capture_globals
 from .pg.session import UploadLocks, upload_locks
 from .pg.tools import find_tool, major, tool_version
 from .services import Services
@@ -88,14 +87,18 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
                     digest.update(chunk)
                     size += len(chunk)
                     upload.write(chunk)
+            duration_s = round(services.clock.monotonic() - started, 3)  # the dump's own time
+            # Before the upload completes: killed while pg_dumpall runs, no dump without its manifest is left
+            # behind, only an unfinished upload, which the next backup's cleanup removes.
+            captured = capture_globals(conn)
         except BaseException:
             upload.abort()
             raise
         upload.complete()
-        extra = _store_globals(store, conn, globals_key(key), tags)
+        extra = _store_globals(store, captured, globals_key(key), tags)
         manifest = Manifest(
             identifier=target.identifier, env=target.env, id=backup_id, key=key,
-            created_at=now, duration_s=round(services.clock.monotonic() - started, 3),
+            created_at=now, duration_s=duration_s,
             size_bytes=size, sha256=digest.hexdigest(), format="custom", compression=plan.compression,
             compressed_by=plan.compressed_by, pg_dump_version=dump_version, server_version=server,
             database=conn.dbname, tool_version=__version__, request_id=request_id, uncompressed_bytes=output.raw_bytes,
@@ -106,12 +109,11 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
     return BackupResult(manifest, store.uri(key), check_shrink(store, target, backup_id))
 
 
-def _store_globals(store: BackupStore, conn: Connection, key: str, tags: dict[str, str]) -> dict[str, Any]:
+def _store_globals(store: BackupStore, captured: Globals, key: str, tags: dict[str, str]) -> dict[str, Any]:
     """Roles, memberships and role settings beside the dump, before the manifest; the manifest fields that describe them.
 
     pg_dumpall failing is a warning noted in the manifest; the upload failing fails the backup, as the dump's would.
     """
-    captured = capture_globals(conn)
     fields: dict[str, Any] = {"globals_missing": captured.missing, "roles": captured.roles}
     if captured.text is not None:
         data = captured.text.encode()

@@ -160,6 +160,10 @@ def _restore_and_swap(
         server = job.conn.describe().rsplit("/", 1)[0]
         wanted = job.entry.manifest.roles if job.entry.manifest else None
         missing = missing_roles(admin, job.roles, wanted, server) if job.roles is not None else []
+        if job.roles is not None and missing:
+            # First, so a refusal comes before any download or database; kept whatever happens next:
+            # a role that owns nothing is harmless, and the next restore finds it complete.
+            create_roles(admin, job.roles, missing, server)
         for leftover in restore_leftovers(admin, job.conn.dbname):
             if problem := try_drop_database(admin, leftover):
                 raise JobFailed(f"cannot drop {leftover}, left by an interrupted restore: {problem}; drop it by hand, then run again")
@@ -176,9 +180,6 @@ def _restore_and_swap(
                 check_digest(job.entry, actual, size, where)
                 if indexed := archive.fill_offsets(path):
                     log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
-            if job.roles is not None and missing:
-                # Before the swap, and kept whatever happens next: a role without objects is harmless.
-                create_roles(admin, job.roles, missing, server)
             like = database_info(admin, job.conn.dbname)
             try:
                 create_database(admin, job.fresh, like)

@@ -10,12 +10,14 @@ import psycopg
 
 from ..credentials import Connection
 from ..errors import BadInput, JobFailed
-from .session import connect, pg_message
+from .session import bound_statements, connect, pg_message
 from .tools import find_tool, libpq_env
 
 log = logging.getLogger(__name__)
 
 DUMPALL_TIMEOUT_S = 300.0
+TIMED_OUT = "did not finish"
+ROLES_QUERY_TIMEOUT_S = 60.0
 
 # The database's owner, and every role its objects depend on: owners, ACL grantees, policies, default privileges.
 _REFERENCED_ROLES = """
@@ -50,6 +52,7 @@ def referenced_roles(conn: Connection) -> tuple[tuple[str, ...] | None, str | No
     """The roles the database's objects refer to, or why they could not be listed."""
     try:
         with connect(conn) as db:
+            bound_statements(db, ROLES_QUERY_TIMEOUT_S)
             rows = db.execute(_REFERENCED_ROLES).fetchall()
     except (psycopg.Error, JobFailed) as exc:
         reason = pg_message(exc) if isinstance(exc, psycopg.Error) else str(exc)
@@ -66,6 +69,8 @@ def _dumpall(conn: Connection) -> tuple[str | None, str | None]:
     text, problem = _run(conn, pg_dumpall, "--globals-only")
     if text is not None:
         return text, None
+    if problem.startswith(TIMED_OUT):
+        return None, f"roles and globals not captured: pg_dumpall {problem}"  # a second try would wait as long again
     log.warning("pg_dumpall --globals-only failed (%s); trying --roles-only", problem)
     roles_text, roles_problem = _run(conn, pg_dumpall, "--roles-only")
     if roles_text is not None:
@@ -76,16 +81,23 @@ def _dumpall(conn: Connection) -> tuple[str | None, str | None]:
 def _run(conn: Connection, pg_dumpall: str, what: str) -> tuple[str | None, str]:
     """One pg_dumpall run on the backed-up database's connection; (its output, '') or (None, its first stderr line)."""
     # --no-role-passwords: no password hash is ever stored, and a non-superuser (Amazon RDS's master user) may run it.
-    argv = [pg_dumpall, what, "--no-role-passwords", "--no-password", f"--database={conn.dbname}"]
-    with libpq_env(conn) as env:
-        proc = env.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            out, err = proc.communicate(timeout=DUMPALL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=30)
-            return None, f"it did not finish within {DUMPALL_TIMEOUT_S:.0f}s"
+    # --encoding: the file is UTF-8 whatever the database's encoding, so role names read back as written.
+    argv = [pg_dumpall, what, "--no-role-passwords", "--no-password", "--encoding=UTF8", f"--database={conn.dbname}"]
+    try:
+        with libpq_env(conn) as env:
+            proc = env.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                out, err = proc.communicate(timeout=DUMPALL_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate(timeout=30)
+                return None, f"{TIMED_OUT} within {DUMPALL_TIMEOUT_S:.0f}s"
+    except (OSError, subprocess.SubprocessError) as exc:  # not runnable, or not gone even after a kill
+        return None, f"could not run it: {exc}"
     if proc.returncode != 0:
         lines = [line.strip() for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
         return None, f"exit {proc.returncode}: {lines[0] if lines else 'no message'}"
-    return out.decode("utf-8", "replace"), ""
+    try:
+        return out.decode("utf-8"), ""
+    except UnicodeDecodeError as exc:
+        return None, f"its output is not UTF-8 ({exc.reason})"

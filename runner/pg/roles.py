@@ -19,8 +19,13 @@ from .session import AdminConnection, pg_message
 
 log = logging.getLogger(__name__)
 
-# Attributes that would give a restored role power over the whole server: never copied.
-DROPPED = ("SUPERUSER", "REPLICATION", "BYPASSRLS")
+# Attributes that would give a restored role power over the whole server (CREATEROLE: before
+# PostgreSQL 16, nearly a superuser's): never copied.
+DROPPED = ("SUPERUSER", "REPLICATION", "BYPASSRLS", "CREATEROLE")
+# Existing roles a created role never becomes a member of: through them it could act as the server's
+# owner (read or write its files, run programs), whatever its own attributes say.
+POWERFUL = ("pg_execute_server_program", "pg_write_server_files", "pg_read_server_files", "pg_write_all_data",
+            "pg_read_all_data", "rds_superuser")
 _FLAGS = frozenset({"INHERIT", "NOINHERIT", "CREATEROLE", "NOCREATEROLE", "CREATEDB", "NOCREATEDB", "LOGIN", "NOLOGIN",
                     "NOSUPERUSER", "NOREPLICATION", "NOBYPASSRLS", *DROPPED})
 
@@ -29,6 +34,7 @@ _TOKEN = re.compile(
       | (?P<comment>--[^\n]*)
       | (?P<meta>\\[^\n]*)
       | (?P<ident>"(?:[^"]|"")*")
+      | (?P<estring>[Ee]'(?:[^'\\]|\\.|'')*')
       | (?P<string>'(?:[^']|'')*')
       | (?P<semi>;)
       | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
@@ -36,6 +42,9 @@ _TOKEN = re.compile(
       | (?P<other>.)""",
     re.X | re.S,
 )
+
+
+_ESCAPE = re.compile(r"\\.|''")
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,8 @@ def statements(text: str) -> list[list[Token]]:
             current.append(Token(kind, raw[1:-1].replace('""', '"')))
         elif kind == "string":
             current.append(Token(kind, raw[1:-1].replace("''", "'")))
+        elif kind == "estring":  # E'...': pg_dumpall writes a value with a backslash this way, doubling it
+            current.append(Token("string", _ESCAPE.sub(lambda m: m.group()[1], raw[2:-1])))
         else:
             current.append(Token(kind, raw))
     if current:
@@ -242,26 +253,31 @@ def missing_roles(admin: AdminConnection, doc: GlobalsDoc, wanted: Iterable[str]
 
 
 def create_roles(admin: AdminConnection, doc: GlobalsDoc, missing: list[str], where: str) -> list[str]:
-    """Create `missing` (never SUPERUSER, REPLICATION, BYPASSRLS, never a password), then their settings and the
-    memberships whose member is one of them; existing roles are never changed. The names created."""
+    """Create `missing` (never SUPERUSER, REPLICATION, BYPASSRLS, CREATEROLE, never a password), then their settings
+    and the memberships whose member is one of them; existing roles are never changed. The names created.
+
+    One transaction: stopped or failed midway, no role is left without its settings and memberships
+    (the next run would take it for an existing role and never finish it).
+    """
     created: list[str] = []
-    for name in missing:
-        if _create(admin, doc.roles[name], created):
-            created.append(name)
-    for name in created:
-        for setting in doc.roles[name].settings:
-            _set(admin, name, setting)
-    mine = set(created)
-    new_server = admin.info.server_version >= 160000
-    for membership in doc.memberships:
-        if membership.member in mine:
-            _grant(admin, membership, new_server)
+    with admin.transaction():
+        for name in missing:
+            if _create(admin, doc.roles[name]):
+                created.append(name)
+        for name in created:
+            for setting in doc.roles[name].settings:
+                _set(admin, name, setting)
+        mine = set(created)
+        new_server = admin.info.server_version >= 160000
+        for membership in doc.memberships:
+            if membership.member in mine:
+                _grant(admin, membership, new_server, mine)
     if created:
         log.info("--with-roles: created %d role(s) on %s: %s", len(created), where, ", ".join(created))
     return created
 
 
-def _create(admin: AdminConnection, spec: RoleSpec, created: list[str]) -> bool:
+def _create(admin: AdminConnection, spec: RoleSpec) -> bool:
     """CREATE ROLE with the attributes a restore may copy; False if it appeared meanwhile."""
     parts: list[sql.Composable] = []
     for flag in spec.flags:
@@ -277,13 +293,13 @@ def _create(admin: AdminConnection, spec: RoleSpec, created: list[str]) -> bool:
     if parts:
         query = sql.SQL("{} WITH {}").format(query, sql.SQL(" ").join(parts))
     try:
-        admin.execute(query)
+        with admin.transaction():  # a savepoint: the one statement is undone, the others stand
+            admin.execute(query)
     except psycopg.errors.DuplicateObject:
         log.info("role %s appeared on the server meanwhile; it is left as it is", spec.name)
         return False
     except psycopg.Error as exc:
-        made = f"; the roles created before it stay: {', '.join(created)}" if created else ""
-        raise JobFailed(f"cannot create role {spec.name}: {pg_message(exc)}; no database was touched{made}") from exc
+        raise JobFailed(f"cannot create role {spec.name}: {pg_message(exc)}; no role was created and no database touched") from exc
     return True
 
 
@@ -291,12 +307,18 @@ def _set(admin: AdminConnection, role: str, setting: RoleSetting) -> None:
     query = sql.SQL("ALTER ROLE {} SET {} TO {}").format(
         sql.Identifier(role), sql.Identifier(*setting.name), sql.SQL(", ").join(sql.Literal(v) for v in setting.values))
     try:
-        admin.execute(query)
+        with admin.transaction():
+            admin.execute(query)
     except psycopg.Error as exc:
         log.warning("role %s was created without its setting %s: %s", role, ".".join(setting.name), pg_message(exc))
 
 
-def _grant(admin: AdminConnection, membership: Membership, new_server: bool) -> None:
+def _grant(admin: AdminConnection, membership: Membership, new_server: bool, created: set[str]) -> None:
+    if membership.role not in created and _powerful(admin, membership.role):
+        log.warning("role %s is not made a member of %s: on this server that role has power over the whole server "
+                    "(superuser, replication, bypassrls or server files); grant it by hand if it is meant", membership.member,
+                    membership.role)
+        return
     options: list[sql.Composable] = [sql.SQL("ADMIN OPTION")] if membership.admin else []
     if new_server:
         options += [sql.SQL(f"{word} {'TRUE' if value else 'FALSE'}") for word, value in membership.options]
@@ -304,6 +326,14 @@ def _grant(admin: AdminConnection, membership: Membership, new_server: bool) -> 
     if options:
         query = sql.SQL("{} WITH {}").format(query, sql.SQL(", ").join(options))
     try:
-        admin.execute(query)
+        with admin.transaction():
+            admin.execute(query)
     except psycopg.Error as exc:
         log.warning("could not grant role %s to %s: %s", membership.role, membership.member, pg_message(exc))
+
+
+def _powerful(admin: AdminConnection, role: str) -> bool:
+    row = admin.execute(
+        "SELECT rolsuper OR rolreplication OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = %s", (role,),
+    ).fetchone()
+    return role in POWERFUL or bool(row and row[0])

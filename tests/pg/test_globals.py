@@ -44,12 +44,16 @@ def roles(pg: PgCluster, dbname: str) -> Iterator[Roles]:
     tag = uuid.uuid4().hex[:6]
     made = Roles(f"g_grp_{tag}", f"g_own_{tag}", f'G "Rd" {tag}')
     with pg.connect() as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(made.group)))
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN CREATEROLE").format(sql.Identifier(made.group)))
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 7 PASSWORD 'owner-Pw-1'").format(sql.Identifier(made.owner)))
         conn.execute(sql.SQL("CREATE ROLE {} SUPERUSER NOLOGIN").format(sql.Identifier(made.reader)))
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(made.group), sql.Identifier(made.owner)))
         conn.execute(sql.SQL("ALTER ROLE {} SET work_mem = '12MB'").format(sql.Identifier(made.owner)))
         conn.execute(sql.SQL("ALTER ROLE {} SET search_path = app, public").format(sql.Identifier(made.owner)))
+        # pg_dumpall writes a value with a backslash as E'...', the backslash doubled.
+        conn.execute(sql.SQL("ALTER ROLE {} SET app.pattern = '^\\d+$'").format(sql.Identifier(made.owner)))
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(made.group), sql.Identifier(made.reader)))
+        conn.execute(sql.SQL("GRANT pg_read_server_files TO {}").format(sql.Identifier(made.owner)))
     with pg.connect(dbname) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA app AUTHORIZATION {}").format(sql.Identifier(made.owner)))
         conn.execute("CREATE TABLE app.items (id int PRIMARY KEY, label text NOT NULL)")
@@ -169,10 +173,15 @@ def test_restore_with_roles_into_a_fresh_server_keeps_owners_and_grants(
     assert _ownership(target, "restored") == _ownership(pg, dbname)
     assert fingerprint(target, "restored") == fingerprint(pg, dbname)
     # Created with their attributes, settings and memberships; never a superuser, never a password.
-    assert _role(target, roles.owner) == (False, True, 7, True, ["work_mem=12MB", "search_path=app, public"], [roles.group])
+    settings = ["work_mem=12MB", "search_path=app, public", "app.pattern=^\\d+$"]
+    assert _role(pg, roles.owner)[4] == settings  # type: ignore[index]
+    assert _role(target, roles.owner) == (False, True, 7, True, settings, [roles.group])
     assert _role(target, roles.group) == (False, False, -1, True, None, [])
-    assert _role(target, roles.reader) == (False, False, -1, True, None, [])
+    assert _role(target, roles.reader) == (False, False, -1, True, None, [roles.group])
     assert f"role {roles.reader} is SUPERUSER on the backed-up server; it is created NOSUPERUSER" in restored.stderr
+    assert f"role {roles.group} is CREATEROLE on the backed-up server; it is created NOCREATEROLE" in restored.stderr
+    # Never a member of a role with power over the server, though the source had it.
+    assert f"role {roles.owner} is not made a member of pg_read_server_files" in restored.stderr
     assert CLUSTER_PASSWORD not in restored.stderr + restored.stdout
 
 
@@ -180,48 +189,64 @@ def test_existing_roles_are_left_as_they_are_and_createrole_is_needed(
     pg: PgCluster, dbname: str, roles: Roles, tmp_path: Path, backed_up: dict[str, str], fresh: Cluster,
 ) -> None:
     target = _as_pg(fresh)
-    with target.connect() as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN CONNECTION LIMIT 3").format(sql.Identifier(roles.owner)))
-        conn.execute(sql.SQL("ALTER ROLE {} SET work_mem = '1MB'").format(sql.Identifier(roles.owner)))
+    with target.connect() as conn:  # the reader exists here, unlike on the source: no membership, other settings
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN CONNECTION LIMIT 3").format(sql.Identifier(roles.reader)))
+        conn.execute(sql.SQL("ALTER ROLE {} SET work_mem = '1MB'").format(sql.Identifier(roles.reader)))
         conn.execute("CREATE ROLE restorer LOGIN CREATEDB PASSWORD 'restorer-Pw-9'")
-    before = _role(target, roles.owner)
+    before = _role(target, roles.reader)
     url = fresh.url("restored")
 
     refused = run_cli("restore", "app", "--from", "production", "--to-url", url.replace("postgres@", "restorer@"),
                       "--with-roles", env={**backed_up, "PGPASSWORD": "restorer-Pw-9"})
     assert refused.returncode == 2, refused.stderr
     last = refused.stderr.strip().splitlines()[-1]
-    assert "restorer may not create roles" in last and "ALTER ROLE restorer CREATEROLE" in last and roles.reader in last
+    assert "restorer may not create roles" in last and "ALTER ROLE restorer CREATEROLE" in last and roles.owner in last
     assert "restored" not in target.databases() and restore_leftovers(target) == set()
-    assert _role(target, roles.reader) is None
+    assert _role(target, roles.owner) is None
 
     restored = run_cli("restore", "app", "--from", "production", "--to-url", url, "--with-roles",
                        env={**backed_up, "PGPASSWORD": CLUSTER_PASSWORD})
 
     assert restored.returncode == 0, restored.stderr
-    assert _role(target, roles.owner) == before == (False, False, 3, True, ["work_mem=1MB"], [])
-    assert _role(target, roles.group) is None  # only a role created by this run gets memberships
-    assert _role(target, roles.reader) is not None
+    # The source grants the group to the reader too; an existing role is never changed, memberships included.
+    assert _role(target, roles.reader) == before == (False, False, 3, True, ["work_mem=1MB"], [])
+    assert _role(target, roles.owner) is not None and _role(target, roles.owner)[5] == [roles.group]  # type: ignore[index]
     assert _ownership(target, "restored") == _ownership(pg, dbname)
 
 
+def test_a_refused_role_leaves_no_half_made_roles(fresh: Cluster) -> None:
+    """Roles are created in one transaction: one the server refuses undoes the others, so a rerun finds none half made."""
+    from runner.errors import JobFailed
+    from runner.pg.roles import create_roles
+    from runner.pg.session import connect
+
+    doc = parse_globals("CREATE ROLE ok_first;\nALTER ROLE ok_first WITH LOGIN;\nALTER ROLE ok_first SET work_mem TO '2MB';\n"
+                        "CREATE ROLE bad_second;\nALTER ROLE bad_second WITH NOLOGIN VALID UNTIL 'not a time';\n"
+                        "GRANT bad_second TO ok_first;\n")
+    with connect(fresh.connection()) as admin, pytest.raises(JobFailed, match="cannot create role bad_second"):
+        create_roles(admin, doc, ["ok_first", "bad_second"], "the fresh server")
+    assert _role(_as_pg(fresh), "ok_first") is None and _role(_as_pg(fresh), "bad_second") is None
+
+
 def test_a_tampered_globals_file_fails_verify_and_restore_before_anything_is_touched(
-    pg: PgCluster, dbname: str, roles: Roles, tmp_path: Path, backed_up: dict[str, str],
+    pg: PgCluster, dbname: str, roles: Roles, tmp_path: Path, backed_up: dict[str, str], fresh: Cluster,
 ) -> None:
     path = _globals_file(tmp_path)
-    path.write_text(path.read_text() + "CREATE ROLE g_evil_x;\nALTER ROLE g_evil_x WITH SUPERUSER LOGIN;\n")
+    text = path.read_text()
+    assert "CONNECTION LIMIT 7" in text
+    path.write_text(text.replace("CONNECTION LIMIT 7", "CONNECTION LIMIT 99"))  # a role the restore would create
 
     verified = run_cli("verify", "app", "production", env=backed_up)
     assert verified.returncode == 1, verified.stderr
     assert "globals checksum mismatch" in verified.stdout + verified.stderr
 
-    copy = f"{dbname}__copy"
-    restored = run_cli("restore", "app", "--from", "production", "--to-url", pg.url(copy, password=False), "--with-roles",
-                       env={**backed_up, "PGPASSWORD": pg.password})
+    target = _as_pg(fresh)
+    restored = run_cli("restore", "app", "--from", "production", "--to-url", fresh.url("restored"), "--with-roles",
+                       env={**backed_up, "PGPASSWORD": CLUSTER_PASSWORD})
     assert restored.returncode == 1, restored.stderr
     assert "globals checksum mismatch" in restored.stderr.strip().splitlines()[-1]
-    assert copy not in pg.databases() and restore_leftovers(pg) == set()
-    assert _role(pg, "g_evil_x") is None
+    assert "restored" not in target.databases() and restore_leftovers(target) == set()
+    assert _role(target, roles.owner) is None and _role(target, roles.group) is None
 
     path.unlink()
     missing = run_cli("verify", "app", "production", env=backed_up)
