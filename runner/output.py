@@ -161,6 +161,8 @@ def _state(row: dict[str, Any]) -> str:
         states.append("SHRUNK")
     elif row["trend"] and row["trend"]["shrunk"]:
         states.append("shrunk, acknowledged")
+    if row["last_verify"] and not row["last_verify"]["ok"]:
+        states.append("VERIFY")
     if any("drill" in problem for problem in row["problems"]):
         states.append("DRILL")
     return ", ".join(states) or "ok"

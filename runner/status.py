@@ -67,6 +67,10 @@ def _problems(status: TargetStatus, max_age: timedelta, max_drill_age: timedelta
                         + (f" (the newest is {human_age(status.age)} old)" if status.age is not None else ""))
     if status.shrink_alarm and status.shrink is not None:
         problems.append(describe(status.shrink, name))
+    verify = status.last_verify
+    if verify is not None and not verify.ok:
+        problems.append(f"{name}: the last verify (backup {verify.backup_id}, {human_age(verify.age)} ago) found it bad: "
+                        f"{verify.problem}")
     drill = status.last_drill
     if drill is not None and not drill.ok:
         problems.append(f"{name}: the last drill (backup {drill.backup_id}, {human_age(drill.age)} ago) failed: {drill.problem}")

@@ -13,7 +13,7 @@ from runner.aws import AwsClients
 from runner.catalog import BackupEntry, make_id
 from runner.errors import JobFailed, StaleBackups
 from runner.output import change_words, human_age
-from runner.records import DrillRecord, VerifyRecord, put_record
+from runner.records import AckRecord, DrillRecord, VerifyRecord, put_record
 from runner.services import Services
 from runner.settings import Settings
 from runner.shrink import MIN_PREVIOUS, ShrinkPolicy, judge
@@ -238,3 +238,14 @@ def test_shrink_alarm_settings_in_targets_yaml(tmp_path: Path) -> None:
     policies = {t.identifier: t.shrink_alarm for t in load_registry(path).targets}
     assert policies == {"a": ShrinkPolicy(0.3, 10), "b": ShrinkPolicy(0.0, 10), "c": ShrinkPolicy(0.3, 5)}
     assert not policies["b"].enabled
+
+
+def test_a_failed_verify_fails_status(world: tuple[Path, LocalStore, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    targets, store, keys = world
+    newest = make_id(START + timedelta(days=5))
+    put_record(store, keys[5], VerifyRecord(newest, datetime.now(UTC), False, "sha256 mismatch", ("sha256",), 1.0))
+    put_record(store, keys[5], AckRecord(newest, datetime.now(UTC), "ops"))  # the shrink is known; the verify is not
+    result = run_main(["--targets", str(targets), "status", "--max-age", "100000h"], capsys)
+    assert result.code == 1
+    assert f"app/production: the last verify (backup {newest}" in result.err and "sha256 mismatch" in result.err
+    assert "VERIFY" in result.out
