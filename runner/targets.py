@@ -43,6 +43,7 @@ class EcsConfig:
     log_stream_prefix: str | None  # None: the container's awslogs-stream-prefix
     platform_version: str
     nonproduction_task_role_arn: str | None = None
+    drill_task_role_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ def _build(model: TargetsFileModel, path: str, base_dir: Path, document: Mapping
             log_stream_prefix=e.log_stream_prefix,
             platform_version=e.platform_version,
             nonproduction_task_role_arn=e.nonproduction_task_role_arn,
+            drill_task_role_arn=e.drill_task_role_arn,
         )
     storage = defaults.storage
     if storage.startswith("file://"):

@@ -143,8 +143,11 @@ class EcsModel(_Strict):
     log_stream_prefix: str | None = Field(default=None, min_length=1)
     platform_version: str = "LATEST"
     # Task role for restores into unprotected environments (the stack's NonProductionTaskRoleArn);
-    # unset, every task runs as the task definition's role.
+    # unset, they run as the task definition's role.
     nonproduction_task_role_arn: str | None = None
+    # Task role for restore drills (the stack's DrillTaskRoleArn: no SSM reads, writes only drill
+    # records); unset, drills run as the task definition's role.
+    drill_task_role_arn: str | None = None
 
 
 class DatabaseModel(_Strict):

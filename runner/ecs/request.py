@@ -83,9 +83,11 @@ def tag_value(text: str) -> str:
 
 
 def task_role_for(config: EcsConfig, action: str, dest_protected: bool) -> str | None:
-    """The task role override: restores into unprotected environments run as the non-production
-    task role (which cannot read production credentials) when one is configured; backups,
-    protected restores and drills (which write their record beside the backup) keep the task definition's role."""
+    """The task role override, or None for the task definition's role: drills run as the drill role
+    and restores into unprotected environments as the non-production role, each when configured."""
+    # A drill runs the dump's SQL as superuser inside the task: its role reads no database credentials.
+    if action == "drill" and config.drill_task_role_arn:
+        return config.drill_task_role_arn
     if action == "restore" and not dest_protected and config.nonproduction_task_role_arn:
         return config.nonproduction_task_role_arn
     return None

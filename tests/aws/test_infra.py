@@ -603,7 +603,7 @@ def test_no_statement_allows_wildcard_actions_and_star_resources_are_allowlisted
             if "*" in as_list(stmt["Resource"]):
                 assert set(actions) <= STAR_RESOURCE_ALLOWLIST, (owner, actions)
     # Guard against the walk above silently missing a policy.
-    assert owners >= {"TaskRole", "TaskExecutionRole", "ImagePushRole", "ControlPlanePolicy", "BackupBucketPolicy"}
+    assert owners >= {"TaskRole", "DrillTaskRole", "TaskExecutionRole", "ImagePushRole", "ControlPlanePolicy", "BackupBucketPolicy"}
 
 
 def test_every_star_resource_is_explained_by_a_comment() -> None:
@@ -697,7 +697,7 @@ def test_task_role_tags_the_objects_of_its_bucket_only(stack: Stack) -> None:
         assert not permits(statements, action, key), action
 
 
-@pytest.mark.parametrize("role", ["TaskRole", "NonProductionTaskRole", "TaskExecutionRole", *GITHUB_ROLES])
+@pytest.mark.parametrize("role", ["TaskRole", "NonProductionTaskRole", "DrillTaskRole", "TaskExecutionRole", *GITHUB_ROLES])
 def test_no_role_may_delete_backups_or_change_the_lifecycle(stack: Stack, role: str) -> None:
     statements = role_statements(stack, role)
     for resource in (f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*", f"arn:aws:s3:::{BUCKET}/curation/production/x.dump"):
@@ -705,12 +705,22 @@ def test_no_role_may_delete_backups_or_change_the_lifecycle(stack: Stack, role: 
             assert not permits(statements, action, resource), (role, action, resource)
 
 
-def test_only_the_task_role_tags_objects(stack: Stack) -> None:
+def test_only_the_task_role_and_the_drill_task_role_tag_objects(stack: Stack) -> None:
     key = f"arn:aws:s3:::{BUCKET}/curation/production/2026-01-01_00-00-00.dump"
     # Restores read; the GitHub roles only start tasks and read manifests. Pins are an operator's.
     for role in ("NonProductionTaskRole", "TaskExecutionRole", *GITHUB_ROLES):
         for action in TAGGING:
             assert not permits(role_statements(stack, role), action, key), (role, action)
+    # Backups tag what they write; drills tag their record and promote the next good backup of a period.
+    for role in ("TaskRole", "DrillTaskRole"):
+        for action in TAGGING:
+            assert permits(role_statements(stack, role), action, key), (role, action)
+        for tier in ("monthly", "yearly", "pinned"):
+            existing = {"s3:ExistingObjectTag/db-backup-tier": tier}
+            assert not permits(role_statements(stack, role), "s3:PutObjectTagging", key, existing), (role, tier)
+        for tier in ("daily", "weekly"):
+            existing = {"s3:ExistingObjectTag/db-backup-tier": tier}
+            assert permits(role_statements(stack, role), "s3:PutObjectTagging", key, existing), (role, tier)
 
 
 def ssm_arn(prefix: str) -> str:
@@ -886,7 +896,8 @@ def test_nonproduction_task_role_reads_the_bucket_and_writes_nothing(stack: Stac
 
 
 PASSABLE = {
-    "BackupRole": {"TaskRole", "TaskExecutionRole"},
+    # drill.yml assumes BackupRole: drills start as DrillTaskRole.
+    "BackupRole": {"TaskRole", "DrillTaskRole", "TaskExecutionRole"},
     "RestoreProductionRole": {"TaskRole", "TaskExecutionRole"},
     "RestoreRole": {"NonProductionTaskRole", "TaskExecutionRole"},
     "ImagePushRole": set(),
@@ -897,7 +908,7 @@ PASSABLE = {
 def test_each_github_role_passes_only_its_task_roles(stack: Stack, role: str) -> None:
     statements = role_statements(stack, role)
     to_ecs = {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
-    for candidate in ("TaskRole", "NonProductionTaskRole", "TaskExecutionRole"):
+    for candidate in ("TaskRole", "NonProductionTaskRole", "DrillTaskRole", "TaskExecutionRole"):
         arn = f"arn:aws:iam::{ACCOUNT}:role/{stack._physical(candidate)}"
         assert permits(statements, "iam:PassRole", arn, to_ecs) == (candidate in PASSABLE[role]), (role, candidate)
         # ...and only to ECS tasks.
@@ -915,6 +926,68 @@ def test_restore_role_cannot_pass_the_main_task_role(stack: Stack) -> None:
         assert not permits(role_statements(stack, role), "iam:PassRole", nonprod, to_ecs), role
 
 
+def test_drill_task_role_reads_no_database_credentials(stack: Stack) -> None:
+    # A drill runs the dump's SQL as superuser inside the task: its role must not reach any password.
+    drill = stack.statements("DrillTaskRole")
+    assert not [a for s in drill for a in as_list(s["Action"]) if a.startswith("ssm:")]
+    assert not [s for s in drill if "kms:ViaService" in json.dumps(s.get("Condition", {}))]
+    for env in ("production", "beta"):
+        for action in SSM_READS:
+            assert not permits(drill, action, parameter_arn(f"/curation/{env}/db/backup/password")), (action, env)
+    any_key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/11111111-2222-3333-4444-555555555555"
+    assert not permits(drill, "kms:Decrypt", any_key, {"kms:ViaService": f"ssm.{REGION}.amazonaws.com"})
+    kms = [s for s in drill if any(a.startswith("kms:") for a in as_list(s["Action"]))]
+    if stack.params["KmsKeyArn"]:
+        # The bucket's key only: to read the dump and to write the record.
+        assert [as_list(s["Resource"]) for s in kms] == [[KMS_KEY]]
+        assert {a for s in kms for a in as_list(s["Action"])} == {"kms:Decrypt", "kms:GenerateDataKey"}
+    else:
+        assert kms == []
+
+
+def test_drill_task_role_reads_the_bucket_and_writes_only_drill_records(stack: Stack) -> None:
+    drill = stack.statements("DrillTaskRole")
+    prefix = f"arn:aws:s3:::{BUCKET}/curation/production/2026-01-01_00-00-00"
+    assert permits(drill, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}")
+    for key in (prefix + ".dump", prefix + ".dump.json", prefix + ".dump.drill.json"):
+        assert permits(drill, "s3:GetObject", key), key
+        assert not permits(drill, "s3:GetObject", key.replace(BUCKET, "other-bucket")), key
+    assert permits(drill, "s3:PutObject", prefix + ".dump.drill.json")
+    # No dump, manifest or other record can be written or overwritten.
+    for suffix in (".dump", ".dump.json", ".dump.verify.json", ".dump.pin.json", ".dump.ack.json", ".globals.sql"):
+        assert not permits(drill, "s3:PutObject", prefix + suffix), suffix
+    assert not permits(drill, "s3:PutObject", "arn:aws:s3:::other-bucket/x.drill.json")
+    puts = [s for s in drill if s["Effect"] == "Allow" and "s3:PutObject" in as_list(s["Action"])]
+    assert [as_list(s["Resource"]) for s in puts] == [[f"arn:aws:s3:::{BUCKET}/*.drill.json"]]
+    for action in ("s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload", "s3:PutObjectAcl",
+                   "s3:PutObjectVersionTagging", "s3:DeleteObjectTagging"):
+        assert not permits(drill, action, prefix + ".dump.drill.json"), action
+        assert not permits(drill, action, prefix + ".dump"), action
+    actions = {a for s in drill if s["Effect"] == "Allow" for a in as_list(s["Action"])}
+    assert not [a for a in actions if a.startswith("s3:Delete")]
+    assert {a for a in actions if a.startswith("s3:")} == {
+        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:GetObjectTagging", "s3:PutObjectTagging"}
+    # The same Deny as the task role keeps the longest-kept backups from being retagged.
+    denies = [s for s in drill if s["Effect"] == "Deny"]
+    assert denies == [s for s in stack.statements("TaskRole") if s["Effect"] == "Deny"]
+    assert [s["Sid"] for s in denies] == ["KeepLongLivedTiers"]
+
+
+def test_only_the_backup_role_passes_the_drill_task_role(stack: Stack) -> None:
+    drill = f"arn:aws:iam::{ACCOUNT}:role/{stack._physical('DrillTaskRole')}"
+    to_ecs = {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+    owners = [owner for owner, doc in stack.policy_documents()
+              for s in doc["Statement"] if "iam:PassRole" in as_list(s["Action"]) and drill in as_list(s["Resource"])]
+    assert owners == ["PassDrillTaskRolePolicy"]
+    assert stack.resource("PassDrillTaskRolePolicy")["Roles"] == [stack._physical("BackupRole")]
+    for role in GITHUB_ROLES:
+        assert permits(role_statements(stack, role), "iam:PassRole", drill, to_ecs) == (role == "BackupRole"), role
+    # drill.yml starts drills with the backup role.
+    workflow = (REPO / ".github" / "workflows" / "drill.yml").read_text(encoding="utf-8")
+    assert "vars.DB_BACKUP_ROLE_ARN" in workflow
+    assert not re.search(r"vars\.DB_RESTORE(_PRODUCTION)?_ROLE_ARN", workflow)
+
+
 def test_image_push_role_pushes_only_to_its_repository(stack: Stack) -> None:
     repo_arn = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/db-backup"
     for stmt in stack.statements("ImagePushRole"):
@@ -926,11 +999,11 @@ def test_image_push_role_pushes_only_to_its_repository(stack: Stack) -> None:
 
 
 def test_task_roles_are_assumable_only_by_ecs_tasks(stack: Stack) -> None:
-    for role in ("TaskRole", "NonProductionTaskRole", "TaskExecutionRole"):
+    for role in ("TaskRole", "NonProductionTaskRole", "DrillTaskRole", "TaskExecutionRole"):
         (stmt,) = stack.resource(role)["AssumeRolePolicyDocument"]["Statement"]
         assert stmt["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
         assert stmt["Action"] == "sts:AssumeRole"
-    for role in ("TaskRole", "NonProductionTaskRole"):
+    for role in ("TaskRole", "NonProductionTaskRole", "DrillTaskRole"):
         (stmt,) = stack.resource(role)["AssumeRolePolicyDocument"]["Statement"]
         assert stmt["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
 
@@ -1252,28 +1325,33 @@ def test_template_deploys_on_moto_with_the_runner_default_names(aws: Any, scenar
             "assign_public_ip": False,
             "log_group": "/ecs/db-backup",
             "nonproduction_task_role_arn": outputs["NonProductionTaskRoleArn"],
+            "drill_task_role_arn": outputs["DrillTaskRoleArn"],
         },
     }
     roles = {}
     for key in ("BackupRoleArn", "RestoreRoleArn", "RestoreProductionRoleArn", "ImagePushRoleArn", "TaskRoleArn",
-                "NonProductionTaskRoleArn"):
+                "NonProductionTaskRoleArn", "DrillTaskRoleArn"):
         roles[key] = iam.get_role(RoleName=outputs[key].rsplit("/", 1)[1])["Role"]
         assert roles[key]["Arn"] == outputs[key]
     exec_role = [r["Arn"] for r in iam.list_roles()["Roles"] if "TaskExecutionRole" in r["RoleName"]]
-    pass_policies = {
-        "BackupRoleArn": ("PassTaskRolePolicy", {outputs["TaskRoleArn"], *exec_role}),
-        "RestoreProductionRoleArn": ("PassTaskRolePolicy", {outputs["TaskRoleArn"], *exec_role}),
-        "RestoreRoleArn": ("PassNonProductionTaskRolePolicy", {outputs["NonProductionTaskRoleArn"], *exec_role}),
+    task_role = {outputs["TaskRoleArn"], *exec_role}
+    pass_policies: dict[str, dict[str, set[str]]] = {
+        "BackupRoleArn": {"PassTaskRolePolicy": task_role,
+                          "PassDrillTaskRolePolicy": {outputs["DrillTaskRoleArn"], *exec_role}},
+        "RestoreProductionRoleArn": {"PassTaskRolePolicy": task_role},
+        "RestoreRoleArn": {"PassNonProductionTaskRolePolicy": {outputs["NonProductionTaskRoleArn"], *exec_role}},
     }
-    for key, (pass_policy, passable) in pass_policies.items():
+    for key, expected in pass_policies.items():
         attached = iam.list_attached_role_policies(RoleName=roles[key]["RoleName"])["AttachedPolicies"]
-        names = sorted(p["PolicyName"] for p in attached)
-        assert len(names) == 2 and "ControlPlanePolicy" in names[0] + names[1], names
-        (passing,) = [p for p in attached if pass_policy in p["PolicyName"]]
-        version = iam.get_policy(PolicyArn=passing["PolicyArn"])["Policy"]["DefaultVersionId"]
-        doc = _policy_document(iam.get_policy_version(PolicyArn=passing["PolicyArn"], VersionId=version)["PolicyVersion"]["Document"])
-        (stmt,) = doc["Statement"]
-        assert stmt["Action"] == "iam:PassRole" and set(as_list(stmt["Resource"])) == passable, (key, stmt)
+        names = [p["PolicyName"] for p in attached]
+        assert len(names) == 1 + len(expected) and sum("ControlPlanePolicy" in n for n in names) == 1, names
+        for pass_policy, passable in expected.items():
+            (passing,) = [p for p in attached if f"-{pass_policy}-" in f"-{p['PolicyName']}-"]
+            version = iam.get_policy(PolicyArn=passing["PolicyArn"])["Policy"]["DefaultVersionId"]
+            doc = _policy_document(
+                iam.get_policy_version(PolicyArn=passing["PolicyArn"], VersionId=version)["PolicyVersion"]["Document"])
+            (stmt,) = doc["Statement"]
+            assert stmt["Action"] == "iam:PassRole" and set(as_list(stmt["Resource"])) == passable, (key, stmt)
     assert iam.list_attached_role_policies(RoleName=roles["ImagePushRoleArn"]["RoleName"])["AttachedPolicies"] == []
     for key in ("BackupRoleArn", "RestoreRoleArn", "RestoreProductionRoleArn", "ImagePushRoleArn"):
         trust = _policy_document(roles[key]["AssumeRolePolicyDocument"])
@@ -1295,6 +1373,17 @@ def test_template_deploys_on_moto_with_the_runner_default_names(aws: Any, scenar
     (tagging,) = [s for s in bucket_doc["Statement"] if s["Sid"] == "TagObjects"]
     assert sorted(as_list(tagging["Action"])) == ["s3:GetObjectTagging", "s3:PutObjectTagging"]
     assert as_list(tagging["Resource"]) == [f"arn:aws:s3:::{BUCKET}/*"]
+
+    # The drill role as deployed: one bucket policy, no SSM, records the only writes.
+    drill_role = roles["DrillTaskRoleArn"]["RoleName"]
+    assert iam.list_role_policies(RoleName=drill_role)["PolicyNames"] == ["backup-bucket-drill"]
+    assert iam.list_attached_role_policies(RoleName=drill_role)["AttachedPolicies"] == []
+    drill_doc = _policy_document(iam.get_role_policy(RoleName=drill_role, PolicyName="backup-bucket-drill")["PolicyDocument"])
+    drill_statements = {s["Sid"]: s for s in drill_doc["Statement"]}
+    assert as_list(drill_statements["WriteDrillRecords"]["Resource"]) == [f"arn:aws:s3:::{BUCKET}/*.drill.json"]
+    assert drill_statements["KeepLongLivedTiers"]["Effect"] == "Deny"
+    assert not [a for s in drill_doc["Statement"] for a in as_list(s["Action"]) if a.startswith("ssm:")]
+    assert ("UseBucketKey" in drill_statements) == (key_arn is not None)
 
     s3 = boto3.client("s3")
     encryption = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]

@@ -60,7 +60,7 @@ def test_the_task_runs_the_drill_locally_with_the_task_definitions_role(tmp_path
     assert override["command"] == ["--verbose", "drill", "curation", env, "--backup", "2024-05-01_01-00-00", "--executor", "local"]
     assert "--confirm" not in override["command"]  # no environment is touched
     assert override["environment"] == [{"name": "DB_BACKUP_RESTORE_MODE", "value": "stream"}]
-    # The drill writes its record beside the backup: it keeps the role that may write there.
+    # Without drill_task_role_arn a drill keeps the task definition's role, which may write its record.
     assert "taskRoleArn" not in params["overrides"]
     assert ("db-backup:action", "drill") in request.tags and ("db-backup:target", f"curation/{env}") in request.tags
 
@@ -171,3 +171,25 @@ def test_json_of_an_ecs_drill_is_refused_not_silently_dropped(tmp_path: Path, mo
     run = run_main(["drill", "curation", "beta", "--executor", "ecs", "--json"], capsys)
     assert run.code == 2
     assert run.err_lines[-1].startswith("error: --json prints a local drill's record;")
+
+
+DRILL_ROLE = "arn:aws:iam::123456789012:role/db-backup-DrillTaskRole-DEF456"
+
+
+def test_with_a_drill_role_configured_the_task_runs_as_it(tmp_path: Path) -> None:
+    """The drill runs the dump's SQL as superuser in the task: the role that cannot read database credentials."""
+    store, manifest = _stored(tmp_path)
+    text = TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE)
+    text = text.replace(f"    nonproduction_task_role_arn: {NONPROD_ROLE}\n",
+                        f"    nonproduction_task_role_arn: {NONPROD_ROLE}\n    drill_task_role_arn: {DRILL_ROLE}\n")
+    reg = parse_registry(text)
+    fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))],
+                   on_run=lambda _kwargs: put_record(store, manifest.key, _record(manifest.id, ok=True)))
+    clock = FakeClock()
+    report = remote.run(drill_job(reg, "production"), services(clock, FakeAws(fake, FakeLogs(clock, []))), GithubEnv(),
+                        timeout_s=3600, policy=FAST, out=io.StringIO())
+
+    (call,) = fake.run_calls
+    assert call["overrides"]["taskRoleArn"] == DRILL_ROLE
+    assert call["overrides"]["containerOverrides"][0]["command"][:3] == ["drill", "curation", "production"]
+    assert report.result == SUCCESS

@@ -1,6 +1,6 @@
 """Which task role a run_task request asks for: restores into unprotected environments run as
-the non-production task role (no production SSM reads); backups and protected restores keep the
-task definition's role."""
+the non-production task role (no production SSM reads), drills as the drill task role (no SSM at
+all); backups and protected restores keep the task definition's role."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from runner.settings import GithubEnv
 from runner.stores.local import LocalStore
 from runner.targets import Registry, parse_registry
 from tests.helpers.backups import write_manifest
+from tests.helpers.cli import run_main
 from tests.helpers.clock import FakeClock
 from tests.helpers.ecs import FAST, TASKDEF, FakeAws, FakeEcs, FakeLogs, container, services, task
 
 NONPROD_ROLE = "arn:aws:iam::123456789012:role/db-backup-NonProductionTaskRole-ABC123"
+DRILL_ROLE = "arn:aws:iam::123456789012:role/db-backup-DrillTaskRole-DEF456"
 
 TARGETS = """
 version: 1
@@ -31,6 +33,7 @@ defaults:
     task_definition: db-backup
     subnets: [subnet-a]
     {role}
+    {drill_role}
 environments: {{production: {{protected: true}}, staging: {{protected: true}}, beta: {{}}}}
 targets:
   - {{identifier: curation, env: production}}
@@ -39,9 +42,14 @@ targets:
 """
 
 
-def registry(tmp_path: Path, role: str | None = NONPROD_ROLE) -> Registry:
+def targets_yaml(tmp_path: Path, role: str | None = NONPROD_ROLE, drill_role: str | None = None) -> str:
     line = f"nonproduction_task_role_arn: {role}" if role else ""
-    return parse_registry(TARGETS.format(storage=tmp_path / "store", role=line))
+    drill_line = f"drill_task_role_arn: {drill_role}" if drill_role else ""
+    return TARGETS.format(storage=tmp_path / "store", role=line, drill_role=drill_line)
+
+
+def registry(tmp_path: Path, role: str | None = NONPROD_ROLE, drill_role: str | None = None) -> Registry:
+    return parse_registry(targets_yaml(tmp_path, role, drill_role))
 
 
 def restore_job(reg: Registry, source: str, dest: str) -> RemoteJob:
@@ -61,6 +69,31 @@ def test_the_setting_is_read_from_targets_yaml(tmp_path: Path) -> None:
     assert ecs_config is not None and ecs_config.nonproduction_task_role_arn == NONPROD_ROLE
     unset = registry(tmp_path, role=None).get("curation", "beta").ecs
     assert unset is not None and unset.nonproduction_task_role_arn is None
+    assert unset.drill_task_role_arn is None
+    drill = registry(tmp_path, drill_role=DRILL_ROLE).get("curation", "production").ecs
+    assert drill is not None and drill.drill_task_role_arn == DRILL_ROLE
+
+
+@pytest.mark.parametrize("drill_role", [None, DRILL_ROLE], ids=["without-drill-role", "with-drill-role"])
+def test_validate_accepts_targets_with_or_without_the_drill_role(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], drill_role: str | None,
+) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_text(targets_yaml(tmp_path, drill_role=drill_role))
+    monkeypatch.setenv("DB_BACKUP_TARGETS", str(path))
+    run = run_main(["validate"], capsys)
+    assert run.code == 0
+    assert "3 targets in 3 environments, valid" in run.out
+
+
+def test_a_misspelt_drill_role_key_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_text(targets_yaml(tmp_path).replace("    \nenvironments", f"    drill_role_arn: {DRILL_ROLE}\nenvironments"))
+    monkeypatch.setenv("DB_BACKUP_TARGETS", str(path))
+    run = run_main(["validate"], capsys)
+    assert run.code == 2
+    assert "drill_role_arn" in run.err
 
 
 def test_restore_into_an_unprotected_environment_runs_as_the_nonproduction_role(tmp_path: Path) -> None:
@@ -80,6 +113,32 @@ def test_backups_keep_the_task_definition_role(tmp_path: Path, env: str) -> None
     reg = registry(tmp_path)
     job = RemoteJob(action="backup", target=reg.get("curation", env))
     assert "taskRoleArn" not in params_for(job)
+
+
+@pytest.mark.parametrize("env", ["production", "beta"])
+def test_drills_run_as_the_drill_role_when_one_is_configured(tmp_path: Path, env: str) -> None:
+    job = RemoteJob(action="drill", target=registry(tmp_path, drill_role=DRILL_ROLE).get("curation", env), backup="latest")
+    overrides = params_for(job)
+    assert overrides["taskRoleArn"] == DRILL_ROLE
+    assert "executionRoleArn" not in overrides
+
+
+@pytest.mark.parametrize("env", ["production", "beta"])
+def test_drills_keep_the_task_definition_role_without_the_drill_role(tmp_path: Path, env: str) -> None:
+    # The non-production role is for restores only: a drill never falls back to it.
+    job = RemoteJob(action="drill", target=registry(tmp_path).get("curation", env), backup="latest")
+    assert "taskRoleArn" not in params_for(job)
+
+
+def test_the_drill_role_changes_no_restore_or_backup(tmp_path: Path) -> None:
+    reg = registry(tmp_path, drill_role=DRILL_ROLE)
+    assert params_for(restore_job(reg, "production", "beta"))["taskRoleArn"] == NONPROD_ROLE
+    for dest in ("production", "staging"):
+        assert "taskRoleArn" not in params_for(restore_job(reg, "production", dest)), dest
+    for env in ("production", "beta"):
+        assert "taskRoleArn" not in params_for(RemoteJob(action="backup", target=reg.get("curation", env))), env
+    only_drill = registry(tmp_path, role=None, drill_role=DRILL_ROLE)
+    assert "taskRoleArn" not in params_for(restore_job(only_drill, "production", "beta"))
 
 
 def test_without_the_setting_nothing_is_overridden(tmp_path: Path) -> None:
