@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .catalog import BackupEntry, list_backups
 from .history import RecordIndex
-from .records import DrillRecord, PinRecord, VerifyRecord
+from .records import DrillRecord, PinRecord, VerifyRecord, check_failed
 from .retention import CALENDAR_TIERS, TIER_TAG, RetentionPolicy, Tier, decide_tier, expires_after
 from .tiering import object_keys, retag, tag_key, tag_tier, tier_tags
 
@@ -49,12 +49,7 @@ def _good(entry: BackupEntry, failed: set[str]) -> bool:
 
 def failed_ids(records: RecordIndex, entries: list[BackupEntry]) -> set[str]:
     """Backups whose verify or drill record says they failed: they do not hold a tier's place."""
-    failed: set[str] = set()
-    for entry in entries:
-        verify, drill = records.read(entry, VerifyRecord), records.read(entry, DrillRecord)
-        if (verify is not None and not verify.ok) or (drill is not None and not drill.ok):
-            failed.add(entry.id)
-    return failed
+    return {e.id for e in entries if check_failed(records.read(e, VerifyRecord), records.read(e, DrillRecord))}
 
 
 def computed_tiers(entries: list[BackupEntry], failed: set[str], policy: RetentionPolicy) -> dict[str, Tier]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .errors import BadInput
 from .keeping import decided_tier
 from .records import PinRecord, put_record, read_record
-from .retention import PINNED_FROM_TAG, TIER_TAG, RetentionPolicy, Tier
+from .retention import PINNED_FROM_TAG, TIER_TAG, TIER_VALUES, RetentionPolicy, Tier
 from .tiering import retag, tag_key, tag_tier
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def pin(store: BackupStore, entry: BackupEntry, by: str, reason: str, now: datet
         before = tags.get(PINNED_FROM_TAG) or (previous.tier_before if previous else None)
     else:
         before = current.value if current else None
-    if before not in {t.value for t in Tier if t is not Tier.PINNED}:
+    if before not in TIER_VALUES - {Tier.PINNED.value}:
         before = decided_tier(store, entry.manifest.identifier, entry.manifest.env, entry.id, policy).value
     new_tags = {TIER_TAG: Tier.PINNED.value, PINNED_FROM_TAG: before}
     # Tags first: a pin that is recorded but not enforced would be a lie; the reverse only hides the reason.
@@ -66,7 +66,7 @@ def unpin(store: BackupStore, entry: BackupEntry, by: str, now: datetime, policy
     if tag_tier(tags) is not Tier.PINNED and previous is None:
         raise BadInput(f"backup {entry.id} is not pinned; nothing to do")
     before = tags.get(PINNED_FROM_TAG) or (previous.tier_before if previous else None)
-    if before not in {t.value for t in Tier if t is not Tier.PINNED} and entry.manifest is not None:
+    if before not in TIER_VALUES - {Tier.PINNED.value} and entry.manifest is not None:
         # As backup time would have decided, never a default.
         before = decided_tier(store, entry.manifest.identifier, entry.manifest.env, entry.id, policy).value
     new_tags = {TIER_TAG: before or Tier.DAILY.value}

@@ -95,6 +95,11 @@ R = TypeVar("R", VerifyRecord, DrillRecord, AckRecord, PinRecord)
 _TYPES: dict[Kind, type[Record]] = {"verify": VerifyRecord, "drill": DrillRecord, "ack": AckRecord, "pin": PinRecord}
 
 
+def check_failed(verify: VerifyRecord | None, drill: DrillRecord | None) -> bool:
+    """A verify or drill record says the backup failed its check."""
+    return (verify is not None and not verify.ok) or (drill is not None and not drill.ok)
+
+
 def record_key(dump_key: str, kind: Kind) -> str:
     return f"{dump_key}.{kind}.json"
 

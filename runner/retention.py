@@ -23,6 +23,7 @@ class Tier(StrEnum):
     PINNED = "pinned"  # never expires, whatever its age
 
 
+TIER_VALUES = frozenset(t.value for t in Tier)
 # The S3 object tag every object of a backup carries; its value is a Tier.
 TIER_TAG = "db-backup-tier"
 # On a pinned backup: the tier it had, so unpinning gives it back.

@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .catalog import cheap_listing, judge, list_backups
-from .records import DrillRecord, VerifyRecord, read_record
-from .retention import CALENDAR_TIERS, RANK, TIER_TAG, RetentionPolicy, Tier, decide_tier, period
+from .records import DrillRecord, VerifyRecord, check_failed, read_record
+from .retention import CALENDAR_TIERS, RANK, TIER_TAG, TIER_VALUES, RetentionPolicy, Tier, decide_tier, period
 
 if TYPE_CHECKING:
     from .catalog import BackupEntry
@@ -20,9 +20,7 @@ log = logging.getLogger(__name__)
 
 def failed_check(store: BackupStore, dump_key: str) -> bool:
     """A readable verify or drill record of this backup says it failed."""
-    verify = read_record(store, dump_key, VerifyRecord)
-    drill = read_record(store, dump_key, DrillRecord)
-    return (verify is not None and not verify.ok) or (drill is not None and not drill.ok)
+    return check_failed(read_record(store, dump_key, VerifyRecord), read_record(store, dump_key, DrillRecord))
 
 
 def tier_for_new(store: BackupStore, identifier: str, env: str, created_at: datetime, policy: RetentionPolicy) -> Tier:
@@ -56,7 +54,7 @@ def tier_tags(tier: Tier) -> dict[str, str]:
 def tag_tier(tags: Mapping[str, str]) -> Tier | None:
     """The tier a tag set names; None when it names none (written before tiers: nothing expires it)."""
     value = tags.get(TIER_TAG)
-    return Tier(value) if value is not None and value in {t.value for t in Tier} else None
+    return Tier(value) if value is not None and value in TIER_VALUES else None
 
 
 def tag_key(entry: BackupEntry) -> str:

@@ -11,7 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..aws import error_code, infra_error
 from ..errors import NoBackup
-from ..retention import TIER_TAG, Tier
+from ..retention import TIER_TAG, TIER_VALUES, Tier
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -90,7 +90,7 @@ def judge_rules(rules: list[dict[str, Any]], folder: str) -> Lifecycle:
         elif sized or (rule_prefix.startswith(folder) and rule_prefix != folder) or days is None:
             problems.append(f"{name} expires only some {tier_tags[0].get('Value')} objects ({when}, by size, date or a "
                             "narrower prefix): a dump and its manifest may not expire together")
-        elif tier_tags[0].get("Value") in {t.value for t in Tier}:
+        elif tier_tags[0].get("Value") in TIER_VALUES:
             tier = Tier(tier_tags[0]["Value"])
             found[tier] = min(days, found.get(tier, days))
     return Lifecycle(found, tuple(problems))
