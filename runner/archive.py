@@ -12,6 +12,7 @@ was: pg_restore reads it either way, only slower.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -97,6 +98,20 @@ class _Reader:
 
 def read_toc(f: BufferedIOBase) -> Toc:
     """Header and TOC of a custom-format archive; the file is left at the first data block."""
+    return _walk(f, stop_at=None)[0]
+
+
+def database_definition(head: bytes) -> str | None:
+    """The `CREATE DATABASE` statement pg_dump put in the archive (what `pg_restore --create` runs), from the
+    archive's first bytes; None when they do not reach it or it is not there."""
+    try:
+        return _walk(io.BytesIO(head), stop_at="DATABASE")[1]
+    except ArchiveLayoutUnknown:
+        return None
+
+
+def _walk(f: BufferedIOBase, stop_at: str | None) -> tuple[Toc, str | None]:
+    """The TOC; or, with `stop_at`, as far as the first entry of that kind, and its definition."""
     r = _Reader(f)
     if r.read(5) != MAGIC:
         raise ArchiveLayoutUnknown("not a custom-format archive")
@@ -115,7 +130,7 @@ def read_toc(f: BufferedIOBase) -> Toc:
         r.integer()
     for _ in range(3):  # database name, server version, pg_dump version
         r.skip_str()
-    entries = []
+    entries: list[TocEntry] = []
     for _ in range(r.integer()):
         dump_id = r.integer()
         r.integer()  # had a data dumper
@@ -123,6 +138,8 @@ def read_toc(f: BufferedIOBase) -> Toc:
             r.skip_str()
         desc = r.string() or ""
         r.integer()  # section
+        if desc == stop_at:
+            return Toc(version, r.int_size, off_size, compressed, 0, tuple(entries)), r.string()
         for _ in range(6 if version[:2] >= (1, 14) else 5):  # definition, drop, copy, namespace, tablespace, table AM
             r.skip_str()
         if version[:2] >= (1, 16):
@@ -136,7 +153,7 @@ def read_toc(f: BufferedIOBase) -> Toc:
         if state not in (OFFSET_NOT_SET, OFFSET_SET, NO_DATA):
             raise ArchiveLayoutUnknown(f"unknown data offset state {state} for entry {dump_id}")
         entries.append(TocEntry(dump_id, desc, offset_field, state))
-    return Toc(version, r.int_size, off_size, compressed, f.tell(), tuple(entries))
+    return Toc(version, r.int_size, off_size, compressed, f.tell(), tuple(entries)), None
 
 
 class _Finder:

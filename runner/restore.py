@@ -33,7 +33,7 @@ from .pg.tools import find_tool
 from .restore_mode import Mode, choose_mode
 from .services import Services
 from .settings import Settings
-from .stored_dump import Counted, check_digest, check_reader, download, open_dump, read_globals
+from .stored_dump import Counted, check_digest, check_reader, database_shape, download, open_dump, read_globals
 from .stores import BackupStore
 from .targets import Registry, Target
 
@@ -181,8 +181,10 @@ def _restore_and_swap(
                 if indexed := archive.fill_offsets(path):
                     log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
             like = database_info(admin, job.conn.dbname)
+            # A new target is created as pg_restore --create would: the backed-up database's encoding and locale.
+            shape = database_shape(job.store, job.entry) if like is None else None
             try:
-                create_database(admin, job.fresh, like)
+                create_database(admin, job.fresh, like, shape)
                 checkpoint("restore:created")
                 if work is not None:
                     argv = pg_restore_argv(job.pg_restore, job.fresh, job.ignore_privileges, job.mode.jobs, path)

@@ -15,8 +15,9 @@ from pathlib import Path
 from . import archive
 from .catalog import BackupEntry
 from .compression import Codec, decompressor, sniff
-from .errors import BadInput, InfraError, JobFailed, NoBackup
+from .errors import BadInput, DbBackupError, InfraError, JobFailed, NoBackup
 from .manifest import globals_key
+from .pg.admin import DatabaseShape, shape_of
 from .pg.pipeline import Pipeline
 from .pg.tools import compressor_env, major, tool_version
 from .stores import BackupStore
@@ -109,8 +110,8 @@ def _copy(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, s
     return path, hashed.sha256, hashed.size
 
 
-def _archive_head(store: BackupStore, entry: BackupEntry) -> bytes:
-    """The first bytes of the archive inside the stored dump (decompressed if need be)."""
+def _archive_head(store: BackupStore, entry: BackupEntry, count: int = 64) -> bytes:
+    """The first `count` bytes of the archive inside the stored dump (decompressed if need be)."""
     chunks = store.read(entry.key)
     try:
         head = next(iter(chunks), b"")
@@ -120,12 +121,26 @@ def _archive_head(store: BackupStore, entry: BackupEntry) -> bytes:
             close()
     kind = sniff(head)
     if kind == "gzip":
-        return zlib.decompressobj(wbits=47).decompress(head, 64)
+        return zlib.decompressobj(wbits=47).decompress(head, count)
     if kind == "zstd":
         codec = decompressor(kind, store.uri(entry.key))
         assert codec is not None
-        return _first_bytes(codec, head)
-    return head[:64]
+        return _first_bytes(codec, head, count)
+    return head[:count]
+
+
+# The archive's first entries (encoding, settings, the database itself) are small: this reaches them.
+DATABASE_ENTRY_BYTES = 64 << 10
+
+
+def database_shape(store: BackupStore, entry: BackupEntry) -> DatabaseShape | None:
+    """The encoding and locale of the backed-up database, from the archive's CREATE DATABASE; None if unknown."""
+    try:
+        head = _archive_head(store, entry, DATABASE_ENTRY_BYTES)
+    except (zlib.error, DbBackupError) as exc:
+        log.warning("could not read the backed-up database's encoding from %s (%s)", store.uri(entry.key), exc)
+        return None
+    return shape_of(archive.database_definition(head))
 
 
 def _first_bytes(codec: Codec, head: bytes, count: int = 64) -> bytes:

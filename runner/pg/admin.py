@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
@@ -12,6 +15,8 @@ from ..credentials import Connection
 from ..errors import JobFailed, RestoreRefused
 from .dbstate import DatabaseInfo
 from .session import AdminConnection, pg_message
+
+log = logging.getLogger(__name__)
 
 MAX_NAME_BYTES = 63
 RESTORE_INFIX = "__restore_"
@@ -42,16 +47,53 @@ def drop_database(admin: AdminConnection, name: str) -> None:
     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def create_database(admin: AdminConnection, name: str, like: DatabaseInfo | None) -> None:
+@dataclass(frozen=True)
+class DatabaseShape:
+    """The encoding and locale a database was created with, as the archive's CREATE DATABASE says."""
+
+    encoding: str
+    collate: str
+    ctype: str
+
+
+_SETTING = re.compile(r"\b(ENCODING|LOCALE|LC_COLLATE|LC_CTYPE)\s*=\s*'((?:[^']|'')*)'", re.I)
+
+
+def shape_of(definition: str | None) -> DatabaseShape | None:
+    """The shape in pg_dump's `CREATE DATABASE ... ENCODING = 'LATIN1' LOCALE = 'C'`; None when it does not say."""
+    found = {key.upper(): value.replace("''", "'") for key, value in _SETTING.findall(definition or "")}
+    collate, ctype = found.get("LC_COLLATE", found.get("LOCALE")), found.get("LC_CTYPE", found.get("LOCALE"))
+    if "ENCODING" not in found or collate is None or ctype is None:
+        return None
+    return DatabaseShape(found["ENCODING"], collate, ctype)
+
+
+def create_database(admin: AdminConnection, name: str, like: DatabaseInfo | None, shape: DatabaseShape | None = None) -> None:
+    """A fresh database like the target (or, for a new target, like the backed-up database, as pg_restore --create)."""
     query = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
     if like is not None:
         query = sql.SQL("{} ENCODING {} LC_COLLATE {} LC_CTYPE {} OWNER {}").format(
             query, sql.Literal(like.encoding), sql.Literal(like.collate), sql.Literal(like.ctype), sql.Identifier(like.owner)
         )
+    elif shape is not None:
+        query = sql.SQL("{} ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            query, sql.Literal(shape.encoding), sql.Literal(shape.collate), sql.Literal(shape.ctype)
+        )
     try:
         admin.execute(query)
     except psycopg.Error as exc:
+        if like is None and shape is not None and _locale_problem(exc):
+            # A laptop often lacks the server's locale: the data still loads, in the server's defaults.
+            log.warning("this server cannot create %s with the backed-up database's %s, collation %s and ctype %s (%s); "
+                        "creating it with the server's defaults", name, shape.encoding, shape.collate, shape.ctype, pg_message(exc))
+            create_database(admin, name, None)
+            return
         raise JobFailed(f"cannot create database {name}: {pg_message(exc)}") from exc
+
+
+def _locale_problem(exc: psycopg.Error) -> bool:
+    # invalid_parameter_value: an unknown locale name, or an encoding the locale cannot hold.
+    return isinstance(exc, (psycopg.errors.InvalidParameterValue, psycopg.errors.InvalidName)) or "locale" in str(exc).lower()
 
 
 def restore_leftovers(admin: AdminConnection, target: str) -> list[str]:
