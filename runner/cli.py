@@ -1,6 +1,6 @@
 """The db-backup command line: parse, call, and turn errors into exit codes in one place.
 
-The commands live in cli_jobs and cli_checks; importing them registers them on the one app.
+The commands live in the cli_* modules; importing them registers them on the one app.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import typer
 
-from . import cli_checks, cli_jobs, cli_retention, signals  # noqa: F401  (the command modules register their commands)
+from . import cli_checks, cli_jobs, cli_restore, cli_retention, signals  # noqa: F401  (the command modules register their commands)
 from .cli_app import app
 from .errors import DbBackupError, ExitCode, TargetsInvalid, cancel_reason
 

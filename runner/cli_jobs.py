@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -13,15 +12,12 @@ from . import github, output
 from .backup import run_backup
 from .catalog import list_backups
 from .cli_app import Executor, app, executor_for, state_of
+from .cli_remote import run_remote
 from .credentials import parse_url
 from .durations import parse_duration
-from .ecs import remote
-from .ecs.request import RemoteJob
 from .errors import BadInput, JobFailed
 from .history import RecordIndex
-from .restore import RestorePlan, plan_restore, run_restore
 from .settings import GithubEnv
-from .targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -86,42 +82,11 @@ def backup(
     limit = parse_duration(timeout)
     target = state.registry().get(identifier, env)
     if executor_for(target, executor) == "ecs":
-        _run_remote(ctx, target, timeout=limit, detach=detach)
+        run_remote(ctx, target, timeout=limit, detach=detach)
         return
     result = run_backup(target, state.services(), request_id=request_id)
     typer.echo(output.backup_line(target, result))
     github.publish_local_backup(target, result, GithubEnv())
-
-
-@app.command()
-def restore(
-    ctx: typer.Context, identifier: str,
-    from_env: Annotated[str, typer.Option("--from", help="Environment whose backup is restored.")],
-    to: Annotated[str | None, typer.Option("--to", help="Environment to restore into.")] = None,
-    to_url: Annotated[str | None, typer.Option("--to-url", help="postgresql:// URL of a database outside targets.yaml.")] = None,
-    backup_id: Annotated[str, typer.Option("--backup", help="latest or a backup id.")] = "latest",
-    executor: Annotated[Executor | None, typer.Option(help="Where pg_restore runs.")] = None,
-    confirm: Annotated[str | None, typer.Option(help="Name the protected environment to allow restoring into it.")] = None,
-    with_roles: Annotated[bool, typer.Option(
-        "--with-roles", help="First create the roles the backup's objects need that the server lacks (never superuser).",
-    )] = False,
-    timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
-    detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
-) -> None:
-    """Restore a backup into an environment (or a URL) through a fresh database and a safe swap."""
-    state = state_of(ctx)
-    limit = parse_duration(timeout)
-    registry = state.registry()
-    url = parse_url(to_url) if to_url else None
-    plan = plan_restore(registry, identifier, from_env, to, url, backup_id, confirm, with_roles)
-    if plan.dest is not None and executor_for(plan.dest, executor) == "ecs":
-        _run_remote(ctx, plan.dest, timeout=limit, detach=detach, plan=plan, confirm=confirm)
-        return
-    if url is not None and executor == Executor.ecs:
-        raise BadInput("--to-url restores run locally; drop --executor ecs")
-    result = run_restore(plan, state.services())
-    typer.echo(output.restore_line(result))
-    github.publish_local_restore(result, GithubEnv())
 
 
 @app.command()
@@ -146,7 +111,7 @@ def drill(
     if url is None and executor_for(target, executor) == "ecs":
         if as_json:
             raise BadInput("--json prints a local drill's record; an ECS drill reports in its summary, or drop --executor ecs")
-        _run_remote(ctx, target, timeout=limit, detach=False, drill_backup=backup_id)
+        run_remote(ctx, target, timeout=limit, detach=False, drill_backup=backup_id)
         return
     outcome = run_drill(DrillPlan(target, backup_id, url), state.services())
     if as_json:
@@ -155,22 +120,3 @@ def drill(
         typer.echo(summary_line(target, outcome))
     if not outcome.record.ok:
         raise JobFailed(f"the drill of {target.name} {outcome.record.backup_id} failed: {outcome.record.problem}")
-
-
-def _run_remote(
-    ctx: typer.Context, target: Target, *, timeout: timedelta, detach: bool,
-    plan: RestorePlan | None = None, confirm: str | None = None, drill_backup: str | None = None,
-) -> None:
-    """Run the backup of `target`, the restore `plan` into it, or a drill of its backup `drill_backup`,
-    as an ECS task (the same CLI, run locally there)."""
-    state = state_of(ctx)
-    involved = (target, plan.source) if plan else (target,)
-    job = RemoteJob(
-        action="restore" if plan else "drill" if drill_backup else "backup", target=target, source=plan.source if plan else None,
-        backup=plan.backup if plan else drill_backup or "latest", confirm=confirm, verbose=state.verbose,
-        with_roles=plan.with_roles if plan else False,
-        targets_json=state.registry().excerpt(*involved),
-    )
-    remote.run(job, state.services(), GithubEnv(), timeout_s=timeout.total_seconds(), detach=detach)
-
-
