@@ -3,7 +3,7 @@
 One run starts its own throwaway PostgreSQL cluster (runner/pg/cluster.py) and an in-process
 moto S3 server (or, with ``--pg-url`` and ``--s3-bucket``, uses an existing server such as RDS and
 real S3), builds a pgbench database plus a table of text at each requested scale (``--data
-issue``, the default: random md5 hex, the data of the issue's reference table; ``--data mixed``:
+reference``, the default: random md5 hex, the reference data; ``--data mixed``:
 realistic, partly compressible rows), and measures, in the same run and on the same data:
 
 * backup: db-backup (the CLI as a subprocess) to S3 for each compression choice, versus the old

@@ -41,10 +41,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, help="shorthand for --scales N")
     parser.add_argument("--text-rows", type=int, default=3_000_000,
                         help="rows of text (bench_docs, see --data) at every scale; default "
-                             "3,000,000, as in the issue's reference table")
+                             "3,000,000, as in the reference data")
     parser.add_argument("--data", choices=DATA_PROFILES, default=DATA_PROFILES[0],
-                        help="how bench_docs is filled: 'issue' (default) = id + 128 random hex "
-                             "characters per row, the data of the issue's reference table "
+                        help="how bench_docs is filled: 'reference' (default) = id + 128 random hex "
+                             "characters per row, the data the targets were measured on "
                              "(pgbench scale 20 + 3 M rows of random text); 'mixed' = words, "
                              "timestamptz, jsonb and md5 in half the rows: more compressible, "
                              "dearer for the server to COPY")
@@ -104,7 +104,7 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 def print_header(argv: list[str], args: argparse.Namespace, bindir: Path, server: Server,
                  s3: S3Base) -> None:
-    print("db-backup benchmark (issues 2 and 6)")
+    print("db-backup benchmark")
     print(f"date:     {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
     print(f"command:  {shlex.join(['.venv/bin/python', '-m', 'bench', *argv])}")
     print(f"machine:  {machine()}")

@@ -12,25 +12,25 @@ from .basics import BenchError, log, run
 from .measures import measured
 from .server import Server
 
-DATA_PROFILES = ("issue", "mixed")  # how bench_docs is filled (--data); the first is the default
+DATA_PROFILES = ("reference", "mixed")  # how bench_docs is filled (--data); the first is the default
 
-# --data issue: the data the issue's reference table was measured on ("pgbench scale 20 plus
+# --data reference: the reference data the targets were measured on ("pgbench scale 20 plus
 # 3 million rows of random text"): 128 random hex characters per row. At scale 20 + 3,000,000
-# rows it reproduces the issue's old-way numbers (gzip dump 238 MB vs 241 MB, uncompressed
+# rows it reproduces the reference old-way numbers (gzip dump 238 MB vs 241 MB, uncompressed
 # dump 629 MB vs 646 MB, pg_dump -Z0 to /dev/null 2.0 s vs 2.1 s).
-ISSUE_TABLE = """
+REFERENCE_TABLE = """
 CREATE TABLE bench_docs (
     id bigint NOT NULL,
     body text NOT NULL
 )"""
-ISSUE_INSERT = """
+REFERENCE_INSERT = """
 INSERT INTO bench_docs
 SELECT g, md5(random()::text) || md5(random()::text) || md5(random()::text) || md5(random()::text)
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) g"""
 
 # --data mixed: rows of realistic, partly compressible data: Zipf-ish words from a fixed
 # vocabulary, numbers, md5 hex (incompressible-ish) in half the rows, timestamps and a small
-# jsonb document. More compressible than `issue`, and dearer for the server to COPY out.
+# jsonb document. More compressible than `reference`, and dearer for the server to COPY out.
 DOCS_TABLE = """
 CREATE TABLE bench_docs (
     id bigint NOT NULL,
@@ -89,7 +89,7 @@ def fill_docs(server: Server, dbname: str, text_rows: int, data: str) -> None:
         try:
             with server.connect(dbname) as conn:
                 conn.execute("SELECT setseed(%s)", (0.42 + part / 100,))
-                conn.execute(ISSUE_INSERT if data == "issue" else DOCS_INSERT, params)
+                conn.execute(REFERENCE_INSERT if data == "reference" else DOCS_INSERT, params)
         except BaseException as exc:
             errors.append(exc)
 
@@ -112,7 +112,7 @@ def make_database(server: Server, dbname: str, scale: int, text_rows: int,
                                      env=server.env(dbname), timeout=3600))
     log(f"  pgbench -i -s {scale}: {sample.wall:.1f}s")
     started = time.perf_counter()
-    server.execute(ISSUE_TABLE if data == "issue" else DOCS_TABLE, dbname)
+    server.execute(REFERENCE_TABLE if data == "reference" else DOCS_TABLE, dbname)
     if text_rows > 0:
         fill_docs(server, dbname, text_rows, data)
     server.execute("ALTER TABLE bench_docs ADD PRIMARY KEY (id)", dbname)

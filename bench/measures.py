@@ -81,7 +81,7 @@ class Measure:
 class Target:
     """One goal of the old system's replacement: a measured value against its limit."""
 
-    issue: str
+    capability: str
     text: str
     value: float
     limit: float
@@ -94,11 +94,11 @@ class Target:
     def line(self) -> str:
         verdict = "PASS" if self.ok else "FAIL"
         if self.unit == "x":
-            return f"{verdict}  [{self.issue}] {self.text}: {self.value:.2f}x (<= {self.limit:.2f}x)"
+            return f"{verdict}  [{self.capability}] {self.text}: {self.value:.2f}x (<= {self.limit:.2f}x)"
         decimal = self.value * (1 << 20) / 1e6
-        return (f"{verdict}  [{self.issue}] {self.text}: {self.value:.1f} MiB = {decimal:.1f} MB "
+        return (f"{verdict}  [{self.capability}] {self.text}: {self.value:.1f} MiB = {decimal:.1f} MB "
                 f"(< {self.limit:.0f} MiB)")
 
     def as_json(self) -> dict[str, Any]:
-        return {"issue": self.issue, "text": self.text, "value": self.value, "limit": self.limit,
+        return {"capability": self.capability, "text": self.text, "value": self.value, "limit": self.limit,
                 "ok": self.ok}

@@ -23,26 +23,27 @@ def check_targets(bench: Bench, scales: list[int]) -> list[Target]:
     new = ms[f"{p}/backup/{default}"]
     new_t = new.value(stat)
     floor = floor_of(ms, p, default, stat)
-    targets = [Target("issue 2", f"default ({default}) backup time vs old way", new_t / old_t, 0.85)]
+    targets = [Target("backup speed", f"default ({default}) backup time vs old way", new_t / old_t,
+                      0.85)]
     if floor == floor:
-        targets.append(Target("issue 2", f"default backup time vs pipeline floor ({floor:.2f}s)",
+        targets.append(Target("backup overhead", f"default backup time vs pipeline floor ({floor:.2f}s)",
                               new_t / floor, 1.15))
-    targets.append(Target("issue 6", f"default ({default}) backup time vs old way", new_t / old_t,
+    targets.append(Target("backup speed", f"default ({default}) backup time vs old way", new_t / old_t,
                           0.25))
-    targets.append(Target("issue 6", f"default ({default}) backup size vs old way",
+    targets.append(Target("backup size", f"default ({default}) backup size vs old way",
                           (new.size or 0) / old_size, 1.0))
     old_r = ms[f"{p}/restore/old-j1"].value(stat) if f"{p}/restore/old-j1" in ms else 0.0
     for mode in ("stream", "parallel", "auto"):
         m = ms.get(f"{p}/restore/{mode}")
         if m and m.samples and old_r:
             picked = f" = {m.note}" if mode == "auto" else ""
-            targets.append(Target("issue 6", f"restore of a default backup ({mode}{picked}) vs "
+            targets.append(Target("restore speed", f"restore of a default backup ({mode}{picked}) vs "
                                   "pg_restore -j1 of the old dump", m.value(stat) / old_r, 0.8))
     for scale in scales:
         peaks = [m.rss_mb for k, m in ms.items() if k.startswith(f"s{scale}/") and m.rss_mb]
         db_mb = bench.results["scales"][str(scale)]["database"]["size_bytes"] / (1 << 20)
         if peaks:
-            targets.append(Target("issues 2+6", f"peak RSS of db-backup, all commands, scale {scale} "
+            targets.append(Target("memory", f"peak RSS of db-backup, all commands, scale {scale} "
                                   f"({db_mb:,.0f} MiB database)", max(peaks), RSS_LIMIT_MB,
                                   unit="MB"))
     print("\nTARGETS")

@@ -1,7 +1,8 @@
 """Once the swap has committed, the target holds the restored data: no message may say otherwise.
 
 Fault injection (in process, through the real CLI entry point): a signal or an error is raised at
-the points after the commit, where the reviewer found the old messages claiming "unchanged".
+the points after the commit; the output must never call the target "unchanged", and the data and
+the leftovers must match what the last line says.
 """
 
 from __future__ import annotations

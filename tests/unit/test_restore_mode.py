@@ -30,7 +30,7 @@ def test_auto_rule() -> None:
     settings = Settings()  # the defaults, as measured in bench/RESULTS.md (data offsets written)
     mb = 1 << 20
     assert _worth_parallel(entry(117 * mb, 519 * mb), settings)  # mixed data: -j2 13% faster than streaming
-    assert _worth_parallel(entry(208 * mb, 600 * mb), settings)  # the data: -j2 2-5% faster
+    assert _worth_parallel(entry(208 * mb, 600 * mb), settings)  # the reference data: -j2 2-5% faster
     assert not _worth_parallel(entry(4 * mb, 30 * mb), settings)  # small: within noise, no temp copy
     assert not _worth_parallel(entry(300 * mb, None), settings)  # zstd without a recorded size: unknown work
     # pg_dump's own gzip, like the old system's dumps once the offsets are written: by stored size.

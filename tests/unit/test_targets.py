@@ -271,7 +271,7 @@ def test_a_bad_lock_wait_timeout_is_named_with_its_place(where: str, value: str,
     assert any(expected in p for p in found), found
 
 
-def test_duration_parsing_moved_but_the_cli_name_still_works() -> None:
+def test_every_cli_module_shares_one_duration_parser() -> None:
     from runner import cli_checks, cli_jobs, durations
 
     assert cli_jobs.parse_duration is cli_checks.parse_duration is durations.parse_duration
