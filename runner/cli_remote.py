@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 
 import typer
 
@@ -16,14 +17,17 @@ from .targets import Target
 
 def run_remote(
     ctx: typer.Context, target: Target, *, timeout: timedelta, detach: bool,
-    plan: RestorePlan | None = None, confirm: str | None = None, drill_backup: str | None = None,
+    plan: RestorePlan | None = None, confirm: str | None = None, drill_backup: str | None = None, rollback: bool = False,
 ) -> None:
-    """Run the backup of `target`, the restore `plan` into it, or a drill of its backup `drill_backup`,
-    as an ECS task (the same CLI, run locally there)."""
+    """Run the backup of `target`, the restore `plan` into it, a drill of its backup `drill_backup`, or
+    its rollback, as an ECS task (the same CLI, run locally there)."""
     state = state_of(ctx)
     involved = (target, plan.source) if plan else (target,)
+    action: Literal["backup", "restore", "rollback", "drill"] = (
+        "restore" if plan else "drill" if drill_backup else "rollback" if rollback else "backup"
+    )
     job = RemoteJob(
-        action="restore" if plan else "drill" if drill_backup else "backup", target=target, source=plan.source if plan else None,
+        action=action, target=target, source=plan.source if plan else None,
         backup=plan.backup if plan else drill_backup or "latest", confirm=confirm, verbose=state.verbose,
         with_roles=plan.with_roles if plan else False,
         targets_json=state.registry().excerpt(*involved),

@@ -1,4 +1,4 @@
-"""The restore command: a checked plan, then the restore here or as an ECS task."""
+"""The restore and rollback commands: a checked plan, then the job here or as an ECS task."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from .credentials import parse_url
 from .durations import parse_duration
 from .errors import BadInput
 from .restore import plan_restore, run_restore
+from .restore_preview import preview_restore, preview_text
+from .rollback import plan_rollback, rollback_line, run_rollback
 from .settings import GithubEnv
 
 
@@ -28,6 +30,10 @@ def restore(
     with_roles: Annotated[bool, typer.Option(
         "--with-roles", help="First create the roles the backup's objects need that the server lacks (never superuser).",
     )] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print what the restore would do (backup, target, sessions ended, what is kept) and change nothing; "
+        "runs here, also for --executor ecs.",
+    )] = False,
     timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
     detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
 ) -> None:
@@ -37,11 +43,34 @@ def restore(
     registry = state.registry()
     url = parse_url(to_url) if to_url else None
     plan = plan_restore(registry, identifier, from_env, to, url, backup_id, confirm, with_roles)
-    if plan.dest is not None and executor_for(plan.dest, executor) == "ecs":
-        run_remote(ctx, plan.dest, timeout=limit, detach=detach, plan=plan, confirm=confirm)
-        return
     if url is not None and executor == Executor.ecs:
         raise BadInput("--to-url restores run locally; drop --executor ecs")
+    runs_on = executor_for(plan.dest, executor) if plan.dest is not None else "local"
+    if dry_run:
+        typer.echo(preview_text(preview_restore(plan, state.services(), runs_on)))
+        return
+    if plan.dest is not None and runs_on == "ecs":
+        run_remote(ctx, plan.dest, timeout=limit, detach=detach, plan=plan, confirm=confirm)
+        return
     result = run_restore(plan, state.services())
     typer.echo(output.restore_line(result))
     github.publish_local_restore(result, GithubEnv())
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context, identifier: str, env: str,
+    confirm: Annotated[str | None, typer.Option(help="Name the protected environment to allow the rollback in it.")] = None,
+    executor: Annotated[Executor | None, typer.Option(help="Where the swap runs.")] = None,
+    timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 30m.")] = "6h",
+    detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
+) -> None:
+    """Swap the database the last restore replaced (NAME__previous) back in; the replaced one is kept, so a
+    second rollback undoes the first."""
+    state = state_of(ctx)
+    limit = parse_duration(timeout)
+    plan = plan_rollback(state.registry(), identifier, env, confirm)
+    if executor_for(plan.target, executor) == "ecs":
+        run_remote(ctx, plan.target, timeout=limit, detach=detach, confirm=confirm, rollback=True)
+        return
+    typer.echo(rollback_line(run_rollback(plan, state.services())))

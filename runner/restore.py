@@ -90,12 +90,13 @@ class RestoreResult:
     sha256: str
     verified: bool
     mode: str
+    sessions_ended: int = 0  # sessions on the target the swap ended
 
 
 def run_restore(plan: RestorePlan, services: Services) -> RestoreResult:
     """Restore into a fresh database, verify, then swap it in; the target is never left broken."""
     settings = services.settings
-    checkpoint = _checkpoints(settings)
+    checkpoint = checkpoints(settings)
     store = services.store(plan.source)
     entry = resolve_backup(store, plan.source.identifier, plan.source.env, plan.backup)
     roles = _roles_of(store, entry) if plan.with_roles else None  # a tampered file stops the restore here
@@ -126,6 +127,7 @@ def run_restore(plan: RestorePlan, services: Services) -> RestoreResult:
         source=plan.source.name, backup_id=entry.id, dest=plan.dest_label, database=conn.dbname,
         previous=previous if kept else None, duration_s=duration, size_bytes=entry.size_bytes,
         sha256=actual, verified=entry.manifest is not None, mode=mode.label,
+        sessions_ended=swap.sessions_ended,
     )
 
 
@@ -224,7 +226,7 @@ def _roles_of(store: BackupStore, entry: BackupEntry) -> GlobalsDoc | None:
     return parse_globals(text)
 
 
-def _checkpoints(settings: Settings) -> Checkpoint:
+def checkpoints(settings: Settings) -> Checkpoint:
     """Named steps where a fault test can hold a run (DB_BACKUP_TEST_PAUSE_AT) to kill it there."""
     wanted = {name for name in (settings.test_pause_at or "").split(",") if name}
     if not wanted:

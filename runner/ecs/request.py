@@ -28,13 +28,13 @@ _STARTED_BY_BAD = re.compile(r"[^A-Za-z0-9_/-]")
 
 @dataclass(frozen=True)
 class RemoteJob:
-    """One backup, restore or restore drill to run in a Fargate task."""
+    """One backup, restore, rollback or restore drill to run in a Fargate task."""
 
-    action: Literal["backup", "restore", "drill"]
-    target: Target  # where the task runs: the backup's target, the restore's destination, the drilled target
+    action: Literal["backup", "restore", "rollback", "drill"]
+    target: Target  # where the task runs: the backup's target, the restore's destination or rolled back target, the drilled target
     source: Target | None = None  # restore: the target whose backup is restored
     backup: str = "latest"  # restore and drill: `latest` or a backup id
-    confirm: str | None = None  # restore: the protected environment named to allow it
+    confirm: str | None = None  # restore and rollback: the protected environment named to allow it
     with_roles: bool = False  # restore: create the missing roles first (--with-roles)
     verbose: bool = False
     targets_json: str = ""  # Registry.excerpt of the targets involved, for the task
@@ -42,6 +42,8 @@ class RemoteJob:
     def __post_init__(self) -> None:
         if self.action == "restore" and self.source is None:
             raise ValueError("a restore needs its source target")
+        if self.action == "rollback" and self.source is not None:
+            raise ValueError("a rollback swaps databases within its target: it has no source")
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,10 @@ def task_argv(job: RemoteJob, request_id: str) -> tuple[str, ...]:
     if job.action == "drill":
         # A throwaway cluster inside the task: no environment is touched, so nothing to confirm.
         return (*head, "drill", target.identifier, target.env, "--backup", job.backup, "--executor", "local")
-    assert job.source is not None
     confirm = ("--confirm", job.confirm) if job.confirm else ()
+    if job.action == "rollback":
+        return (*head, "rollback", target.identifier, target.env, *confirm, "--executor", "local")
+    assert job.source is not None
     roles = ("--with-roles",) if job.with_roles else ()
     return (*head, "restore", target.identifier, "--from", job.source.env, "--to", target.env, "--backup", job.backup,
             *confirm, *roles, "--executor", "local")
@@ -84,11 +88,11 @@ def tag_value(text: str) -> str:
 
 def task_role_for(config: EcsConfig, action: str, dest_protected: bool) -> str | None:
     """The task role override, or None for the task definition's role: drills run as the drill role
-    and restores into unprotected environments as the non-production role, each when configured."""
+    and restores and rollbacks in unprotected environments as the non-production role, each when configured."""
     # A drill runs the dump's SQL as superuser inside the task: its role reads no database credentials.
     if action == "drill" and config.drill_task_role_arn:
         return config.drill_task_role_arn
-    if action == "restore" and not dest_protected and config.nonproduction_task_role_arn:
+    if action in ("restore", "rollback") and not dest_protected and config.nonproduction_task_role_arn:
         return config.nonproduction_task_role_arn
     return None
 

@@ -92,7 +92,7 @@ def test_signal_after_the_swap_committed(
                 raise Interrupted("cancelled by SIGINT")  # lands right after both renames committed
         return at
 
-    monkeypatch.setattr(restore, "_checkpoints", checkpoints)
+    monkeypatch.setattr(restore, "checkpoints", checkpoints)
 
     run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
     code, output = run.code, run.output
