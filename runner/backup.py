@@ -10,14 +10,16 @@ from typing import Any
 
 from . import __version__
 from .catalog import list_backups, make_id
+from .credentials import Connection
 from .errors import IdTaken, JobFailed
 from .history import RecordIndex
 from .manifest import Manifest, globals_key
 from .output import human_size
-from .pg.dump import dump_stream, plan_dump
+from .pg.dump import DumpPlan, dump_stream, plan_dump
 from .pg.globals import Globals, capture_globals
-from .pg.session import UploadLocks, upload_locks
+from .pg.session import UploadLocks, connect, pg_message, upload_locks
 from .pg.tools import find_tool, major, tool_version
+from .progress import Progress
 from .services import Services
 from .shrink import ShrinkVerdict, describe, judge
 from .stores import BackupStore, Upload
@@ -76,17 +78,22 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
         store.clean_leftovers(target.identifier, target.env, now, locks.abandoned)  # it logs what it removed
         tier = tier_for_new(store, target.identifier, target.env, now, target.retention)
         tags = tier_tags(tier)  # every object of the backup carries them, so they expire together
+        expected = _expected_size(store, target, conn, plan)
         backup_id, key, upload = _reserve_id(store, target, now, locks, tags)
         try:
             log.info("backing up %s (%s, server %s) to %s with %s", target.name, conn.describe(), server, store.uri(key), plan.compression)
             started = services.clock.monotonic()
             digest = hashlib.sha256()
             size = 0
-            with dump_stream(conn, plan) as output:
-                for chunk in output:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    upload.write(chunk)
+            with Progress.of(services.settings, services.clock).stage(f"backup of {target.name}") as stage:
+                read = stage.meter("read", expected, estimate=True) if plan.raw_countable else None
+                stored = stage.meter("stored", None if plan.raw_countable else expected, estimate=True)
+                with dump_stream(conn, plan, read) as output:
+                    for chunk in output:
+                        digest.update(chunk)
+                        size += len(chunk)
+                        stored.add(len(chunk))
+                        upload.write(chunk)
             duration_s = round(services.clock.monotonic() - started, 3)  # the dump's own time
             # Before the upload completes: killed while pg_dumpall runs, no dump without its manifest is left
             # behind, only an unfinished upload, which the next backup's cleanup removes.
@@ -107,6 +114,29 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
         store.put_manifest(manifest, tags)
     log.info("backup %s done: %s in %.1fs, sha256 %s; kept as %s", backup_id, human_size(size), manifest.duration_s, manifest.sha256, tier)
     return BackupResult(manifest, store.uri(key), check_shrink(store, target, backup_id))
+
+
+def _expected_size(store: BackupStore, target: Target, conn: Connection, plan: DumpPlan) -> int | None:
+    """What the progress display's ETA counts towards: the last backup's size (pg_dump's output, or the stored
+    bytes when pg_dump compresses), else the database's size on disk (indexes too: a rough upper bound)."""
+    try:
+        last = next((e.manifest for e in list_backups(store, target.identifier, target.env, limit=3) if e.manifest), None)
+    except Exception as exc:  # only the progress display's ETA depends on it
+        log.debug("no size estimate from earlier backups: %s", exc)
+        last = None
+    if last is not None:
+        size = last.uncompressed_bytes if plan.raw_countable else last.size_bytes
+        if size:
+            return size
+    if not plan.raw_countable:
+        return None
+    try:
+        with connect(conn) as db:
+            row = db.execute("SELECT pg_database_size(current_database())").fetchone()
+    except Exception as exc:  # same: a backup without an ETA is still a backup
+        log.debug("no size estimate from pg_database_size: %s", pg_message(exc))
+        return None
+    return row[0] if row and isinstance(row[0], int) and row[0] > 0 else None
 
 
 def _store_globals(store: BackupStore, captured: Globals, key: str, tags: dict[str, str]) -> dict[str, Any]:

@@ -158,12 +158,24 @@ def judge(store: BackupStore, identifier: str, env: str, item: _Listed) -> Backu
     return _inspect(store, identifier, env, item)
 
 
+@dataclass(frozen=True)
+class Page:
+    """The newest backups up to a limit, and how many the store holds in all."""
+
+    entries: list[BackupEntry]
+    total: int
+
+
+def list_page(store: BackupStore, identifier: str, env: str, limit: int | None = None) -> Page:
+    """Backups newest first, damaged ones included, and their total; manifests are read only for the entries returned."""
+    listed = _listing(store, identifier, env)
+    shown = listed if limit is None else listed[:limit]
+    return Page([_inspect(store, identifier, env, item) for item in shown], len(listed))
+
+
 def list_backups(store: BackupStore, identifier: str, env: str, limit: int | None = None) -> list[BackupEntry]:
     """Backups newest first, damaged ones included; manifests are read only for the entries returned."""
-    listed = _listing(store, identifier, env)
-    if limit is not None:
-        listed = listed[:limit]
-    return [_inspect(store, identifier, env, item) for item in listed]
+    return list_page(store, identifier, env, limit).entries
 
 
 @dataclass(frozen=True)
@@ -217,8 +229,10 @@ def resolve_backup(store: BackupStore, identifier: str, env: str, which: str) ->
         log.warning("skipping backup %s of %s: it is damaged (%s)", entry.id, where, entry.problem)
     if newest.entry is None:
         if newest.damaged:
+            count = len(newest.damaged)
+            which_ones = "its only backup is" if count == 1 else f"all {count} are"
             raise JobFailed(
-                f"no backup of {where} can be restored: all {len(newest.damaged)} are damaged "
+                f"no backup of {where} can be restored: {which_ones} damaged "
                 f"(the newest, {newest.damaged[0].id}: {newest.damaged[0].problem})"
             )
         raise NoBackup(f"no backup to restore for {where}; run `db-backup backup {identifier} {env}` first")

@@ -11,11 +11,14 @@ from typing import NoReturn
 
 import typer
 
-from . import cli_checks, cli_jobs, cli_restore, cli_retention, signals  # noqa: F401  (the command modules register their commands)
+from . import cli_checks, cli_help, cli_jobs, cli_restore, cli_retention, signals  # noqa: F401  (the command modules register their commands)
 from .cli_app import app
 from .errors import DbBackupError, ExitCode, TargetsInvalid, cancel_reason
+from .output import plural
 
 log = logging.getLogger(__name__)
+
+cli_help.attach(app)
 
 
 def _cancel_reason(exc: BaseException) -> str:
@@ -33,7 +36,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         # Outside standalone mode, click and typer hand back an exit code instead of exiting.
         code = returned if isinstance(returned, int) and returned else ExitCode.OK
     except TargetsInvalid as exc:
-        typer.echo(f"error: {exc.path} is not valid ({len(exc.problems)} problems); fix each place below:", err=True)
+        fix = "fix it below" if len(exc.problems) == 1 else "fix each place below"
+        typer.echo(f"error: {exc.path} is not valid ({plural(len(exc.problems), 'problem')}); {fix}:", err=True)
         for problem in exc.problems:
             typer.echo(f"  {exc.path}: {problem}", err=True)
         code = exc.exit_code

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 # The order `--help` lists them in: the day-to-day jobs first, then checks, then the workflows' own.
-COMMAND_ORDER = ("targets", "validate", "matrix", "list", "backup", "restore", "drill", "verify", "history",
+COMMAND_ORDER = ("targets", "validate", "matrix", "list", "backup", "restore", "rollback", "drill", "verify", "history",
                  "status", "ack", "retention", "pin", "unpin", "prune", "report", "workflows")
 
 
@@ -108,11 +108,37 @@ def who() -> str:
     return GithubEnv().actor or getpass.getuser()
 
 
+def package_version() -> str:
+    """The installed package's version; in a source tree that is not installed, pyproject.toml's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("db-backup")
+    except PackageNotFoundError:
+        import tomllib
+
+        from . import __version__
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return __version__
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"db-backup {package_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_callback(
     ctx: typer.Context,
     targets: Annotated[Path | None, typer.Option("--targets", envvar="DB_BACKUP_TARGETS", help="Path of targets.yaml.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", is_eager=True, callback=_show_version, help="Print db-backup's version and exit.")] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr, force=True,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +18,9 @@ from .errors import JobFailed
 from .settings import GithubEnv
 from .status import failure as status_failure
 from .status import target_statuses
+
+if TYPE_CHECKING:
+    from .targets import Registry
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +44,26 @@ def verify(
             typer.echo(result.line())
     bad = [r.record.backup_id for r in results if not r.record.ok]
     if bad:
-        raise JobFailed(f"{len(bad)} of {len(results)} backups of {target.name} failed verification: {', '.join(bad)}")
+        raise JobFailed(f"{len(bad)} of {output.plural(len(results), 'backup')} of {target.name} failed verification: {', '.join(bad)}")
 
 
 # --- workflow commands ------------------------------------------------------------------------
+
+
+def _differences(registry: Registry, directory: Path, names: list[str]) -> str:
+    """A unified diff per workflow file: as it is, and as `db-backup workflows` would write it."""
+    from .workflow_options import desired_options, rewrite
+
+    wanted = desired_options(registry)
+    out: list[str] = []
+    for name in names:
+        path = directory / name
+        text = path.read_text(encoding="utf-8")
+        new = rewrite(text, wanted, str(path))
+        out += difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True),
+                                    fromfile=f"{path} (now)", tofile=f"{path} (from targets.yaml)")
+    # A file without a final newline would otherwise run into the next line of the diff.
+    return "".join(line if line.endswith("\n") else line + "\n" for line in out)
 
 
 @app.command()
@@ -55,8 +75,10 @@ def workflows(
     """Rewrite the dispatch workflows' dropdown options from targets.yaml (or --check them)."""
     from .workflow_options import sync
 
-    changed = sync(state_of(ctx).registry(), directory, check=check)
+    registry = state_of(ctx).registry()
+    changed = sync(registry, directory, check=check)
     if check and changed:
+        typer.echo(_differences(registry, directory, changed), nl=False)
         raise JobFailed(f"dropdown options differ from targets.yaml in {', '.join(changed)}; run `db-backup workflows`")
     typer.echo("\n".join(f"updated {name}" for name in changed) if changed else "workflow options match targets.yaml")
 

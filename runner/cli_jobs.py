@@ -10,7 +10,7 @@ import typer
 
 from . import github, output
 from .backup import run_backup
-from .catalog import list_backups
+from .catalog import list_page
 from .cli_app import Executor, app, executor_for, state_of
 from .cli_remote import run_remote
 from .credentials import parse_url
@@ -36,7 +36,8 @@ def targets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 def validate(ctx: typer.Context) -> None:
     """Check targets.yaml and print every problem with its place."""
     registry = state_of(ctx).registry()
-    typer.echo(f"{registry.path}: {len(registry.targets)} targets in {len(registry.environments)} environments, valid")
+    typer.echo(f"{registry.path}: {output.plural(len(registry.targets), 'target')} in "
+               f"{output.plural(len(registry.environments), 'environment')}, valid")
 
 
 @app.command()
@@ -57,16 +58,22 @@ def list_cmd(
     state = state_of(ctx)
     target = state.registry().get(identifier, env)
     store = state.services().store(target)
-    entries = list_backups(store, identifier, env, limit=limit)
+    page = list_page(store, identifier, env, limit=limit)
+    entries = page.entries
     records = RecordIndex.of(store, identifier, env)
     pins = {e.id: records.pin(e) for e in entries}
+    cut = output.shown_line(len(entries), page.total)
     if as_json:
         output.echo_json([output.entry_to_json(e, pins[e.id]) for e in entries])
+        if cut:  # stdout stays the JSON array scripts read
+            typer.echo(cut, err=True)
         return
     if not entries:
         typer.echo(f"no backups for {target.name} in {store.url}")
         return
     output.table([output.entry_row(e, pins[e.id]) for e in entries], output.ENTRY_HEADER)
+    if cut:
+        typer.echo(cut)
 
 
 @app.command()

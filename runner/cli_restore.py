@@ -65,8 +65,7 @@ def rollback(
     timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 30m.")] = "6h",
     detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
 ) -> None:
-    """Swap the database the last restore replaced (NAME__previous) back in; the replaced one is kept, so a
-    second rollback undoes the first."""
+    """Swap the database the last restore replaced (NAME__previous) back in; run again to undo."""
     state = state_of(ctx)
     limit = parse_duration(timeout)
     plan = plan_rollback(state.registry(), identifier, env, confirm)

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from .targets import Target
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """The count and its noun in the right number: "1 target", "2 targets", "0 targets"."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
 def human_size(size: int) -> str:
     """Binary units, labelled as such: 1,234,567,890 bytes is "1.1 GiB"."""
     value = float(size)
@@ -98,17 +103,29 @@ def entry_to_json(entry: BackupEntry, pin: PinRecord | None = None) -> dict[str,
         "reason": entry.problem,
         "compression": entry.manifest.compression if entry.manifest else None,
         "pinned": pin_to_json(pin),
+        "uncompressed_bytes": entry.manifest.uncompressed_bytes if entry.manifest else None,
+        "duration_s": entry.manifest.duration_s if entry.manifest else None,
     }
 
 
 def entry_row(entry: BackupEntry, pin: PinRecord | None = None) -> list[str]:
     status = f"damaged: {entry.problem}" if entry.problem else entry.status
+    manifest = entry.manifest
+    # Only zstd and uncompressed dumps know their original size; gzip's is unknown without reading it.
+    original = manifest.uncompressed_bytes if manifest else None
     return [entry.id, entry.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
-            human_size(entry.size_bytes) if entry.has_dump else "-", (entry.sha256 or "-")[:16],
-            f"{status}, {pin_words(pin)}" if pin else status]
+            human_size(entry.size_bytes) if entry.has_dump else "-",
+            human_size(original) if original is not None else "-",
+            human_duration(manifest.duration_s) if manifest else "-",
+            (entry.sha256 or "-")[:16], f"{status}, {pin_words(pin)}" if pin else status]
 
 
-ENTRY_HEADER = ["ID", "CREATED", "SIZE", "SHA256", "STATUS"]
+ENTRY_HEADER = ["ID", "CREATED", "SIZE", "ORIGINAL", "DURATION", "SHA256", "STATUS"]
+
+
+def shown_line(shown: int, total: int) -> str | None:
+    """Said below a list the limit cut short; None when everything is shown."""
+    return f"{shown} of {plural(total, 'backup')} shown (use --limit to see more)" if shown < total else None
 
 
 def target_to_json(target: Target) -> dict[str, Any]:
@@ -256,5 +273,6 @@ def backup_line(target: Target, result: BackupResult) -> str:
 def restore_line(result: RestoreResult) -> str:
     kept = f"; previous database kept as {result.previous}" if result.previous else ""
     checked = "sha256 verified" if result.verified else "legacy dump, no checksum"
+    ended = f", {plural(result.sessions_ended, 'session')} ended"
     return (f"restored {result.source} backup {result.backup_id} into {result.dest} "
-            f"({human_size(result.size_bytes)}, {result.duration_s:.1f}s, {result.mode}, {checked}){kept}")
+            f"({human_size(result.size_bytes)}, {result.duration_s:.1f}s, {result.mode}, {checked}{ended}){kept}")

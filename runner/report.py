@@ -4,7 +4,8 @@ Each matrix job of scheduled-backups.yml writes one JSON file (the db-backup act
 `result-file`, see actions/db-backup/result.py) and uploads it as an artifact; the report job
 downloads them all into one folder. A scheduled target without a result file counts as failed:
 its job never reported (it was cancelled, timed out, or never started). Above the table: the run's
-date and totals; per target also the new backup's size against its trend and the last drill, read
+date and totals; per target also the new backup's dump (original size, ratio, rate, the dump's own
+duration, from its manifest), its size against its trend and the last drill, read
 from the store (runner/report_facts.py), "unknown" where the store cannot be read. Beside the
 Markdown, an Outcome: which targets failed and why, in plain words, for the alerts (runner/alerts.py).
 """
@@ -180,7 +181,7 @@ def _facts(registry: Registry, stores: OpenStore, row: Row, now: datetime) -> Ta
     try:
         target = registry.get(row.identifier, row.env)
     except DbBackupError:  # a result for a target no longer in targets.yaml
-        return TargetFacts(UNKNOWN, UNKNOWN)
+        return TargetFacts(UNKNOWN, UNKNOWN, dump=UNKNOWN)
     return target_facts(lambda: stores(target), target, row.backup_id if row.ok else None, now)
 
 
@@ -220,15 +221,16 @@ def build(registry: Registry, results_dir: Path, stores: OpenStore, now: datetim
         "",
         _totals(rows, now),
         "",
-        "| Target | Result | Backup | Size | Trend | Duration | Last drill | Links |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Target | Result | Backup | Size | Dump | Trend | Duration | Last drill | Links |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = "✅ success" if r.ok else f"❌ {r.result}"
         facts = _facts(registry, stores, r, now)
         lines.append(
             f"| {md_cell(f'{r.identifier}/{r.env}')} | {md_cell(mark)} | {md_cell(r.backup_id or '-')} | "
-            f"{_size(r.size_bytes)} | {md_cell(facts.trend)} | {_duration(r.duration_s)} | {md_cell(facts.last_drill)} | "
+            f"{_size(r.size_bytes)} | {md_cell(facts.dump)} | {md_cell(facts.trend)} | {_duration(r.duration_s)} | "
+            f"{md_cell(facts.last_drill)} | "
             f"{links_cell(r)} |"
         )
     failing = [Failing(r.name, r.result, r.error or "failed; see the job log") for r in failed]

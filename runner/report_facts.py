@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .catalog import BackupEntry, list_backups
+from .github import DumpFacts
 from .output import change_words, human_age
 from .records import AckRecord, DrillRecord, read_record
 from .shrink import ShrinkPolicy, judge
@@ -31,6 +32,7 @@ class TargetFacts:
     trend: str  # "+3% vs median of 7" (the target's shrink_alarm window), "first backup", "-" (no new backup), "unknown"
     last_drill: str  # "✅ passed 26h ago (ID)", "❌ failed ... : why", "never", "unknown"
     last_drill_ok: bool | None = None  # None: no drill found (or unknown)
+    dump: str = "-"  # the new backup's own figures from its manifest: original size, ratio, rate, the dump's duration
 
 
 def size_trend(store: BackupStore, entries: list[BackupEntry], backup_id: str | None, policy: ShrinkPolicy) -> str:
@@ -46,6 +48,14 @@ def size_trend(store: BackupStore, entries: list[BackupEntry], backup_id: str | 
         return "-"
     alarm = " ⚠️ shrink alarm" if verdict.shrunk else ""
     return f"{change_words(verdict.change)} of {verdict.previous}{alarm}"
+
+
+def dump_words(entries: list[BackupEntry], backup_id: str | None) -> str:
+    """The new backup's dump in one cell, from its manifest; "-" without one."""
+    entry = next((e for e in entries if e.id == backup_id), None) if backup_id else None
+    if entry is None or entry.manifest is None:
+        return "-"
+    return DumpFacts.of(entry.manifest).words()
 
 
 def last_drill(store: BackupStore, entries: list[BackupEntry], now: datetime) -> tuple[str, bool | None]:
@@ -71,7 +81,7 @@ def target_facts(open_store: Callable[[], BackupStore], target: Target, backup_i
         entries = list_backups(store, identifier, env, limit=max(target.shrink_alarm.scan, DRILL_LOOKBACK))
     except Exception as exc:  # advice must never turn the report into a failure
         log.warning("%s/%s: cannot list backups for the report (%s)", identifier, env, exc)
-        return TargetFacts(UNKNOWN, UNKNOWN)
+        return TargetFacts(UNKNOWN, UNKNOWN, dump=UNKNOWN)
     try:
         trend = size_trend(store, entries, backup_id, target.shrink_alarm)
     except Exception as exc:  # same: an acknowledgement that cannot be read leaves the trend unknown
@@ -82,4 +92,4 @@ def target_facts(open_store: Callable[[], BackupStore], target: Target, backup_i
     except Exception as exc:  # same: a record that cannot be read is unknown, not a failed report
         log.warning("%s/%s: cannot read drill records for the report (%s)", identifier, env, exc)
         drill, drill_ok = UNKNOWN, None
-    return TargetFacts(trend, drill, drill_ok)
+    return TargetFacts(trend, drill, drill_ok, dump_words(entries, backup_id))

@@ -30,6 +30,7 @@ from .pg.roles import GlobalsDoc, create_roles, missing_roles, parse_globals
 from .pg.session import AdminConnection, bound_statements, connect, lock_target
 from .pg.swap import Checkpoint, SwapState, swap_in
 from .pg.tools import find_tool
+from .progress import Progress
 from .restore_mode import Mode, choose_mode
 from .services import Services
 from .settings import Settings
@@ -115,7 +116,7 @@ def run_restore(plan: RestorePlan, services: Services) -> RestoreResult:
     swap = SwapState()
     try:
         job = _RestoreJob(store, entry, conn, admin_conn, fresh, previous, pg_restore, mode, ignore_privileges, keep_previous,
-                          roles)
+                          roles, Progress.of(settings, services.clock))
         kept, actual = _restore_and_swap(job, settings, swap, checkpoint)
     except KeyboardInterrupt as exc:
         if swap.committed:  # e.g. while the work folder's copy was being removed
@@ -146,6 +147,7 @@ class _RestoreJob:
     ignore_privileges: bool
     keep_previous: bool
     roles: GlobalsDoc | None = None  # --with-roles: the backup's roles, checked against its manifest
+    progress: Progress | None = None  # shows the download and pg_restore as they go
 
 
 def _restore_and_swap(
@@ -178,7 +180,7 @@ def _restore_and_swap(
         with workdir.claim(settings.work_dir) if job.mode.parallel else contextlib.nullcontext(None) as work:
             if work is not None:
                 # Verify before touching any database: a damaged download changes nothing.
-                path, actual, size = download(job.store, job.entry, work)
+                path, actual, size = download(job.store, job.entry, work, job.progress)
                 check_digest(job.entry, actual, size, where)
                 if indexed := archive.fill_offsets(path):
                     log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
@@ -190,12 +192,13 @@ def _restore_and_swap(
                 checkpoint("restore:created")
                 if work is not None:
                     argv = pg_restore_argv(job.pg_restore, job.fresh, job.ignore_privileges, job.mode.jobs, path)
-                    run_restore_file(job.conn, argv)
+                    run_restore_file(job.conn, argv, job.progress)
                 else:
                     chunks, decompress = open_dump(job.store, job.entry)
                     counted = Counted(chunks)
                     actual = restore_stream(
-                        job.conn, pg_restore_argv(job.pg_restore, job.fresh, job.ignore_privileges, 1, None), counted, decompress
+                        job.conn, pg_restore_argv(job.pg_restore, job.fresh, job.ignore_privileges, 1, None), counted, decompress,
+                        job.progress, job.entry.size_bytes,
                     )
                     check_digest(job.entry, actual, counted.size, where)
                 checkpoint("restore:loaded")

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # Bound on each administrative statement of a restore (DROP DATABASE waits for every backend on
     # the server to answer a barrier, forever if one is stuck).
     admin_timeout_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    # Seconds between two progress lines of a long step when stderr is not a terminal (CI, CloudWatch).
+    progress_interval: float = Field(default=15.0, gt=0, allow_inf_nan=False)
     # Fault tests only: comma-separated step names where a restore holds for 120 s, to be killed there.
     test_pause_at: str | None = None
 

@@ -20,6 +20,7 @@ from .manifest import globals_key
 from .pg.admin import DatabaseShape, shape_of
 from .pg.pipeline import Pipeline
 from .pg.tools import compressor_env, major, tool_version
+from .progress import Meter, Progress, Stage, quiet
 from .stores import BackupStore
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,11 @@ def read_globals(store: BackupStore, entry: BackupEntry) -> str | None:
     return data.decode("utf-8", "replace")
 
 
-def download(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:
+def download(store: BackupStore, entry: BackupEntry, folder: Path, progress: Progress | None = None) -> tuple[Path, str, int]:
     """Copy the dump into a seekable local file (decompressed), hashing the stored bytes."""
     try:
-        return _copy(store, entry, folder)
+        with quiet(progress).stage(f"download of {entry.id}") as stage:
+            return _copy(store, entry, folder, stage)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _disk_full(folder) from exc
@@ -85,10 +87,14 @@ def _disk_full(folder: Path) -> InfraError:
     )
 
 
-def _copy(store: BackupStore, entry: BackupEntry, folder: Path) -> tuple[Path, str, int]:
+def _copy(store: BackupStore, entry: BackupEntry, folder: Path, stage: Stage) -> tuple[Path, str, int]:
     chunks, decompress = open_dump(store, entry)
-    hashed = Hashed(chunks)
+    hashed = Hashed(chunks, stage.meter("downloaded", entry.size_bytes))
     path = folder / "restore.dump"
+    if decompress is not None:
+        # Whatever the decompressor wrote so far, read from the file when a line is shown: nothing counts it on the way.
+        original = entry.manifest.uncompressed_bytes if entry.manifest else None
+        stage.meter("decompressed", original, probe=lambda: path.stat().st_size)
     where = store.uri(entry.key)
     with path.open("wb") as out:
         if decompress is None:
@@ -178,15 +184,18 @@ def check_reader(store: BackupStore, entry: BackupEntry, pg_restore: str) -> Non
 class Hashed:
     """The stored bytes passed on as they are, counted and hashed on the way (iterate it once)."""
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    def __init__(self, chunks: Iterable[bytes], meter: Meter | None = None) -> None:
         self._chunks = chunks
         self._digest = hashlib.sha256()
+        self._meter = meter
         self.size = 0
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._chunks:
             self._digest.update(chunk)
             self.size += len(chunk)
+            if self._meter is not None:
+                self._meter.add(len(chunk))
             yield chunk
 
     @property

@@ -308,7 +308,8 @@ def _read_text(path: Path) -> str:
         raise BadInput(f"targets file {path} cannot be read (permission denied); "
                        f"make it readable by this user, e.g. chmod a+r {path}") from None
     except FileNotFoundError:
-        raise TargetsInvalid(str(path), ["file not found; pass --targets PATH or set DB_BACKUP_TARGETS"]) from None
+        raise BadInput(f"targets.yaml not found at {path}; create it (see targets.example.yaml / docs/targets.md) "
+                       "or pass --targets PATH / DB_BACKUP_TARGETS") from None
     except OSError as exc:
         raise BadInput(f"targets file {path} cannot be read ({exc.strerror or exc}); {point} a readable targets.yaml") from None
     if len(data) > MAX_TARGETS_BYTES:

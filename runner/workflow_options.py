@@ -3,7 +3,8 @@
 `db-backup workflows` rewrites only the `options:` lists of the `identifier`, `env`, `from` and
 `to` inputs (type: choice) under `on.workflow_dispatch.inputs`; every other byte of the file
 (comments, order, quoting, defaults) stays as it is. Targeted text edits instead of a YAML round
-trip, which would lose comments and formatting.
+trip, which would lose comments and formatting. Other choice inputs (what a workflow shows, restore
+or rollback) are not targets and are left alone; an input that lists targets must use one of these names.
 
 Option order: identifiers alphabetically; `env` and `from` in the order of targets.yaml's
 environments (most important first); `to` the other way round, so the form never preselects the

@@ -28,10 +28,13 @@ required=()
 case "$IN_COMMAND" in
   backup) required=(identifier env role-to-assume aws-region) ;;
   restore) required=(identifier from to backup role-to-assume aws-region) ;;
+  rollback) required=(identifier to role-to-assume aws-region) ;;
   drill) required=(identifier env backup role-to-assume aws-region) ;;
+  check) required=(identifier env) ;;
   check-restore) required=(identifier from to backup) ;;
-  setup) ;;
-  *) problems+=("input \"command\" must be backup, restore, drill, check-restore or setup (got \"$(shown "$IN_COMMAND")\")") ;;
+  check-rollback) required=(identifier to) ;;
+  setup) if [[ -n $IN_IDENTIFIER ]]; then required=(env); fi ;;
+  *) problems+=("input \"command\" must be backup, restore, rollback, drill, check, check-restore, check-rollback or setup (got \"$(shown "$IN_COMMAND")\")") ;;
 esac
 
 value_of() {
@@ -63,10 +66,10 @@ if [[ -n $IN_ROLE && -z $IN_REGION ]]; then
   problems+=("input \"aws-region\" is required with role-to-assume (set the repository variable AWS_REGION)")
 fi
 if [[ -n $IN_CONFIRM ]]; then
-  if [[ $IN_COMMAND != restore ]]; then
-    problems+=("input \"confirm\" is only for command restore")
+  if [[ $IN_COMMAND != restore && $IN_COMMAND != rollback ]]; then
+    problems+=("input \"confirm\" is only for commands restore and rollback")
   elif [[ $IN_CONFIRM != "$IN_TO" ]]; then
-    problems+=("input \"confirm\" must name the environment restored into (\"$(shown "$IN_TO")\"), got \"$(shown "$IN_CONFIRM")\"")
+    problems+=("input \"confirm\" must name the environment restored into or rolled back (\"$(shown "$IN_TO")\"), got \"$(shown "$IN_CONFIRM")\"")
   fi
 fi
 targets=${IN_TARGETS:-${DB_BACKUP_TARGETS:-targets.yaml}}

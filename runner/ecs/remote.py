@@ -190,7 +190,8 @@ def _confirm_backup(setup: _Setup, report: Report, request_id: str, arn: str) ->
                 raise JobFailed(f"ECS task {task_id(arn)} wrote backup {entry.id} of {target.name}, "
                                 f"but it is damaged ({entry.problem}); see the task's log")
             m = entry.manifest
-            return replace(report, backup_id=m.id, backup_uri=store.uri(entry.key), size_bytes=m.size_bytes, sha256=m.sha256)
+            return replace(report, backup_id=m.id, backup_uri=store.uri(entry.key), size_bytes=m.size_bytes, sha256=m.sha256,
+                           dump=github.DumpFacts.of(m))
     raise JobFailed(
         f"ECS task {task_id(arn)} exited 0 but no backup of {target.name} in {store.url} "
         f"carries its request id {request_id}; the backup cannot be confirmed, see the task's log"

@@ -17,6 +17,7 @@ from ..compression import Codec, Compression
 from ..credentials import Connection
 from ..errors import BadInput, JobFailed
 from ..output import human_duration
+from ..progress import Meter
 from .pipeline import Pipeline, Tail
 from .tools import compressor_env, libpq_env
 
@@ -30,6 +31,11 @@ class DumpPlan:
     compression: str
     compressed_by: str
     lock_wait: timedelta | None = None
+
+    @property
+    def raw_countable(self) -> bool:
+        """pg_dump's own output passes through db-backup (not when pg_dump compresses it itself)."""
+        return self.compressor is not None or self.compression == "none"
 
 
 def plan_dump(pg_dump: str, compression: Compression, lock_wait: timedelta | None = None) -> DumpPlan:
@@ -73,8 +79,9 @@ def _lock_timeout(plan: DumpPlan, tail: Tail) -> JobFailed | None:
 class _Pump:
     """Moves pg_dump's output into the compressor and counts it; splice() avoids copying on Linux."""
 
-    def __init__(self, source: IO[bytes], sink: IO[bytes]) -> None:
+    def __init__(self, source: IO[bytes], sink: IO[bytes], meter: Meter | None = None) -> None:
         self.count = 0
+        self.meter = meter
         self.error: OSError | None = None
         self._thread = threading.Thread(target=self._run, args=(source, sink), daemon=True, name="dump-pump")
         self._thread.start()
@@ -95,6 +102,8 @@ class _Pump:
                 if moved == 0:
                     break
                 self.count += moved
+                if self.meter is not None:
+                    self.meter.add(moved)
         except OSError as exc:  # reported by dump_stream: an early end here means a truncated dump
             self.error = exc
         finally:
@@ -115,15 +124,18 @@ class _Pump:
 class DumpOutput:
     """The stored bytes, chunk by chunk; `raw_bytes` is pg_dump's own output size once done."""
 
-    def __init__(self, out: IO[bytes], pump: _Pump | None) -> None:
+    def __init__(self, out: IO[bytes], pump: _Pump | None, meter: Meter | None = None) -> None:
         self._out = out
         self._pump = pump
+        self._meter = meter  # pg_dump's output, when it is the stored stream itself
         self.raw_bytes: int | None = None
         self._seen = 0
 
     def __iter__(self) -> Iterator[bytes]:
         while chunk := self._out.read(CHUNK):
             self._seen += len(chunk)
+            if self._meter is not None:
+                self._meter.add(len(chunk))
             yield chunk
 
     def finish(self, uncompressed: bool) -> None:
@@ -135,8 +147,10 @@ class DumpOutput:
 
 
 @contextlib.contextmanager
-def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
-    """Yield pg_dump's (optionally compressed) output; raise JobFailed if any step fails."""
+def dump_stream(conn: Connection, plan: DumpPlan, read: Meter | None = None) -> Iterator[DumpOutput]:
+    """Yield pg_dump's (optionally compressed) output; raise JobFailed if any step fails.
+
+    `read` counts pg_dump's own output as it comes (not for gzip: pg_dump compresses it itself)."""
     with libpq_env(conn) as env, Pipeline() as pipe:
         dump = pipe.start("pg_dump", env, plan.argv, stdout=subprocess.PIPE)
         assert dump.proc.stdout is not None
@@ -145,9 +159,9 @@ def dump_stream(conn: Connection, plan: DumpPlan) -> Iterator[DumpOutput]:
         if plan.compressor:
             comp = pipe.start(plan.compressor.name, compressor_env(), plan.compressor.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             assert comp.proc.stdin is not None and comp.proc.stdout is not None
-            pump = _Pump(dump.proc.stdout, comp.proc.stdin)
+            pump = _Pump(dump.proc.stdout, comp.proc.stdin, read)
             out = comp.proc.stdout
-        output = DumpOutput(out, pump)
+        output = DumpOutput(out, pump, read if pump is None and plan.raw_countable else None)
         yield output
         out.close()
         pipe.wait(timeout=300)

@@ -7,7 +7,7 @@ import logging
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO
 
@@ -17,6 +17,8 @@ from .tools import ToolEnv
 log = logging.getLogger(__name__)
 
 Redirect = int | IO[bytes]  # a file, or subprocess.PIPE or DEVNULL
+# Told each stderr line without its `name: ` prefix; True when it is progress (e.g. pg_restore --verbose), never an error.
+InfoLines = Callable[[str], bool]
 _CONTEXT_PREFIXES = ("command was:", "context:", "detail:", "hint:", "query was:")
 
 
@@ -27,10 +29,11 @@ class Tail:
     `CONTEXT:`): later errors are often consequences, e.g. `a worker process died unexpectedly`.
     """
 
-    def __init__(self, stream: IO[bytes], name: str, keep: int = 20) -> None:
+    def __init__(self, stream: IO[bytes], name: str, keep: int = 20, info: InfoLines | None = None) -> None:
         self.lines: deque[str] = deque(maxlen=keep)
         self.first_error: list[str] = []
         self._name = name
+        self._info = info
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True, name=f"{name}-stderr")
         self._thread.start()
 
@@ -40,9 +43,14 @@ class Tail:
             line = raw.decode("utf-8", "replace").rstrip()
             if not line:
                 continue
-            self.lines.append(line)
             log.debug("%s: %s", self._name, line)
-            bare = line.split(": ", 1)[1] if line.startswith(f"{self._name}: ") else line
+            prefixed = line.startswith(f"{self._name}: ")
+            bare = line.split(": ", 1)[1] if prefixed else line
+            if prefixed and self._info is not None and self._is_info(bare):
+                # Kept out of `lines` too: the last line shown for a failure is the tool's complaint, not its chatter;
+                # and `collecting` stays as it was, since another worker's chatter may come between an error and its context.
+                continue
+            self.lines.append(line)
             if not self.first_error and _is_error(line):
                 self.first_error.append(line)
                 collecting = True
@@ -50,6 +58,14 @@ class Tail:
                 self.first_error.append(bare)
             else:
                 collecting = False
+
+    def _is_info(self, bare: str) -> bool:
+        assert self._info is not None
+        try:
+            return self._info(bare)
+        except Exception as exc:  # progress must never hide what the tool said
+            log.debug("%s: progress line not understood (%s)", self._name, exc)
+            return False
 
     def join(self) -> None:
         self._thread.join(timeout=30)
@@ -104,8 +120,11 @@ class Pipeline:
     def start(
         self, name: str, env: ToolEnv, argv: Iterable[str], *,
         stdin: Redirect = subprocess.DEVNULL, stdout: Redirect = subprocess.DEVNULL, into: Step | None = None,
+        info: InfoLines | None = None,
     ) -> Step:
-        """Start a process; with `into`, it writes into that step's stdin and comes before it."""
+        """Start a process; with `into`, it writes into that step's stdin and comes before it.
+
+        `info` picks out the stderr lines that report progress: they are neither errors nor the message shown."""
         if into is not None:
             assert into.proc.stdin is not None
             stdout = into.proc.stdin
@@ -114,7 +133,7 @@ class Pipeline:
             assert into.proc.stdin is not None
             into.proc.stdin.close()  # the new process holds it now
         assert proc.stderr is not None
-        step = Step(name, proc, Tail(proc.stderr, name))
+        step = Step(name, proc, Tail(proc.stderr, name, info=info))
         self.steps.insert(self.steps.index(into) if into is not None else len(self.steps), step)
         return step
 

@@ -37,7 +37,7 @@ BUCKET = "acme-db-backups"
 # Actions that have no resource-level permissions in IAM, so "*" is the only possible resource.
 STAR_RESOURCE_ALLOWLIST = {"ecr:GetAuthorizationToken", "ecs:DescribeTaskDefinition"}
 
-GITHUB_ROLES = ("BackupRole", "RestoreRole", "RestoreProductionRole", "ImagePushRole")
+GITHUB_ROLES = ("BackupRole", "RestoreRole", "RestoreProductionRole", "ImagePushRole", "ReadRole")
 
 
 # --------------------------------------------------------------------------- template loading
@@ -358,6 +358,7 @@ SUBJECTS = {
 EXPECTED_TRUST = {
     "BackupRole": {"main"},
     "ImagePushRole": {"main"},
+    "ReadRole": {"main"},
     "RestoreProductionRole": {"env-production"},
     "RestoreRole": {"env-beta", "env-alpha", "env-dev", "env-production-old"},
 }
@@ -901,6 +902,7 @@ PASSABLE = {
     "RestoreProductionRole": {"TaskRole", "TaskExecutionRole"},
     "RestoreRole": {"NonProductionTaskRole", "TaskExecutionRole"},
     "ImagePushRole": set(),
+    "ReadRole": set(),
 }
 
 
@@ -986,6 +988,138 @@ def test_only_the_backup_role_passes_the_drill_task_role(stack: Stack) -> None:
     workflow = (REPO / ".github" / "workflows" / "drill.yml").read_text(encoding="utf-8")
     assert "vars.DB_BACKUP_ROLE_ARN" in workflow
     assert not re.search(r"vars\.DB_RESTORE(_PRODUCTION)?_ROLE_ARN", workflow)
+
+
+READ_ROLE_KEY = f"arn:aws:s3:::{BUCKET}/curation/production/2026-01-01_00-00-00"
+
+
+def test_read_role_lists_and_reads_only_manifests_and_records(stack: Stack) -> None:
+    statements = role_statements(stack, "ReadRole")
+    assert permits(statements, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}")
+    for suffix in (".dump.json", ".dump.verify.json", ".dump.drill.json", ".dump.pin.json", ".dump.ack.json"):
+        assert permits(statements, "s3:GetObject", READ_ROLE_KEY + suffix), suffix
+        assert not permits(statements, "s3:GetObject", f"arn:aws:s3:::other-bucket/x{suffix}"), suffix
+    # Never the database's contents: not the dump, not the globals file (role names).
+    for suffix in (".dump", ".globals.sql"):
+        assert not permits(statements, "s3:GetObject", READ_ROLE_KEY + suffix), suffix
+    assert not permits(statements, "s3:ListBucket", "arn:aws:s3:::other-bucket")
+
+
+def test_read_role_writes_tags_and_starts_nothing(stack: Stack) -> None:
+    statements = role_statements(stack, "ReadRole")
+    assert all(s["Effect"] == "Allow" for s in statements)
+    actions = {a for s in statements for a in as_list(s["Action"])}
+    expected = {"s3:ListBucket", "s3:GetObject"} | ({"kms:Decrypt"} if stack.params["KmsKeyArn"] else set())
+    assert actions == expected
+    kms = [s for s in statements if any(a.startswith("kms:") for a in as_list(s["Action"]))]
+    assert [as_list(s["Resource"]) for s in kms] == ([[KMS_KEY]] if stack.params["KmsKeyArn"] else [])
+    key = READ_ROLE_KEY + ".dump.json"
+    for action in ("s3:PutObject", "s3:DeleteObject", "s3:PutObjectTagging", "s3:GetObjectTagging",
+                   "s3:AbortMultipartUpload", "s3:PutObjectAcl", *DESTRUCTIVE):
+        assert not permits(statements, action, key), action
+    for action, resource in [
+        ("ecs:RunTask", f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/db-backup:1"),
+        ("ecs:StopTask", f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/db-backup/abc"),
+        ("ssm:GetParameter", parameter_arn("/curation/production/db/backup/password")),
+        ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{stack._physical('TaskRole')}"),
+        ("logs:GetLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/ecs/db-backup:*"),
+        ("s3:PutLifecycleConfiguration", f"arn:aws:s3:::{BUCKET}"),
+    ]:
+        assert not permits(statements, action, resource), action
+    # No managed policy (the control plane's, a PassRole policy) is attached to it.
+    physical = stack._physical("ReadRole")
+    assert not [n for n, r in stack.resources().items() if physical in r.get("Roles", [])]
+
+
+def test_read_role_trusts_what_the_backup_role_trusts(stack: Stack) -> None:
+    # The jobs that use it (Show backups, the restore check) declare no environment: the default branch's subject.
+    trust = stack.resource("ReadRole")["AssumeRolePolicyDocument"]
+    assert trust == stack.resource("BackupRole")["AssumeRolePolicyDocument"]
+    for name, subject in SUBJECTS.items():
+        assert can_assume(stack, "ReadRole", subject) == (name == "main"), name
+
+
+def test_read_role_allows_the_session_the_action_asks_it_for(stack: Stack) -> None:
+    action = yaml.safe_load((REPO / "actions" / "db-backup" / "action.yml").read_text(encoding="utf-8"))
+    steps = [s for s in action["runs"]["steps"] if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@")]
+    # The read-only commands assume their role in a step of their own, with a short session.
+    (brief,) = [s for s in steps if "check-restore" in str(s.get("if", ""))]
+    assert int(brief["with"]["role-duration-seconds"]) <= int(stack.resource("ReadRole").get("MaxSessionDuration", 3600))
+
+
+def test_read_role_output_names_its_repository_variable_and_the_docs_set_it(template: dict[str, Any]) -> None:
+    output = template["Outputs"]["ReadRoleArn"]
+    assert "DB_BACKUP_READ_ROLE_ARN" in output["Description"].split()
+    assert output["Value"] == {"Fn::GetAtt": ["ReadRole", "Arn"]}
+    doc = (REPO / "docs" / "workflows.md").read_text(encoding="utf-8")
+    assert re.search(r"gh variable set DB_BACKUP_READ_ROLE_ARN\b", doc)
+    assert "ReadRoleArn" in doc
+    workflows = REPO / ".github" / "workflows"
+    for name in ("backups.yml", "restore.yml"):
+        assert "vars.DB_BACKUP_READ_ROLE_ARN" in (workflows / name).read_text(encoding="utf-8"), name
+
+
+# The IAM action and resource each S3 request needs (what the read-only commands may send).
+_S3_REQUESTS = {
+    "ListObjectsV2": ("s3:ListBucket", lambda p: f"arn:aws:s3:::{p['Bucket']}"),
+    "GetObject": ("s3:GetObject", lambda p: f"arn:aws:s3:::{p['Bucket']}/{p['Key']}"),
+    "HeadObject": ("s3:GetObject", lambda p: f"arn:aws:s3:::{p['Bucket']}/{p['Key']}"),
+    "GetObjectTagging": ("s3:GetObjectTagging", lambda p: f"arn:aws:s3:::{p['Bucket']}/{p['Key']}"),
+    "GetBucketLifecycleConfiguration": ("s3:GetLifecycleConfiguration", lambda p: f"arn:aws:s3:::{p['Bucket']}"),
+}
+
+
+def test_read_role_is_enough_for_list_history_and_status(
+    aws: Any, template: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every S3 request `list`, `history` and `status` send is one the read-only role may make."""
+    from datetime import UTC, datetime
+
+    from botocore.client import BaseClient
+
+    from runner.catalog import make_id
+    from runner.records import VerifyRecord, record_key, to_json
+    from runner.stores import open_store
+    from tests.helpers.backups import sample_manifest
+    from tests.helpers.cli import run_main
+    from tests.helpers.targets import write_targets_file
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    store = open_store(f"s3://{BUCKET}", lambda: s3)
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    key = store.key("curation", "production", make_id(when))
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"x" * 1234)
+    store.put_manifest(sample_manifest(key, created_at=when, size=1234))
+    store.put_text(record_key(key, "verify"), to_json(VerifyRecord(
+        backup_id=make_id(when), checked_at=when, ok=True, problem=None, checks=("sha256",), duration_s=1.0)))
+    damaged = store.key("curation", "production", make_id(datetime(2026, 1, 2, tzinfo=UTC)))
+    s3.put_object(Bucket=BUCKET, Key=damaged + ".json", Body=b"{}")  # a manifest without its dump
+    targets = write_targets_file(tmp_path / "targets.yaml", [f"storage: s3://{BUCKET}", f"region: {REGION}"],
+                                 ["- {identifier: curation, env: production, schedule: nightly}"])
+    monkeypatch.setenv("DB_BACKUP_TARGETS", str(targets))
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+    original = BaseClient._make_api_call
+
+    def recording(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if client.meta.service_model.service_name == "s3":
+            sent.append((operation, dict(params)))
+        return original(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", recording)
+    for argv in (["list", "curation", "production", "--json"], ["history", "curation", "production", "--json"],
+                 ["status", "--json", "--max-age", "100000d"]):
+        done = run_main(argv, capsys)
+        assert done.code == 0, (argv, done.output)
+        assert make_id(when) in done.out, (argv, done.out)
+
+    statements = role_statements(Stack(template, BASE_PARAMS), "ReadRole")
+    assert {operation for operation, _ in sent} >= {"ListObjectsV2", "GetObject"}
+    for operation, params in sent:
+        assert operation in _S3_REQUESTS, f"{operation}: not a request the read-only commands are known to send"
+        action, resource = _S3_REQUESTS[operation]
+        assert permits(statements, action, resource(params)), (operation, params.get("Key"))
 
 
 def test_image_push_role_pushes_only_to_its_repository(stack: Stack) -> None:
@@ -1077,6 +1211,7 @@ REPOSITORY_VARIABLES = {
     "BackupRoleArn": "DB_BACKUP_ROLE_ARN",
     "RestoreRoleArn": "DB_RESTORE_ROLE_ARN",
     "RestoreProductionRoleArn": "DB_RESTORE_PRODUCTION_ROLE_ARN",
+    "ReadRoleArn": "DB_BACKUP_READ_ROLE_ARN",
     "ImagePushRoleArn": "DB_BACKUP_IMAGE_PUSH_ROLE_ARN",
     "EcrRepository": "ECR_REPOSITORY",
 }

@@ -95,7 +95,8 @@ def assert_invalid_targets(result: subprocess.CompletedProcess[str], where: str,
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     header, *rest = result.stderr.splitlines()
-    assert header.startswith(f"error: {where} is not valid (") and header.endswith("fix each place below:"), header
+    count = "1 problem); fix it below:" if len(rest) == 1 else f"{len(rest)} problems); fix each place below:"
+    assert header == f"error: {where} is not valid ({count}", header
     assert rest and all(line.startswith(f"  {where}: ") for line in rest), result.stderr
     for problem in problems:
         assert any(problem in line for line in rest), (problem, rest)

@@ -247,7 +247,7 @@ def test_only_damaged_backups_fail_restore_and_status_naming_them(
     result = run_cli("restore", "app", "--from", "production", "--to", "beta", env=world.env)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: no backup of app/production in file://{tmp_path / 'backups'} can be restored: all 1 are damaged "
+        f"error: no backup of app/production in file://{tmp_path / 'backups'} can be restored: its only backup is damaged "
         f"(the newest, {world.good_id}: {reason})"
     )
     assert fingerprint(pg, world.beta) == before and restore_leftovers(pg) == set()

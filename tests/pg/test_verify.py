@@ -96,7 +96,7 @@ def test_a_truncated_and_re_signed_dump_fails_the_read_through(pg: PgCluster, db
     line = result.stdout.strip()
     assert line.startswith(f"backup {backup_id} of app/production: BAD: the archive cannot be read to its end: "), line
     assert "take a new backup (`db-backup backup app production`)" in line
-    assert f"1 of 1 backups of app/production failed verification: {backup_id}" in result.stderr
+    assert f"1 of 1 backup of app/production failed verification: {backup_id}" in result.stderr
     record = _record(tmp_path, backup_id)
     assert record["ok"] is False and "cannot be read to its end" in str(record["problem"])
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import io
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from runner import github
+from runner.backup import BackupResult
 from runner.github import Report
+from runner.manifest import Manifest
 from runner.settings import GithubEnv
+from tests.helpers.backups import sample_manifest
+from tests.helpers.targets import folder_registry
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 ARN = "arn:aws:ecs:eu-west-1:123456789012:task/db-backup/0123456789abcdef0123456789abcdef"
@@ -119,3 +124,30 @@ def test_add_mask_is_kept() -> None:
     out = io.StringIO()
     github.add_mask("s3cret\nline2", out)
     assert out.getvalue() == "::add-mask::s3cret\n::add-mask::line2\n"
+
+
+def _summary_of_local_backup(tmp_path: Path, manifest: Manifest) -> str:
+    gh = GithubEnv(actions=True, step_summary=tmp_path / "summary", output=tmp_path / "output")
+    target = folder_registry(tmp_path / "backups").get("app", "production")
+    github.publish_local_backup(target, BackupResult(manifest, "file:///backups/x.dump"), gh)
+    return (tmp_path / "summary").read_text()
+
+
+def test_backup_summary_shows_the_dumps_own_size_ratio_rate_and_duration(tmp_path: Path) -> None:
+    manifest = replace(sample_manifest("app/production/x.dump", size=300 * 2**20, duration_s=125.0),
+                       uncompressed_bytes=1200 * 2**20)
+    text = _summary_of_local_backup(tmp_path, manifest)
+    assert "| Size | 300.0 MiB (314,572,800 bytes) |" in text
+    assert "| Original size | 1.2 GiB (1,258,291,200 bytes) |" in text
+    assert "| Ratio | 4.00:1 |" in text
+    assert "| Dump duration | 2m 05s |" in text
+    assert "| Dump rate | 9.6 MiB/s |" in text  # pg_dump's output over the dump's own time
+
+
+def test_a_gzip_backup_summary_says_its_original_size_is_unknown(tmp_path: Path) -> None:
+    manifest = sample_manifest("app/production/x.dump", size=50 * 2**20, duration_s=10.0, compression="gzip:6",
+                               compressed_by="pg_dump")
+    text = _summary_of_local_backup(tmp_path, manifest)
+    assert "| Original size | unknown (pg_dump compressed it itself) |" in text
+    assert "Ratio" not in text
+    assert "| Dump duration | 10.0s |" in text and "| Dump rate | 5.0 MiB/s |" in text

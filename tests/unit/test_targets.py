@@ -99,9 +99,11 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
     assert problems("version: [1\n")[0].startswith("line ")
-    with pytest.raises(TargetsInvalid) as raised:
+    with pytest.raises(BadInput) as raised:
         load_registry(tmp_path / "nope.yaml")
-    assert "file not found" in raised.value.problems[0]
+    assert not isinstance(raised.value, TargetsInvalid)
+    assert str(raised.value) == (f"targets.yaml not found at {tmp_path / 'nope.yaml'}; create it (see targets.example.yaml / "
+                                 "docs/targets.md) or pass --targets PATH / DB_BACKUP_TARGETS")
 
 
 def test_direction_and_lookup() -> None:

@@ -17,11 +17,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
+from runner.catalog import make_id
+from runner.stores import open_store
+from tests.helpers.backups import sample_manifest
 from tests.helpers.ecs import BUCKET
 from tests.helpers.targets import write_targets_file
 
@@ -39,6 +44,7 @@ ROLES = {
     "DB_BACKUP_ROLE_ARN": "arn:aws:iam::123456789012:role/db-backup-github-backup",
     "DB_RESTORE_ROLE_ARN": "arn:aws:iam::123456789012:role/db-backup-github-restore",
     "DB_RESTORE_PRODUCTION_ROLE_ARN": "arn:aws:iam::123456789012:role/db-backup-github-restore-production",
+    "DB_BACKUP_READ_ROLE_ARN": "arn:aws:iam::123456789012:role/db-backup-github-read",
 }
 
 
@@ -175,3 +181,21 @@ def write_targets(path: Path, targets: str, *, bucket: str = BUCKET, cluster: st
         f"  security_groups: [{security_group}]", "  assign_public_ip: false", "  log_group: /ecs/db-backup",
     ]
     return write_targets_file(path, defaults, [line.removeprefix("  ") for line in targets.splitlines()])
+
+
+def store_fake_backups(identifier: str, env: str, newest: datetime, *, bucket: str = BUCKET) -> tuple[str, str]:
+    """Two backups of one target in moto's S3: a good one a day before `newest`, and at `newest` one whose
+    dump is missing (damaged). Their dumps are a few bytes, not archives: listing, history, status and the
+    restore workflow's check read only the bucket's listing and the manifests. Returns (good id, damaged id)."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    store = open_store(f"s3://{bucket}", lambda: s3)
+    ids = []
+    for created, has_dump in ((newest - timedelta(days=1), True), (newest, False)):
+        backup_id = make_id(created)
+        key = store.key(identifier, env, backup_id)
+        if has_dump:
+            s3.put_object(Bucket=bucket, Key=key, Body=b"x" * 1234)
+        store.put_manifest(sample_manifest(key, identifier=identifier, env=env, created_at=created, size=1234))
+        ids.append(backup_id)
+    return ids[0], ids[1]

@@ -35,14 +35,28 @@ def test_bad_input_fails_with_a_message_and_no_aws_call(act: Act, tmp_path: Path
     assert "Run Main Run db-backup" not in run.log("backup")
 
 
-def test_unknown_identifier_fails_before_any_aws_call(act: Act, tmp_path: Path, aws: MotoServer) -> None:
-    """A well-formed name that is not in targets.yaml: the CLI refuses (exit 2) before run_task."""
+CURATION = "  - {identifier: curation, env: production, schedule: nightly}\n  - {identifier: curation, env: beta}\n"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"identifier": "curation", "env": "alpha"}, "curation has no environment alpha; it has: production, beta"),
+        ({"identifier": "nosuchdb", "env": "beta"}, "unknown identifier nosuchdb; targets.yaml has: curation"),
+    ],
+    ids=["environment-the-identifier-lacks", "unknown-identifier"],
+)
+def test_a_pair_not_in_targets_yaml_fails_before_any_aws_call(
+    act: Act, tmp_path: Path, aws: MotoServer, inputs: dict[str, str], message: str,
+) -> None:
+    """The form offers every environment for every identifier; a pair targets.yaml lacks is refused at once."""
     infra = make_ecs_infra()
-    targets = write_targets(tmp_path / "targets.yaml", ONE_TARGET, subnet=infra.subnet,
-                            security_group=infra.security_group)
-    run = act.run("backup.yml", {"identifier": "nosuchdb", "env": "beta"}, targets=targets, endpoint=aws.endpoint)
+    targets = write_targets(tmp_path / "targets.yaml", CURATION, subnet=infra.subnet, security_group=infra.security_group)
+    run = act.run("backup.yml", inputs, targets=targets, endpoint=aws.endpoint)
     assert run.job_results("backup") == ["failure"], run.explain()
-    assert "unknown target 'nosuchdb'" in run.log("backup"), run.explain()
+    assert message in run.log("backup"), run.explain()
+    assert "request refused, nothing was started" in run.summary("backup")
+    assert run.roles_assumed == []
     ecs = boto3.client("ecs", region_name="us-east-1")
     assert ecs.list_tasks(cluster=infra.cluster)["taskArns"] == []
 

@@ -43,7 +43,7 @@ def test_the_form_drills_only_the_target_asked_for(act: Act, tmp_path: Path) -> 
         ({"identifier": "app", "env": "production", "backup": "yesterday"},
          'input "backup" is not latest or a backup id (got "yesterday")'),
         ({"identifier": "app", "env": "beta;rm -rf /", "backup": "latest"},
-         "identifier and env must be names from targets.yaml"),
+         'input "env" is not a valid environment name (got "beta;rm -rf /")'),
     ],
     ids=["bad-backup-id", "shell-metacharacters"],
 )
@@ -52,6 +52,15 @@ def test_bad_input_starts_no_task(act: Act, tmp_path: Path, inputs: dict[str, st
     run = act.run("drill.yml", inputs, targets=targets, job="plan" if ";" in inputs["env"] else "drill")
     assert message in run.log(), run.explain()
     assert ROLES["DB_BACKUP_ROLE_ARN"] not in run.roles_assumed  # refused before the credentials step
+
+
+def test_the_form_refuses_an_environment_the_identifier_lacks_before_any_drill(act: Act, tmp_path: Path) -> None:
+    targets = write_targets(tmp_path / "targets.yaml", NIGHTLY)
+    run = act.run("drill.yml", {"identifier": "crm", "env": "production", "backup": "latest"}, targets=targets)
+    assert run.job_results("plan") == ["failure"], run.explain()
+    assert "crm has no environment production; it has: alpha" in run.log("plan"), run.explain()
+    assert run.job_results("drill") == []
+    assert ROLES["DB_BACKUP_ROLE_ARN"] not in run.roles_assumed
 
 
 def test_drill_runs_as_an_ecs_task_and_the_summary_tables_its_record(

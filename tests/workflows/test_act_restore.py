@@ -1,17 +1,21 @@
-"""restore.yml under act: the check job refuses bad requests before any AWS call; good requests
-restore through ECS with the role of the destination's environment."""
+"""restore.yml under act: the check job refuses bad requests before any AWS call, then looks the
+backup up with the read-only role before the job that waits for approval; good requests restore
+(or roll back) through ECS with the role of the destination's environment."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
 import pytest
+from psycopg import sql
 
+from runner.catalog import make_id
 from tests.conftest import AWS_ENV, MotoServer, PgCluster, fill_small, run_cli
-from tests.helpers.ecs import FakeFargate, make_ecs_infra
+from tests.helpers.ecs import BUCKET, FakeFargate, make_ecs_infra
 
-from .conftest import ROLES, Act, write_targets
+from .conftest import ROLES, Act, store_fake_backups, write_targets
 
 TARGETS = """  - {identifier: app, env: production, schedule: nightly}
   - {identifier: app, env: beta}
@@ -25,15 +29,20 @@ TARGETS = """  - {identifier: app, env: production, schedule: nightly}
         ({"identifier": "app", "from": "alpha", "to": "production", "backup": "latest"},
          "refusing to restore app/alpha into app/production: alpha is less important than production"),
         ({"identifier": "nosuchdb", "from": "production", "to": "beta", "backup": "latest"},
-         "unknown target 'nosuchdb'"),
+         "unknown identifier nosuchdb; targets.yaml has: app"),
         ({"identifier": "app", "from": "production", "to": "dev", "backup": "latest"},
-         "app has no target in environment 'dev'"),
+         "app has no environment dev; it has: production, beta, alpha"),
+        ({"identifier": "app", "from": "production", "to": "beta", "backup": "latest", "action": "drop"},
+         'input "action" must be restore or rollback'),
+        ({"identifier": "app", "action": "rollback", "to": "dev"},
+         "app has no environment dev; it has: production, beta, alpha"),
         ({"identifier": "app", "from": "production", "to": "beta;rm -rf /", "backup": "latest"},
          'input "to" is not a valid environment name (got "beta;rm -rf /")'),
         ({"identifier": "app", "from": "production", "to": "beta", "backup": "yesterday"},
          'input "backup" is not latest or a backup id (got "yesterday")'),
     ],
-    ids=["upward", "unknown-identifier", "unknown-environment", "shell-metacharacters", "bad-backup-id"],
+    ids=["upward", "unknown-identifier", "unknown-environment", "shell-metacharacters", "bad-backup-id", "unknown-action",
+         "rollback-unknown-environment"],
 )
 def test_check_job_refuses_before_any_aws_call(act: Act, tmp_path: Path, inputs: dict[str, str], message: str) -> None:
     targets = write_targets(tmp_path / "targets.yaml", TARGETS)
@@ -45,13 +54,60 @@ def test_check_job_refuses_before_any_aws_call(act: Act, tmp_path: Path, inputs:
     assert run.roles_assumed == []
 
 
-def test_check_job_accepts_a_downward_request(act: Act, tmp_path: Path) -> None:
+GOOD, DAMAGED = make_id(datetime(2026, 1, 1, 3, tzinfo=UTC)), make_id(datetime(2026, 1, 2, 3, tzinfo=UTC))
+
+
+def stored_backups() -> None:
+    """app/production: a good backup, and a newer one whose dump is missing (damaged)."""
+    assert store_fake_backups("app", "production", datetime(2026, 1, 2, 3, tzinfo=UTC)) == (GOOD, DAMAGED)
+
+
+@pytest.mark.parametrize(
+    ("backup", "message"),
+    [
+        ("2026-01-03_03-00-00", "no backup 2026-01-03_03-00-00 for app/production"),
+        (DAMAGED, f"backup {DAMAGED} of app/production in s3://{BUCKET} is damaged (manifest without dump"),
+    ],
+    ids=["unknown-id", "damaged-id"],
+)
+def test_an_unknown_or_damaged_backup_fails_the_check_before_approval(
+    act: Act, tmp_path: Path, aws: MotoServer, backup: str, message: str,
+) -> None:
+    stored_backups()
+    targets = write_targets(tmp_path / "targets.yaml", TARGETS)
+    run = act.run("restore.yml", {"identifier": "app", "from": "production", "to": "production", "backup": backup},
+                  targets=targets, endpoint=aws.endpoint)
+    assert run.job_results("check") == ["failure"], run.explain()
+    assert message in run.log("check"), run.explain()
+    assert "restore refused, nothing was started" in run.summary("check")
+    assert run.job_results("restore") == []  # the job that waits for approval never started
+    assert run.roles_assumed == [ROLES["DB_BACKUP_READ_ROLE_ARN"]]  # only the read-only one
+
+
+def test_latest_is_resolved_to_the_newest_good_backup_before_approval(act: Act, tmp_path: Path, aws: MotoServer) -> None:
+    stored_backups()
     targets = write_targets(tmp_path / "targets.yaml", TARGETS)
     run = act.run("restore.yml", {"identifier": "app", "from": "production", "to": "alpha", "backup": "latest"},
-                  targets=targets, job="check")
+                  targets=targets, endpoint=aws.endpoint, job="check")
     assert run.job_results("check") == ["success"], run.explain()
-    assert "restore request valid: app/production backup latest -> app/alpha" in run.log("check")
-    assert run.outputs("check", "check")["protected"] == "false"
+    log = run.log("check")
+    assert "restore request valid: app/production backup latest -> app/alpha" in log
+    assert f"skipping backup {DAMAGED} of app/production" in log, run.explain()  # passed over, and said so
+    assert f"backup {GOOD} of app/production (complete, " in log
+    outputs = run.outputs("check", "check")
+    assert outputs["protected"] == "false" and outputs["backup-id"] == GOOD
+    assert f"`{GOOD}` of app/production, requested as `latest`" in run.summary("check")
+    assert run.roles_assumed == [ROLES["DB_BACKUP_READ_ROLE_ARN"]]
+
+
+def test_no_read_role_configured_checks_targets_yaml_only_and_says_so(act: Act, tmp_path: Path) -> None:
+    targets = write_targets(tmp_path / "targets.yaml", TARGETS)
+    run = act.run("restore.yml", {"identifier": "app", "from": "production", "to": "alpha", "backup": "latest"},
+                  targets=targets, job="check", variables={"DB_BACKUP_READ_ROLE_ARN": ""})
+    assert run.job_results("check") == ["success"], run.explain()
+    assert "the backup was not looked up before approval" in run.log("check")
+    assert run.outputs("check", "check").get("backup-id", "") == ""
+    assert run.roles_assumed == []
 
 
 @pytest.mark.parametrize(
@@ -86,7 +142,9 @@ def test_restore_runs_as_an_ecs_task(
         run = act.run("restore.yml", inputs, targets=targets, endpoint=aws.endpoint, actor="alice")
     assert run.job_results("check") == ["success"], run.explain()
     assert run.job_results("restore") == ["success"], run.explain()
-    assert run.roles_assumed == [ROLES[role]]  # only the restore job assumed a role, the destination's
+    # The check job looked the backup up read-only; the restore job assumed the destination's role.
+    assert run.roles_assumed == [ROLES["DB_BACKUP_READ_ROLE_ARN"], ROLES[role]]
+    assert run.outputs("check", "check")["backup-id"] == backup_id
 
     assert len(fargate.tasks) == 1, fargate.tasks
     task = fargate.tasks[0]
@@ -107,3 +165,56 @@ def test_restore_runs_as_an_ecs_task(
         assert "approval through the production environment's required reviewers" in summary
     else:
         assert "beta is not protected" in summary
+
+
+@pytest.mark.parametrize(
+    ("to", "role", "confirmed"),
+    [("beta", "DB_RESTORE_ROLE_ARN", False), ("production", "DB_RESTORE_PRODUCTION_ROLE_ARN", True)],
+    ids=["beta", "protected-production"],
+)
+def test_rollback_runs_as_an_ecs_task_gated_like_a_restore(
+    act: Act, tmp_path: Path, aws: MotoServer, pg: PgCluster, dbname: str, to: str, role: str, confirmed: bool,
+) -> None:
+    """action=rollback: the same check and approval job as a restore into `to`; the task runs
+    `rollback`, with --confirm only for the protected environment; from and backup are ignored."""
+    infra = make_ecs_infra()
+    names = {"production": dbname, "beta": f"{dbname}__beta"}  # dropped with dbname by its fixture
+    target_db = names[to]
+    with pg.connect() as conn:
+        for name in {target_db, f"{target_db}__previous"} - {dbname}:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    fill_small(pg, target_db, "restored")
+    fill_small(pg, f"{target_db}__previous", "kept")
+    targets = write_targets(
+        tmp_path / "targets.yaml",
+        "".join(
+            f"  - identifier: app\n    env: {env}\n"
+            f"    database: {{host: {pg.host}, port: {pg.port}, name: {name}, user: {pg.user}, password: 'env:TEST_PG_PASSWORD'}}\n"
+            for env, name in names.items()
+        ),
+        subnet=infra.subnet, security_group=infra.security_group,
+    )
+    cli_env = {**AWS_ENV, "AWS_ENDPOINT_URL": aws.endpoint, "DB_BACKUP_TARGETS": str(targets),
+               "TEST_PG_PASSWORD": pg.password}
+    with FakeFargate(infra.cluster, cli_env) as fargate:
+        # from and backup hold what a restore would reject: a rollback ignores them.
+        inputs = {"identifier": "app", "action": "rollback", "to": to, "from": "beta", "backup": "not-an-id"}
+        run = act.run("restore.yml", inputs, targets=targets, endpoint=aws.endpoint, actor="alice")
+    assert run.job_results("check") == ["success"], run.explain()
+    assert "rollback request valid: app/" + to in run.log("check")
+    assert run.job_results("restore") == ["success"], run.explain()
+    # No backup to look up: the check assumed no role; the rollback the destination's restore role.
+    assert run.roles_assumed == [ROLES[role]]
+
+    assert len(fargate.tasks) == 1, fargate.tasks
+    task = fargate.tasks[0]
+    assert task.command[:3] == ["rollback", "app", to], task.command
+    assert (["--confirm", to] == task.command[3:5]) is confirmed, task.command
+    assert "--backup" not in task.command and "--from" not in task.command
+    assert task.returncode == 0, task.output
+    with pg.connect(target_db) as conn:
+        assert conn.execute("SELECT label FROM marker ORDER BY id LIMIT 1").fetchone() == ("kept1",)
+    with pg.connect(f"{target_db}__previous") as conn:
+        assert conn.execute("SELECT label FROM marker ORDER BY id LIMIT 1").fetchone() == ("restored1",)
+    summary = run.summary("restore")
+    assert f"### Roll back app/{to}" in summary and "Requested by: @alice" in summary

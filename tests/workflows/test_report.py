@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def test_a_store_that_cannot_be_read_makes_cells_unknown_not_a_failed_report(tmp
     markdown, ok = _render(REGISTRY, tmp_path)
     assert ok
     row = next(line for line in markdown.splitlines() if line.startswith("| app/production"))
-    assert row.count("| unknown |") == 2  # trend and last drill
+    assert [cell.strip() for cell in row.split("|")].count("unknown") == 3  # dump, trend and last drill
 
 
 def _local_registry(store: Path) -> Registry:
@@ -140,11 +141,26 @@ def test_date_totals_trend_and_last_drill(tmp_path: Path) -> None:
     markdown, ok = render(_local_registry(tmp_path / "store"), results, lambda t: store, NOW)
     assert ok, markdown
     assert "Run of 2025-01-09 03:17 UTC · 2 targets · 2.0 MiB written · 2m 30s of backup time" in markdown
-    assert "| Target | Result | Backup | Size | Trend | Duration | Last drill | Links |" in markdown
+    assert "| Target | Result | Backup | Size | Dump | Trend | Duration | Last drill | Links |" in markdown
     rows = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| app/")}
     assert "| +3% vs median of 7 |" in rows["app/production"]
     assert f"| ✅ passed 48h ago ({manifest.id}) |" in rows["app/production"]
     assert "| first backup |" in rows["app/beta"] and "| never |" in rows["app/beta"]
+    # The dump's own figures from its manifest, not the job's: these manifests know no original size and took 1 s.
+    assert "| 1.0 KiB/s, 1.0s |" in rows["app/production"] and "| 1m 00s |" in rows["app/production"]
+
+
+def test_the_dump_cell_shows_original_size_ratio_rate_and_the_dumps_duration(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    tonight = datetime(2025, 1, 9, 3, 17, tzinfo=UTC)
+    manifest = write_manifest(store, "app", "production", tonight, None, size=300 * 1024)
+    store.put_manifest(replace(manifest, uncompressed_bytes=1200 * 1024, duration_s=2.0))
+    results = tmp_path / "results"
+    _write(results, "app--production", identifier="app", env="production", result="success", backup_id=manifest.id,
+           size_bytes=300 * 1024, duration_s=95)
+    markdown, _ = render(_local_registry(tmp_path / "store"), results, lambda t: store, NOW)
+    row = next(line for line in markdown.splitlines() if line.startswith("| app/production"))
+    assert "| 1.2 MiB original (4.00:1), 600.0 KiB/s, 2.0s |" in row and "| 1m 35s |" in row, row
 
 
 def test_failed_drill_and_shrunk_backup_are_shown(tmp_path: Path) -> None:

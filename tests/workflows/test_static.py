@@ -26,7 +26,7 @@ def _load(path: Path) -> dict:  # type: ignore[type-arg]
 
 def test_the_expected_workflows_exist() -> None:
     assert {p.name for p in WORKFLOW_FILES} == {
-        "backup.yml", "restore.yml", "scheduled-backups.yml", "drill.yml", "ci.yml", "image.yml"}
+        "backup.yml", "backups.yml", "restore.yml", "scheduled-backups.yml", "drill.yml", "ci.yml", "image.yml"}
 
 
 def test_zizmor_finds_nothing() -> None:
@@ -97,6 +97,37 @@ def test_restore_job_runs_in_the_destination_environment() -> None:
     assert "vars.DB_RESTORE_PRODUCTION_ROLE_ARN" in action["role-to-assume"]
 
 
+def test_show_backups_assumes_only_the_read_only_role() -> None:
+    data = _load(WORKFLOWS / "backups.yml")
+    inputs = data[True]["workflow_dispatch"]["inputs"]
+    assert inputs["what"]["options"] == ["list", "history", "status"] and inputs["what"]["default"] == "list"
+    [job] = data["jobs"].values()
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    assert "environment" not in job  # the read-only role trusts only the default branch's subject
+    roles = [s["with"]["role-to-assume"] for s in job["steps"] if "role-to-assume" in s.get("with", {})]
+    assert roles == ["${{ vars.DB_BACKUP_READ_ROLE_ARN }}"]
+    assert not re.search(r"DB_(BACKUP|RESTORE)(_PRODUCTION)?_ROLE_ARN", yaml.safe_dump(job))
+
+
+def test_restore_check_job_looks_the_backup_up_with_the_read_only_role_before_approval() -> None:
+    data = _load(WORKFLOWS / "restore.yml")
+    inputs = data[True]["workflow_dispatch"]["inputs"]
+    assert inputs["action"]["options"] == ["restore", "rollback"] and inputs["action"]["default"] == "restore"
+    for name in ("from", "backup", "with_roles"):
+        assert "ignored for rollback" in inputs[name]["description"], name
+    check = data["jobs"]["check"]
+    assert "environment" not in check
+    action = next(s for s in check["steps"] if s.get("id") == "check")["with"]
+    assert action["role-to-assume"] == "${{ inputs.action != 'rollback' && vars.DB_BACKUP_READ_ROLE_ARN || '' }}"
+    assert check["outputs"]["backup-id"] == "${{ steps.check.outputs.backup-id }}"
+    # The restore job, the one that waits for approval, restores the id the check found.
+    restore = data["jobs"]["restore"]
+    with_ = next(s for s in restore["steps"] if s.get("id") == "restore")["with"]
+    assert "needs.check.outputs.backup-id" in with_["backup"]
+    assert with_["command"] == "${{ inputs.action == 'rollback' && 'rollback' || 'restore' }}"
+    assert with_["confirm"] == "${{ needs.check.outputs.protected == 'true' && inputs.to || '' }}"
+
+
 def test_scheduled_matrix_does_not_fail_fast_and_report_always_runs() -> None:
     data = _load(WORKFLOWS / "scheduled-backups.yml")
     assert data[True]["schedule"] == [{"cron": "17 3 * * *"}]  # PyYAML reads `on` as True
@@ -119,7 +150,8 @@ def test_drill_runs_weekly_for_every_nightly_target_or_the_one_asked_for() -> No
     assert action["command"] == "drill" and action["backup"] == "${{ inputs.backup || 'latest' }}"
     assert action["role-to-assume"] == "${{ vars.DB_BACKUP_ROLE_ARN }}"
     summary = data["jobs"]["summary"]
-    assert summary["if"] == "always()" and summary["needs"] == ["plan", "drill"]
+    assert summary["if"] == "always() && (github.event_name == 'schedule' || needs.plan.result == 'success')"
+    assert summary["needs"] == ["plan", "drill"]
     assert any("--drills" in s.get("run", "") for s in summary["steps"])
 
 

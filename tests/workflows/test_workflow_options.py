@@ -10,7 +10,7 @@ import yaml
 
 from runner.errors import BadInput
 from runner.targets import load_registry, parse_registry
-from runner.workflow_options import desired_options, rewrite, sync
+from runner.workflow_options import INPUTS, desired_options, rewrite, sync
 
 from .conftest import REPO, WORKFLOWS
 
@@ -108,10 +108,29 @@ def test_repository_workflows_follow_a_changed_targets_yaml(tmp_path: Path) -> N
     text = (REPO / "targets.yaml").read_text() + "  - {identifier: newdb, env: beta, schedule: nightly}\n"
     (tmp_path / "targets.yaml").write_text(text)
     changed = sync(load_registry(tmp_path / "targets.yaml"), tmp_path / "workflows", check=False)
-    assert changed == ["backup.yml", "drill.yml", "restore.yml"]
+    assert changed == ["backup.yml", "backups.yml", "drill.yml", "restore.yml"]
     for name in changed:
         inputs = yaml.safe_load((tmp_path / "workflows" / name).read_text())[True]["workflow_dispatch"]["inputs"]
         assert "newdb" in inputs["identifier"]["options"]
         for spec in inputs.values():  # a default must stay one of the options
             if spec.get("type") == "choice" and "default" in spec:
                 assert spec["default"] in spec["options"]
+
+    # Choices that are not targets (what to show, restore or rollback) are left as they are.
+    assert yaml.safe_load((tmp_path / "workflows" / "backups.yml").read_text())[True]["workflow_dispatch"][
+        "inputs"]["what"]["options"] == ["list", "history", "status"]
+    assert yaml.safe_load((tmp_path / "workflows" / "restore.yml").read_text())[True]["workflow_dispatch"][
+        "inputs"]["action"]["options"] == ["restore", "rollback"]
+
+
+def test_every_dropdown_of_identifiers_or_environments_is_generated() -> None:
+    """A choice input listing identifiers or environments under another name would drift from targets.yaml."""
+    registry = load_registry(REPO / "targets.yaml")
+    names = {t.identifier for t in registry.targets} | set(registry.environments)
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        on = yaml.safe_load(path.read_text())[True]
+        dispatch = on.get("workflow_dispatch") if isinstance(on, dict) else None
+        inputs = (dispatch or {}).get("inputs") or {}
+        for name, spec in inputs.items():
+            if spec.get("type") == "choice" and names & set(spec["options"]):
+                assert name in INPUTS, f"{path.name}: input {name} lists targets but `db-backup workflows` does not generate it"
