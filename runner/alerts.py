@@ -28,6 +28,7 @@ from .errors import DbBackupError
 from .report import SCHEDULE, Failing, Outcome
 from .settings import GithubEnv
 from .targets import AlertsConfig, Registry
+from .words import plural
 
 if TYPE_CHECKING:
     from .services import Services
@@ -84,23 +85,19 @@ def run_url(gh: GithubEnv) -> str | None:
     return url + (f"/attempts/{gh.run_attempt}" if gh.run_attempt and gh.run_attempt != "1" else "")
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def headline(outcome: Outcome) -> str:
     """`❌ Nightly backups: 1 of 8 targets failed, 1 stale` and the like."""
     nightly = outcome.report == "nightly"
     what = "Nightly backups" if nightly else "Restore drills"
     if outcome.ok:
         done = "succeeded" if nightly else "passed"
-        count = _plural(outcome.targets, "target")
+        count = plural(outcome.targets, "target")
         return f"✅ {what}: all {count} {done}" if outcome.targets else f"✅ {what}: no target"
     stale = sum(1 for f in outcome.failing if f.result == "stale")
     failed = len(outcome.failing) - stale
-    parts = [f"{failed} of {_plural(outcome.targets, 'target')} failed"] if failed else []
+    parts = [f"{failed} of {plural(outcome.targets, 'target')} failed"] if failed else []
     parts += [f"{stale} stale"] if stale else []
-    parts += [_plural(len(outcome.problems), "unreadable result file")] if outcome.problems else []
+    parts += [plural(len(outcome.problems), "unreadable result file")] if outcome.problems else []
     return f"❌ {what}: {', '.join(parts)}"
 
 

@@ -14,7 +14,7 @@ import typer
 from . import cli_checks, cli_help, cli_jobs, cli_restore, cli_retention, signals  # noqa: F401  (the command modules register their commands)
 from .cli_app import app
 from .errors import DbBackupError, ExitCode, TargetsInvalid, cancel_reason
-from .output import plural
+from .words import plural
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from .errors import JobFailed
 from .settings import GithubEnv
 from .status import failure as status_failure
 from .status import target_statuses
+from .words import plural
 
 if TYPE_CHECKING:
     from .targets import Registry
@@ -44,7 +45,7 @@ def verify(
             typer.echo(result.line())
     bad = [r.record.backup_id for r in results if not r.record.ok]
     if bad:
-        raise JobFailed(f"{len(bad)} of {output.plural(len(results), 'backup')} of {target.name} failed verification: {', '.join(bad)}")
+        raise JobFailed(f"{len(bad)} of {plural(len(results), 'backup')} of {target.name} failed verification: {', '.join(bad)}")
 
 
 # --- workflow commands ------------------------------------------------------------------------

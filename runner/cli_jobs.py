@@ -18,6 +18,7 @@ from .durations import parse_duration
 from .errors import BadInput, JobFailed
 from .history import RecordIndex
 from .settings import GithubEnv
+from .words import plural
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ def targets_cmd(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 def validate(ctx: typer.Context) -> None:
     """Check targets.yaml and print every problem with its place."""
     registry = state_of(ctx).registry()
-    typer.echo(f"{registry.path}: {output.plural(len(registry.targets), 'target')} in "
-               f"{output.plural(len(registry.environments), 'environment')}, valid")
+    typer.echo(f"{registry.path}: {plural(len(registry.targets), 'target')} in "
+               f"{plural(len(registry.environments), 'environment')}, valid")
 
 
 @app.command()

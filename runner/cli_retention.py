@@ -10,6 +10,7 @@ import typer
 from . import output
 from .cli_app import app, stored, who
 from .errors import BadInput, DbBackupError
+from .words import plural
 
 if TYPE_CHECKING:
     from .keeping import Kept, RetentionPlan
@@ -99,7 +100,7 @@ def retention(
     if as_json:
         output.echo_json(_plan_json(plan))
         return
-    days = ", ".join(f"{t} {output.plural(d, 'day')}" for t, d in plan.days.items()) or "nothing expires"
+    days = ", ".join(f"{t} {plural(d, 'day')}" for t, d in plan.days.items()) or "nothing expires"
     source = "bucket lifecycle rules" if store.expires_itself else "targets.yaml (applied by prune)"
     typer.echo(f"{target.name}: policy {target.retention.describe()}; kept per {source}: {days}")
     for warning in plan.warnings:
@@ -129,4 +130,4 @@ def prune(
     verb = "would delete" if dry_run else "deleted"
     for row in doomed:
         typer.echo(f"{verb} {row.entry.id} ({row.tier}, expired {row.expires:%Y-%m-%d})" if row.expires else f"{verb} {row.entry.id}")
-    typer.echo(f"{target.name}: {verb} {len(doomed)} of {output.plural(len(plan.rows), 'backup')}; {len(plan.rows) - len(doomed)} kept")
+    typer.echo(f"{target.name}: {verb} {len(doomed)} of {plural(len(plan.rows), 'backup')}; {len(plan.rows) - len(doomed)} kept")

@@ -36,6 +36,7 @@ from .signals import deferred_signals
 from .stored_dump import check_reader
 from .targets import Target
 from .tiering import after_failed_check
+from .words import plural
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def _drill(plan: DrillPlan, entry: BackupEntry, contents: Contents, server: _Ser
         restored = run_restore(RestorePlan(plan.source, entry.id, None, server.conn, _with_roles(entry, server)), services)
     except JobFailed as exc:
         elapsed = round(services.clock.monotonic() - started, 3)
-        need = f"the server lacks the extension(s) {', '.join(missing_ext)}; " if missing_ext else ""
+        need = f"the server lacks the extension{'s' if len(missing_ext) != 1 else ''} {', '.join(missing_ext)}; " if missing_ext else ""
         return _with(base, problem=f"{need}the restore failed: {exc}", restore_duration_s=elapsed)
     finally:
         _mark_database(server)  # the name is this run's own, so whatever the restore left under it is too
@@ -203,10 +204,11 @@ def _drill(plan: DrillPlan, entry: BackupEntry, contents: Contents, server: _Ser
                    database_bytes=int(str(size_row[0])) if size_row else None)
     problems = []
     if missing_ext:
-        problems.append(f"the server lacks the extension(s) {', '.join(missing_ext)}")
+        problems.append(f"the server lacks the extension{'s' if len(missing_ext) != 1 else ''} {', '.join(missing_ext)}")
     if absent := [t for t in contents.tables if t not in present]:
-        problems.append(f"{len(absent)} table(s) of the archive are missing after the restore: {', '.join(absent[:5])}")
-    wrong = [f"{t} has {counts[t]} rows, the dump held {n}" for t, n in expected.items()
+        verb = "is" if len(absent) == 1 else "are"
+        problems.append(f"{plural(len(absent), 'table')} of the archive {verb} missing after the restore: {', '.join(absent[:5])}")
+    wrong = [f"{t} has {plural(counts[t], 'row')}, the dump held {n}" for t, n in expected.items()
              if t in counts and _differs(t, counts[t], n, contents)]
     if wrong:
         problems.append(f"row counts differ: {'; '.join(wrong[:5])}")
@@ -243,5 +245,5 @@ def summary_line(source: Target, outcome: DrillOutcome) -> str:
     rows = sum(r.restored_tables.values())
     if r.ok:
         return (f"drill of {source.name} {r.backup_id} passed: restored in {r.restore_duration_s:.1f}s into a {r.server}, "
-                f"{len(r.restored_tables)} tables, {rows} rows as dumped; recorded in {outcome.record_uri}")
+                f"{plural(len(r.restored_tables), 'table')}, {plural(rows, 'row')} as dumped; recorded in {outcome.record_uri}")
     return f"drill of {source.name} {r.backup_id} FAILED: {r.problem}; recorded in {outcome.record_uri}"

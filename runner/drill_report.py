@@ -21,6 +21,7 @@ from .records import DrillRecord, read_record
 from .report import NO_RESULT, Failing, Outcome, Rendered, Row, links_cell, md_cell, read_results
 from .report_facts import DRILL_LOOKBACK, UNKNOWN
 from .targets import Registry, Target
+from .words import plural
 
 if TYPE_CHECKING:
     from .stores import BackupStore
@@ -58,7 +59,7 @@ def _rows_count(record: DrillRecord) -> str:
     counts = record.restored_tables or record.tables
     if not counts:
         return "-"
-    return f"{sum(counts.values()):,} in {len(counts)} table{'s' if len(counts) != 1 else ''}"
+    return f"{sum(counts.values()):,} in {plural(len(counts), 'table')}"
 
 
 def expected_targets(registry: Registry, named: Sequence[str], schedule: str) -> list[tuple[str, str]]:

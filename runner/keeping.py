@@ -12,6 +12,7 @@ from .history import RecordIndex
 from .records import DrillRecord, PinRecord, VerifyRecord, check_failed
 from .retention import CALENDAR_TIERS, TIER_TAG, RetentionPolicy, Tier, decide_tier, expires_after
 from .tiering import object_keys, retag, tag_key, tag_tier, tier_tags
+from .words import plural
 
 if TYPE_CHECKING:
     from .stores import BackupStore
@@ -85,7 +86,7 @@ def rule_warnings(rules: dict[Tier, int], policy: RetentionPolicy, where: str) -
             found.append(f"{where} has no lifecycle rule for {tier} backups, so they never expire; "
                          "deploy infra/db-backup.yaml's tier rules (docs/setup.md)")
         else:
-            found.append(f"{where} expires {tier} backups after {have} days but targets.yaml's {tier}: "
+            found.append(f"{where} expires {tier} backups after {plural(have, 'day')} but targets.yaml's {tier}: "
                          f"{policy.count(tier)} means {want}; change the stack's {tier.title()}RetentionDays or targets.yaml")
     return found
 
@@ -121,7 +122,8 @@ def plan_retention(store: BackupStore, target: Target, now: datetime) -> Retenti
     rows = [_judge(e, tiers.get(e.id), pins.get(e.id), days, now, e.id == newest_good, lifecycle is not None) for e in entries]
     untagged = [r.entry.id for r in rows if r.tier is None and r.entry.manifest is not None]
     if untagged:
-        warnings.append(f"{len(untagged)} backup(s) have no tier tag (written before tiers existed) and never expire; "
+        verb = "has" if len(untagged) == 1 else "have"
+        warnings.append(f"{plural(len(untagged), 'backup')} {verb} no tier tag (written before tiers existed) and never expire; "
                         f"run `db-backup retention {target.identifier} {target.env} --retag`")
     return RetentionPlan(target, tuple(rows), days, tuple(warnings))
 

@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
+from .words import plural
+
 
 @with_config(ConfigDict(extra="ignore"))  # a manifest written by a newer db-backup still reads
 @dataclass(frozen=True)
@@ -65,4 +67,4 @@ def parse_manifest(text: str) -> Manifest | str:
         if any(error["type"] == "json_invalid" for error in errors):
             return "manifest is not valid JSON"
         fields = sorted({".".join(str(part) for part in error["loc"]) or "the whole document" for error in errors})
-        return f"manifest does not follow the manifest schema ({exc.error_count()} problems: {', '.join(fields)})"
+        return f"manifest does not follow the manifest schema ({plural(exc.error_count(), 'problem')}: {', '.join(fields)})"

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from .words import plural
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -18,11 +20,6 @@ if TYPE_CHECKING:
     from .restore import RestoreResult
     from .status import Proof, TargetStatus
     from .targets import Target
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """The count and its noun in the right number: "1 target", "2 targets", "0 targets"."""
-    return f"{count} {word if count == 1 else many or word + 's'}"
 
 
 def human_size(size: int) -> str:

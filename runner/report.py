@@ -26,6 +26,7 @@ from .github import task_url
 from .output import human_duration, human_size
 from .report_facts import UNKNOWN, TargetFacts, target_facts
 from .targets import Registry, Target
+from .words import plural
 
 if TYPE_CHECKING:
     from .stores import BackupStore
@@ -194,7 +195,7 @@ def _started(rows: list[Row], now: datetime) -> datetime:
 def _totals(rows: list[Row], now: datetime) -> str:
     size = sum(r.size_bytes or 0 for r in rows if r.ok)
     duration = sum(r.duration_s or 0 for r in rows)
-    return (f"Run of {_started(rows, now):%Y-%m-%d %H:%M} UTC · {len(rows)} target{'s' if len(rows) != 1 else ''} · "
+    return (f"Run of {_started(rows, now):%Y-%m-%d %H:%M} UTC · {plural(len(rows), 'target')} · "
             f"{human_size(size)} written · {human_duration(duration)} of backup time")
 
 

@@ -16,6 +16,7 @@ from .restore import RestorePlan
 from .restore_mode import choose_mode
 from .services import Services
 from .stored_dump import read_globals
+from .words import plural
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,6 @@ def _read_server(
     )
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def preview_text(p: RestorePreview) -> str:
     """The lines `restore --dry-run` prints."""
     size = human_size(p.size_bytes) + (f", {human_size(p.uncompressed_bytes)} uncompressed" if p.uncompressed_bytes else "")
@@ -139,7 +136,7 @@ def preview_text(p: RestorePreview) -> str:
             lines.append(f"roles:    {p.roles_note}")
         elif view is not None and view.roles_to_create is not None:
             made = view.roles_to_create
-            lines.append(f"roles:    would create {_plural(len(made), 'role')}: {', '.join(made)}" if made
+            lines.append(f"roles:    would create {plural(len(made), 'role')}: {', '.join(made)}" if made
                          else "roles:    every role the backup needs exists; none would be created")
     lines.append(f"mode:     {p.mode}" if p.mode else "mode:     chosen by the ECS task (stream or parallel, from its cores and disk)")
     lines.append("runs:     here" if p.executor == "local"
@@ -153,7 +150,7 @@ def _server_lines(p: RestorePreview, view: ServerView) -> list[str]:
     lines = [f"database: {p.database} exists; its data would be replaced"]
     if view.sessions:
         who = ", ".join(f"pid {s.pid} {s.application} ({s.user})" for s in view.sessions)
-        lines.append(f"sessions: {_plural(len(view.sessions), 'session')} would be ended now: {who}")
+        lines.append(f"sessions: {plural(len(view.sessions), 'session')} would be ended now: {who}")
     else:
         lines.append("sessions: none connected now")
     dropped = f"; the existing {p.previous} would be dropped first" if view.previous_exists else ""

@@ -14,6 +14,7 @@ from .pg.swap import SwapState, swap_back
 from .restore import checkpoints
 from .services import Services
 from .targets import Registry, Target
+from .words import plural
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def sessions_phrase(count: int) -> str:
     """`1 session ended`, `no session ended`."""
     if count == 0:
         return "no session ended"
-    return f"{count} session{'s' if count != 1 else ''} ended"
+    return f"{plural(count, 'session')} ended"
 
 
 def rollback_line(result: RollbackResult) -> str:

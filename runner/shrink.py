@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .output import human_size
 from .records import AckRecord, put_record
+from .words import plural
 
 if TYPE_CHECKING:
     from .catalog import BackupEntry
@@ -123,7 +124,7 @@ def describe(verdict: ShrinkVerdict, target_name: str) -> str:
     identifier, env = target_name.split("/", 1)
     median = verdict.median or 0.0
     return (f"{target_name}: backup {verdict.backup_id} shrank to {human_size(verdict.size)} ({verdict.measure}), "
-            f"{_share(verdict.size, median)} of the median {human_size(round(median))} of the {verdict.previous} good backups "
+            f"{_share(verdict.size, median)} of the median {human_size(round(median))} of the {plural(verdict.previous, 'good backup')} "
             f"before it (alarm below {verdict.policy.threshold:.0%}); if this is expected, run "
             f"`db-backup ack {identifier} {env} {verdict.backup_id}`")
 

@@ -14,6 +14,7 @@ from .records import AckRecord, DrillRecord, VerifyRecord
 from .services import Services
 from .shrink import ShrinkVerdict, describe, good, judge
 from .targets import Registry, Target
+from .words import plural
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ def failure(statuses: list[TargetStatus], max_age: str) -> JobFailed | None:
     """The error `status` exits with: stale targets first (as it always said), then every other problem."""
     stale = [s.target.name for s in statuses if s.stale]
     others = [p for s in statuses for p in s.problems if not (s.stale and p == s.problems[0])]
-    parts = [f"{len(stale)} target(s) have no backup newer than {max_age}: {', '.join(stale)}"] if stale else []
+    verb = "has" if len(stale) == 1 else "have"
+    parts = [f"{plural(len(stale), 'target')} {verb} no backup newer than {max_age}: {', '.join(stale)}"] if stale else []
     parts += others
     if not parts:
         return None

@@ -32,6 +32,7 @@ from .stored_dump import Hashed, check_reader, open_dump, read_globals
 from .stores import BackupStore
 from .targets import Target
 from .tiering import after_failed_check
+from .words import plural
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class Verified:
         head = f"backup {r.backup_id} of {self.target}"
         if not r.ok:
             return f"{head}: BAD: {r.problem}; {self.fix}"
-        read = f"{r.toc_entries} TOC entries, {r.tables_with_data} tables with data, read to its end"
+        entries, tables = plural(r.toc_entries or 0, "TOC entry", "TOC entries"), plural(r.tables_with_data or 0, "table")
+        read = f"{entries}, {tables} with data, read to its end"
         size = f"{human_size(r.size_bytes or 0)} in {r.duration_s:.1f}s"
         if self.legacy:
             return (f"{head}: read through ({read}; {size}), but it is a legacy dump without a manifest, "

@@ -22,6 +22,7 @@ from ..services import Services, new_request_id
 from ..settings import GithubEnv
 from ..signals import deferred_signals
 from ..targets import EcsConfig
+from ..words import plural
 from . import taskdef
 from .logs import LogTail, stream_name
 from .request import RemoteJob, task_request
@@ -221,7 +222,7 @@ def _confirm_drill(setup: _Setup, report: Report, backup: str, arn: str) -> Repo
         raise JobFailed(f"the drill of {target.name} {entry.id} failed: {record.problem}")
     rows = sum(record.restored_tables.values())
     return replace(report, message=(f"restored in {human_duration(record.restore_duration_s)} into a {record.server}: "
-                                    f"{len(record.restored_tables)} tables, {rows} rows as dumped"))
+                                    f"{plural(len(record.restored_tables), 'table')}, {plural(rows, 'row')} as dumped"))
 
 
 _RECENT = 20  # backups `latest` can have meant: the newest good one, past any damaged newer ones

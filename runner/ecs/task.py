@@ -18,6 +18,7 @@ from ..aws import CREDENTIAL_ERRORS, error_code, infra_error
 from ..clock import Clock
 from ..errors import DbBackupError, InfraError, JobFailed, TimedOut
 from ..targets import EcsConfig
+from ..words import plural
 from .request import TaskRequest, run_task_params
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ def start(
                         attempt, policy.start_attempts, reason, delay)
             clock.sleep(delay)
     raise InfraError(
-        f"the ECS task could not start in cluster {config.cluster} after {policy.start_attempts} attempts: "
+        f"the ECS task could not start in cluster {config.cluster} after {plural(policy.start_attempts, 'attempt')}: "
         f"{reason}; check Fargate capacity, the subnets and the task definition {request.task_definition}"
     )
 
@@ -191,7 +192,7 @@ def follow(
             if task is None:
                 errors += weight
                 if errors >= policy.describe_errors:
-                    raise InfraError(f"watching ECS task {arn} failed {errors} times in a row: {problem}; "
+                    raise InfraError(f"watching ECS task {arn} failed {plural(errors, 'time')} in a row: {problem}; "
                                      "check the runner's ecs:DescribeTasks permission")
                 log.warning("could not read the state of task %s (%s); looking again later", task_id(arn), problem)
             else:

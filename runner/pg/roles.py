@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import JobFailed, RestoreRefused
+from ..words import plural
 from .session import AdminConnection, pg_message
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def missing_roles(admin: AdminConnection, doc: GlobalsDoc, wanted: Iterable[str]
     if not (row and row[1]):
         user = str(row[0]) if row else "this user"
         raise RestoreRefused(
-            f"{user} may not create roles on {where}, and --with-roles would create {len(missing)} missing role(s) "
+            f"{user} may not create roles on {where}, and --with-roles would create {plural(len(missing), 'missing role')} "
             f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); grant it (ALTER ROLE {user} CREATEROLE), "
             "create those roles by hand, or restore without --with-roles"
         )
@@ -273,7 +274,7 @@ def create_roles(admin: AdminConnection, doc: GlobalsDoc, missing: list[str], wh
             if membership.member in mine:
                 _grant(admin, membership, new_server, mine)
     if created:
-        log.info("--with-roles: created %d role(s) on %s: %s", len(created), where, ", ".join(created))
+        log.info("--with-roles: created %s on %s: %s", plural(len(created), "role"), where, ", ".join(created))
     return created
 
 

@@ -12,6 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..aws import error_code, infra_error
 from ..errors import NoBackup
 from ..retention import TIER_TAG, TIER_VALUES, Tier
+from ..words import plural
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -80,7 +81,7 @@ def judge_rules(rules: list[dict[str, Any]], folder: str) -> Lifecycle:
         tags = [rule_filter["Tag"]] if "Tag" in rule_filter else list(both.get("Tags", []))
         tier_tags = [t for t in tags if t.get("Key") == TIER_TAG]
         sized = any(k in rule_filter or k in both for k in ("ObjectSizeGreaterThan", "ObjectSizeLessThan"))
-        when = f"after {days} days" if days is not None else f"on {date}"
+        when = f"after {plural(days, 'day')}" if days is not None else f"on {date}"
         if not tags:
             problems.append(f"{name} expires every object under {rule_prefix or 'the bucket'} {when}, whatever its tier or pin")
         elif len(tags) != 1 or not tier_tags:

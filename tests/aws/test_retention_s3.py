@@ -119,7 +119,7 @@ def test_retag_tags_backups_written_before_tiers(aws: MotoServer, env: dict[str,
         manifest = sample_manifest(key, identifier="app", env="production", created_at=when, size=10)
         s3.put_object(Bucket=BUCKET, Key=key + ".json", Body=manifest.to_json().encode())
     before = run_cli("retention", "app", "production", env=env)
-    assert "2 backup(s) have no tier tag" in before.stdout
+    assert "2 backups have no tier tag" in before.stdout
     retagged = run_cli("retention", "app", "production", "--retag", env=env)
     assert retagged.returncode == 0, retagged.stderr
     assert "tagged backup 2026-03-01_02-00-00 as monthly" in retagged.stdout

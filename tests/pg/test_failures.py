@@ -188,7 +188,7 @@ def test_status_turns_a_gap_red(pg: PgCluster, setup: tuple[dict[str, str], str,
     env, _, _ = setup
     result = run_cli("status", env=env)
     assert result.returncode == 1
-    assert "3 target(s) have no backup newer than 26h" in result.stderr
+    assert "3 targets have no backup newer than 26h" in result.stderr
     for environment in ("production", "beta"):
         assert run_cli("backup", "app", environment, env=env).returncode == 0
     old = tmp_path / "backups" / "app" / "alpha" / "2020-01-01_00-00-00.dump"
@@ -197,7 +197,7 @@ def test_status_turns_a_gap_red(pg: PgCluster, setup: tuple[dict[str, str], str,
     result = run_cli("status", "--json", env=env)
     assert result.returncode == 1
     assert [(r["env"], r["stale"]) for r in json.loads(result.stdout)] == [("production", False), ("beta", False), ("alpha", True)]
-    assert "1 target(s) have no backup newer than 26h: app/alpha" in result.stderr
+    assert "1 target has no backup newer than 26h: app/alpha" in result.stderr
     assert run_cli("backup", "app", "alpha", env=env).returncode == 0
     result = run_cli("status", env=env)
     assert result.returncode == 0, result.stderr

@@ -11,8 +11,8 @@ import pytest
 
 from runner.catalog import list_page, make_id
 from runner.manifest import Manifest
-from runner.output import plural
 from runner.stores.local import LocalStore
+from runner.words import plural
 from tests.conftest import run_cli
 from tests.helpers.backups import sample_manifest, write_manifest
 from tests.helpers.cli import run_main

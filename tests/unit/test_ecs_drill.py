@@ -94,7 +94,7 @@ def test_latest_is_pinned_and_the_report_says_what_the_drill_recorded(tmp_path: 
     assert call["overrides"]["containerOverrides"][0]["command"] == [
         "drill", "curation", "production", "--backup", manifest.id, "--executor", "local"]
     assert report.result == SUCCESS and report.action == "drill" and report.backup_id == manifest.id
-    assert report.message is not None and "1 tables, 3 rows" in report.message and "PostgreSQL 17.2" in report.message
+    assert report.message is not None and "1 table, 3 rows" in report.message and "PostgreSQL 17.2" in report.message
 
 
 def test_a_task_that_exits_0_without_a_record_is_a_failure(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_when_latest_could_not_be_pinned_the_record_written_since_counts(tmp_pat
 
     (call,) = fake.run_calls
     assert "latest" in call["overrides"]["containerOverrides"][0]["command"]
-    assert report.result == SUCCESS and report.message is not None and "1 tables, 3 rows" in report.message
+    assert report.result == SUCCESS and report.message is not None and "1 table, 3 rows" in report.message
 
 
 def test_when_latest_could_not_be_pinned_an_older_record_is_not_this_drills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from runner.output import human_duration, human_size, plural, shown_line
+from runner.output import human_duration, human_size, shown_line
+from runner.words import plural
 
 
 def test_sizes_use_binary_units_with_binary_labels() -> None:
