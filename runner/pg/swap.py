@@ -204,7 +204,9 @@ def _swap_names(
                             f"({_blockers(admin, renames.ended_on)}{why}); "
                             f"the target is unchanged and {renames.not_applied}"
                         ) from exc
-                    log.info("waiting for sessions on %s to end: %s", renames.waits_on, _blockers(admin, renames.ended_on))
+                    waited = wait_s - (deadline - time.monotonic())
+                    log.info("waiting for sessions on %s to end (%.0fs of at most %.0fs): %s",
+                             renames.waits_on, waited, wait_s, _blockers(admin, renames.ended_on))
                 except psycopg.OperationalError as exc:
                     if _committed(admin_conn, target, arriving):
                         state.committed = state.kept_previous = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -169,6 +170,7 @@ def test_a_session_that_cannot_end_fails_the_restore_and_changes_nothing(scene: 
     assert done.returncode == 1
     assert "did not end within 6s" in done.stderr and f"pid {frozen_session}" in done.stderr
     assert "the target is unchanged" in done.stderr
+    assert re.search(r"waiting for sessions on \S+ to end \(\d+s of at most 6s\)", done.stderr), done.stderr  # the wait shows
     assert time.monotonic() - began < 60
     scene.after_kill(expected=scene.old)
     os.kill(frozen_session, signal.SIGCONT)
