@@ -13,16 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 import typer
 from typer.core import TyperGroup
 
-from . import github
-from .aws import AwsClients
-from .clock import SystemClock
 from .errors import BadInput, Cancelled, cancel_reason
-from .services import Services
-from .settings import GithubEnv, Settings, load_settings
-from .targets import Registry, Target, load_registry, parse_registry
 
+# The rest is imported where a command needs it: `--help` and a small job should not wait for
+# pydantic, psycopg or boto3 to load when they do not use them.
 if TYPE_CHECKING:
+    from .services import Services
+    from .settings import Settings
     from .stores import BackupStore
+    from .targets import Registry, Target
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +60,28 @@ class State:
     targets: Path
     verbose: bool
     settings: Settings
+    targets_origin: str = ""  # where `targets` came from, for the missing-file message
 
     _registry: Registry | None = field(default=None, repr=False)
 
     def registry(self) -> Registry:
         """targets.yaml, read and validated once per command (an ECS run needs it twice)."""
         if self._registry is None:
+            from .targets import load_registry, parse_registry
+
             if self.settings.targets_json:
                 self._registry = parse_registry(self.settings.targets_json, "the targets sent by the runner (DB_BACKUP_TARGETS_JSON)")
             else:
-                self._registry = load_registry(self.targets)
+                self._registry = load_registry(self.targets, self.targets_origin)
         return self._registry
 
     def services(self) -> Services:
+        from . import github
+        from .aws import AwsClients
+        from .clock import SystemClock
+        from .services import Services
+        from .settings import GithubEnv
+
         gh = GithubEnv()
         return Services(
             settings=self.settings, clock=SystemClock(), aws=AwsClients(),
@@ -104,6 +112,8 @@ def stored(ctx: typer.Context, identifier: str, env: str) -> Stored:
 def who() -> str:
     """Who runs this command, as records name them: the GitHub actor, else the local user."""
     import getpass
+
+    from .settings import GithubEnv
 
     return GithubEnv().actor or getpass.getuser()
 
@@ -147,8 +157,22 @@ def main_callback(
     logging.Formatter.converter = time.gmtime
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .settings import load_settings
+
     settings = load_settings()
-    ctx.obj = State(targets=targets or settings.targets, verbose=verbose, settings=settings)
+    ctx.obj = State(targets=targets or settings.targets, verbose=verbose, settings=settings,
+                    targets_origin=_targets_origin(ctx, targets or settings.targets))
+
+
+def _targets_origin(ctx: typer.Context, path: Path) -> str:
+    """Where the targets path came from: --targets wins over DB_BACKUP_TARGETS, which wins over the default."""
+    # By name: typer brings its own copy of click, whose ParameterSource is not click's.
+    source = getattr(ctx.get_parameter_source("targets"), "name", "")
+    if source == "COMMANDLINE":
+        return f"from --targets {path}"
+    if source == "ENVIRONMENT":
+        return f"from DB_BACKUP_TARGETS={path}"
+    return "the default path, targets.yaml in the current folder"
 
 
 

@@ -292,7 +292,7 @@ def parse_registry(text: str, path: str = "targets.yaml", base_dir: Path | None 
     return _build(model, path, base_dir or Path.cwd(), raw)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, origin: str = "") -> str:
     """The file's text, checked before it is parsed: a file, not too large, readable, UTF-8."""
     point = "point --targets (or DB_BACKUP_TARGETS) at"
     try:
@@ -308,8 +308,9 @@ def _read_text(path: Path) -> str:
         raise BadInput(f"targets file {path} cannot be read (permission denied); "
                        f"make it readable by this user, e.g. chmod a+r {path}") from None
     except FileNotFoundError:
-        raise BadInput(f"targets.yaml not found at {path}; create it (see targets.example.yaml / docs/targets.md) "
-                       "or pass --targets PATH / DB_BACKUP_TARGETS") from None
+        came_from = f" ({origin})" if origin else ""
+        raise BadInput(f"targets.yaml not found at {path.resolve()}{came_from}; create it (see targets.example.yaml / "
+                       "docs/targets.md) or pass --targets PATH / DB_BACKUP_TARGETS") from None
     except OSError as exc:
         raise BadInput(f"targets file {path} cannot be read ({exc.strerror or exc}); {point} a readable targets.yaml") from None
     if len(data) > MAX_TARGETS_BYTES:
@@ -321,6 +322,9 @@ def _read_text(path: Path) -> str:
         raise BadInput(f"targets file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8") from None
 
 
-def load_registry(path: Path) -> Registry:
-    """Read and validate targets.yaml; BadInput or TargetsInvalid (exit 2) for any problem."""
-    return parse_registry(_read_text(path), str(path), path.resolve().parent)
+def load_registry(path: Path, origin: str = "") -> Registry:
+    """Read and validate targets.yaml; BadInput or TargetsInvalid (exit 2) for any problem.
+
+    `origin`, where the path came from (`from --targets x.yaml`), is named when the file is missing.
+    """
+    return parse_registry(_read_text(path, origin), str(path), path.resolve().parent)

@@ -105,28 +105,32 @@ class ShrinkAlarmModel(_Strict):
 
 
 class RetentionModel(_Strict):
-    """How many backups of each calendar tier to keep (runner.retention); 0 turns a tier off."""
+    """How many backups of each calendar tier to keep (runner.retention); `0` turns weekly, monthly or yearly off, never daily."""
 
     daily: int = Field(
         default=DEFAULT_RETENTION.daily, ge=1, le=3650,
-        description="Keep every backup of the last N days. In S3 the stack's `DailyRetentionDays` must be N x 1.",
+        description="Keep every backup of the last N days; at least 1, since the daily tier cannot be turned off. "
+                    "In S3 the stack's `DailyRetentionDays` must be N x 1.",
         examples=[7],
     )
     weekly: int = Field(
         default=DEFAULT_RETENTION.weekly, ge=0, le=520,
-        description="Keep the first good backup of each of the last N ISO weeks; `0` turns the tier off. "
+        description="Keep the first good backup of each of the last N ISO weeks; `0`: no backup becomes weekly "
+                    "(those that would are daily ones). "
                     "In S3 the stack's `WeeklyRetentionDays` must be N x 7.",
         examples=[5],
     )
     monthly: int = Field(
         default=DEFAULT_RETENTION.monthly, ge=0, le=1200,
-        description="Keep the first good backup of each of the last N months; `0` turns the tier off. "
+        description="Keep the first good backup of each of the last N months; `0`: no backup becomes monthly "
+                    "(those that would are weekly or daily ones, by the rules of those tiers). "
                     "In S3 the stack's `MonthlyRetentionDays` must be N x 31.",
         examples=[12],
     )
     yearly: int = Field(
         default=DEFAULT_RETENTION.yearly, ge=0, le=100,
-        description="Keep the first good backup of each of the last N years; `0` turns the tier off. "
+        description="Keep the first good backup of each of the last N years; `0`: no backup becomes yearly "
+                    "(those that would are monthly, weekly or daily ones, by the rules of those tiers). "
                     "In S3 the stack's `YearlyRetentionDays` must be N x 366.",
         examples=[3],
     )
@@ -137,7 +141,7 @@ class TargetRetentionModel(_Strict):
 
     daily: int | None = Field(
         default=None, ge=1, le=3650,
-        description="Replaces `defaults.retention.daily` for this target. S3 expires by the bucket's rules, "
+        description="Replaces `defaults.retention.daily` for this target (at least 1). S3 expires by the bucket's rules, "
                     "so a count other than the stack's only warns (`db-backup retention`).",
         examples=[14],
     )
@@ -197,7 +201,7 @@ class AlertsModel(_Strict):
 
 
 class EcsModel(_Strict):
-    """How `--executor ecs` starts a Fargate task; the stack's `TargetsDefaults` output is a complete block."""
+    """How `--executor ecs` starts a Fargate task; the stack's `TargetsDefaults` output (a whole `defaults:` block) holds it."""
 
     cluster: str = Field(description="The ECS cluster (the stack's `EcsCluster` output).", examples=["db-backup"])
     task_definition: str = Field(

@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadInput
+from .errors import BadInput, JobFailed
 from .targets import Registry
+from .words import plural
 
 INPUTS = ("identifier", "env", "from", "to")
 _KEY = re.compile(r"^(?P<indent> *)(?P<quote>[\"']?)(?P<key>[A-Za-z0-9_-]+)(?P=quote)\s*:(?P<rest>.*?)\s*$")
@@ -133,17 +134,16 @@ def _options_edit(lines: list[str], key_line: int, name: str, wanted: list[str],
     return _Edit(options_line + 1, stop, [f"{pad}- {value}\n" for value in wanted])
 
 
-def rewrite(text: str, wanted: dict[str, list[str]], where: str = "workflow") -> str:
-    """The workflow text with the options of its dispatch inputs replaced; unchanged otherwise."""
-    lines = text.splitlines(keepends=True)
+def _edits(lines: list[str], wanted: dict[str, list[str]], where: str) -> list[_Edit]:
+    """One edit per target dropdown (a choice input named in `wanted`) of the dispatch inputs, changed or not."""
     dispatch = next((i for i, line in enumerate(lines)
                      if (m := _KEY.match(line.rstrip("\n"))) and m.group("key") == "workflow_dispatch"), None)
     if dispatch is None:
-        return text
+        return []
     dispatch_end = _block_end(lines, dispatch, _indent(lines[dispatch]))
     inputs_line = _children(lines, dispatch + 1, dispatch_end).get("inputs")
     if inputs_line is None:
-        return text
+        return []
     inputs_end = _block_end(lines, inputs_line, _indent(lines[inputs_line]))
     edits = []
     for name, key_line in _children(lines, inputs_line + 1, inputs_end).items():
@@ -151,22 +151,40 @@ def rewrite(text: str, wanted: dict[str, list[str]], where: str = "workflow") ->
             edit = _options_edit(lines, key_line, name, wanted[name], where)
             if edit is not None:
                 edits.append(edit)
-    for edit in sorted(edits, key=lambda e: e.start, reverse=True):
+    return edits
+
+
+def rewrite(text: str, wanted: dict[str, list[str]], where: str = "workflow") -> str:
+    """The workflow text with the options of its dispatch inputs replaced; unchanged otherwise."""
+    lines = text.splitlines(keepends=True)
+    for edit in sorted(_edits(lines, wanted, where), key=lambda e: e.start, reverse=True):
         lines[edit.start:edit.end] = edit.new
     return "".join(lines)
 
 
 def sync(registry: Registry, directory: Path, check: bool) -> list[str]:
-    """Rewrite (or with check=True only compare) the dropdowns; the names of files that differ."""
+    """Rewrite (or with check=True only compare) the dropdowns; the names of files that differ.
+
+    JobFailed, like a difference, when no workflow in the folder has a target dropdown: none to keep equal.
+    """
     if not directory.is_dir():
         raise BadInput(f"workflow folder {directory} not found; pass --dir")
     wanted = desired_options(registry)
     changed = []
-    for path in sorted([*directory.glob("*.yml"), *directory.glob("*.yaml")]):
+    with_dropdowns = 0
+    paths = sorted([*directory.glob("*.yml"), *directory.glob("*.yaml")])
+    for path in paths:
         text = path.read_text(encoding="utf-8")
+        if _edits(text.splitlines(keepends=True), wanted, str(path)):
+            with_dropdowns += 1
         new = rewrite(text, wanted, str(path))
         if new != text:
             changed.append(path.name)
             if not check:
                 path.write_text(new, encoding="utf-8")
+    if not with_dropdowns:
+        found = (f"no workflow file there has a choice input named identifier, env, from or to "
+                 f"({plural(len(paths), 'file')} read)" if paths else "it holds no workflow file (*.yml, *.yaml)")
+        raise JobFailed(f"the dispatch workflows are missing from {directory}: {found}; "
+                        "copy db-backup's .github/workflows there or pass --dir")
     return changed

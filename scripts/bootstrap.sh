@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what db-backup's demo and tests need on a fresh Debian machine with Python 3.11 or newer:
 # PostgreSQL server and client, zstd, and a virtual environment with the pinned packages.
-# Each step is announced on its own line before it runs.
+# Each step is announced on one line before it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +17,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   say "apt-get update (package lists)"
   $SUDO apt-get update -qq
-  for package in "${need_apt[@]}"; do
-    say "apt-get install $package"
-  done
+  say "apt-get install ${need_apt[*]}"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # Debian starts a default cluster on install; the tests run their own.
   say "stopping the default PostgreSQL service the install started (the demo and tests run their own)"

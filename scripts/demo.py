@@ -16,8 +16,9 @@ from pathlib import Path
 
 import psycopg
 
+from runner.errors import Interrupted
 from runner.pg import cluster as pgc
-from runner.signals import deferred_signals
+from runner.signals import deferred_signals, install
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
@@ -61,20 +62,14 @@ class Running:
 
 
 def start_cluster() -> Running:
-    """A cluster like the tests' throwaway one, but left running when this script ends."""
-    bindir = pgc.pg_bindir()
-    root = pgc._private_root(None)
-    pgdata = root / "data"
+    """A cluster like the tests' throwaway one, but left running when this script ends; gone if the start fails."""
+    made = pgc.start_cluster(PASSWORD)
+    running = Running(str(made.datadir.parent), str(made.datadir), str(made.bindir), made.host, made.port, made.user)
     try:
-        pgc._initdb(bindir, root, pgdata, PASSWORD)
-        port = pgc.free_port()
-        with deferred_signals():
-            pgc._start(bindir, root, pgdata, port, "")
+        STATE.write_text(json.dumps(asdict(running), indent=2) + "\n")
     except BaseException:
-        pgc._remove(root)
+        pgc.stop_cluster(made.bindir, made.datadir)
         raise
-    running = Running(str(root), str(pgdata), str(bindir), "127.0.0.1", port, "postgres")
-    STATE.write_text(json.dumps(asdict(running), indent=2) + "\n")
     return running
 
 
@@ -87,8 +82,7 @@ def stop_cluster(quiet_if_absent: bool = False) -> int:
     running = Running(**json.loads(STATE.read_text()))
     was_running = (Path(running.datadir) / "postmaster.pid").exists()
     with deferred_signals():
-        pgc._stop(Path(running.bindir), Path(running.datadir))
-        pgc._remove(Path(running.root))
+        pgc.stop_cluster(Path(running.bindir), Path(running.datadir))
         STATE.unlink()
     where = f"{running.host}:{running.port}"
     if was_running:
@@ -122,9 +116,8 @@ def run_demo() -> int:
     if STATE.exists():
         print("stopping the demo cluster a previous run left running")
         stop_cluster()
-    pg = start_cluster()
     try:
-        return demo(pg)
+        return demo(start_cluster())
     except BaseException:
         stop_cluster(quiet_if_absent=True)
         print("the demo failed; its PostgreSQL cluster is stopped and removed", file=sys.stderr)
@@ -175,7 +168,12 @@ def main(argv: list[str]) -> int:
     if argv:
         print("usage: scripts/demo.py [stop]", file=sys.stderr)
         return 2
-    return run_demo()
+    install()  # SIGTERM and SIGHUP, like Ctrl-C, then stop the cluster before the demo ends
+    try:
+        return run_demo()
+    except Interrupted as exc:
+        print(f"demo {exc}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

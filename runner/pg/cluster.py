@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL cluster on loopback: restore drills, the tests, the demo and the benchmarks.
 
 initdb into a private temporary folder, a free port on 127.0.0.1, scram password auth over TCP;
-stopped and deleted when the block ends (with the cancel signals held meanwhile). The password goes
+stopped and deleted when the block ends (with the cancel signals held meanwhile), or, for the demo,
+left running by start_cluster until stop_cluster. The password goes
 to initdb in a file, never in an argv; the server gets a minimal environment, never this process's.
 """
 
@@ -192,10 +193,8 @@ def _tail(text: str, limit: int = 1500) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
-@contextlib.contextmanager
-def throwaway_cluster(password: str, extra_options: str = "", bindir: Path | None = None,
-                      parent: Path | None = None) -> Iterator[Cluster]:
-    """initdb + pg_ctl start with password auth over TCP; stopped and deleted on exit, whatever happens."""
+def start_cluster(password: str, extra_options: str = "", bindir: Path | None = None, parent: Path | None = None) -> Cluster:
+    """initdb + pg_ctl start with password auth over TCP, left running until stop_cluster; nothing stays if it fails."""
     bindir = bindir or pg_bindir()
     root = _private_root(parent)
     pgdata = root / "data"
@@ -206,9 +205,27 @@ def throwaway_cluster(password: str, extra_options: str = "", bindir: Path | Non
         # into the folder while it is being removed: the cancel waits the second or two a start takes.
         with deferred_signals():
             _start(bindir, root, pgdata, port, extra_options)
-        yield Cluster("127.0.0.1", port, "postgres", password, bindir, pgdata)
+    except BaseException:
+        # pg_ctl may have timed out, or a held cancel fired, after the server came up.
+        stop_cluster(bindir, pgdata)
+        raise
+    return Cluster("127.0.0.1", port, "postgres", password, bindir, pgdata)
+
+
+def stop_cluster(bindir: Path, datadir: Path) -> None:
+    """Stop the server (pg_ctl stop -m immediate, bounded; a kill if that fails), then delete its folder."""
+    # A second cancel (GitHub sends SIGINT, then SIGTERM) must not skip the kill or the rmtree.
+    with deferred_signals():
+        _stop(bindir, datadir)
+        _remove(datadir.parent)
+
+
+@contextlib.contextmanager
+def throwaway_cluster(password: str, extra_options: str = "", bindir: Path | None = None,
+                      parent: Path | None = None) -> Iterator[Cluster]:
+    """start_cluster for the block: stopped and deleted on exit, whatever happens."""
+    made = start_cluster(password, extra_options, bindir, parent)
+    try:
+        yield made
     finally:
-        # A second cancel (GitHub sends SIGINT, then SIGTERM) must not skip the kill or the rmtree.
-        with deferred_signals():
-            _stop(bindir, pgdata)
-            _remove(root)
+        stop_cluster(made.bindir, made.datadir)

@@ -29,16 +29,31 @@ def test_version_prints_the_installed_version() -> None:
         assert result.stderr == ""
 
 
-def test_a_missing_targets_file_says_so(tmp_path: Path) -> None:
+def _not_found(path: Path, origin: str) -> str:
+    return (f"error: targets.yaml not found at {path} ({origin}); create it (see targets.example.yaml / docs/targets.md) "
+            "or pass --targets PATH / DB_BACKUP_TARGETS")
+
+
+def test_a_missing_targets_file_says_where_it_was_looked_for_and_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DB_BACKUP_TARGETS", raising=False)
     absent = tmp_path / "nowhere" / "targets.yaml"
     result = run_cli("--targets", str(absent), "validate")
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        f"error: targets.yaml not found at {absent}; create it (see targets.example.yaml / docs/targets.md) "
-        "or pass --targets PATH / DB_BACKUP_TARGETS"
-    ]
-    from_env = run_cli("list", "app", "production", env={"DB_BACKUP_TARGETS": str(absent)})
-    assert from_env.returncode == 2 and from_env.stderr.startswith(f"error: targets.yaml not found at {absent};")
+    assert result.stderr.splitlines() == [_not_found(absent, f"from --targets {absent}")]
+
+    from_env = run_cli("list", "app", "production", env={"DB_BACKUP_TARGETS": "nowhere/targets.yaml"}, cwd=tmp_path)
+    assert from_env.returncode == 2
+    assert from_env.stderr.splitlines() == [_not_found(absent, "from DB_BACKUP_TARGETS=nowhere/targets.yaml")]
+
+    # --targets wins over the variable; the relative path is shown resolved.
+    both = run_cli("--targets", "other.yaml", "validate", env={"DB_BACKUP_TARGETS": str(absent)}, cwd=tmp_path)
+    assert both.returncode == 2
+    assert both.stderr.splitlines() == [_not_found(tmp_path / "other.yaml", "from --targets other.yaml")]
+
+    default = run_cli("validate", cwd=tmp_path)
+    assert default.returncode == 2
+    assert default.stderr.splitlines() == [
+        _not_found(tmp_path / "targets.yaml", "the default path, targets.yaml in the current folder")]
 
 
 def test_a_folder_as_targets_file_says_so(tmp_path: Path) -> None:
@@ -165,3 +180,21 @@ def test_workflows_check_shows_a_diff_and_exits_1(tmp_path: Path) -> None:
     assert fixed.returncode == 0 and fixed.stdout == "updated backup.yml\n"
     again = run_cli("--targets", str(targets), "workflows", "--dir", str(folder), "--check")
     assert again.returncode == 0 and again.stdout == "workflow options match targets.yaml\n"
+
+
+@pytest.mark.parametrize("present", [[], ["other.yml"]], ids=["empty folder", "no dropdowns"])
+def test_workflows_in_a_folder_without_them_are_missing_not_matching(tmp_path: Path, present: list[str]) -> None:
+    targets = write_targets_file(tmp_path / "targets.yaml", [f'storage: "file://{tmp_path / "b"}"'],
+                                 ["- {identifier: app, env: production}"])
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    for name in present:
+        (folder / name).write_text("name: other\non: push\n")
+    found = ("no workflow file there has a choice input named identifier, env, from or to (1 file read)" if present
+             else "it holds no workflow file (*.yml, *.yaml)")
+    for check in (["--check"], []):
+        result = run_cli("--targets", str(targets), "workflows", "--dir", str(folder), *check)
+        assert result.returncode == 1, result.stderr
+        assert "match" not in result.stdout
+        assert result.stderr.splitlines() == [f"error: the dispatch workflows are missing from {folder}: {found}; "
+                                              "copy db-backup's .github/workflows there or pass --dir"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from runner import targets_doc
 from runner.targets import load_registry
 from runner.targets_schema import DefaultsModel, EcsModel, TargetModel, TargetsFileModel
 from tests.conftest import REPO
+from tests.helpers.targets import write_targets_file
 
 DOC = REPO / "docs" / "targets.md"
 EXAMPLE = REPO / "targets.example.yaml"
@@ -45,6 +47,51 @@ def test_every_model_and_field_has_its_place_in_the_reference() -> None:
     assert "| `daily` | integer (from 1 to 3650) | `7` |" in text
     assert "| `threshold` | number (from 0 to below 1) | `0.5` |" in text
     assert "| `compression` | text | `zstd:3` |" in text
+
+
+def _row_line(text: str, section: str, key: str) -> str:
+    part = text.split(f"### {section}\n", 1)[1].split("\n### ", 1)[0]
+    return next(line for line in part.splitlines() if line.startswith(f"| `{key}` |"))
+
+
+def _row(text: str, section: str, key: str) -> list[str]:
+    """The cells (type, default) of `key`'s row in the section titled `section`."""
+    return [cell.strip() for cell in _row_line(text, section, key).split(" | ")[1:3]]
+
+
+def test_the_shrink_alarm_reads_with_its_words_and_its_defaults(tmp_path: Path) -> None:
+    text = targets_doc.render()
+    mapping = "mapping ([`defaults.shrink_alarm`](#defaults-shrink-alarm)) or `off` or `on`"
+    assert _row(text, "`defaults`", "shrink_alarm") == [mapping, "`{threshold: 0.5, window: 7}`"]
+    assert _row(text, "`targets[]`", "shrink_alarm") == [mapping, "unset"]
+    assert _row(text, "`defaults`", "retention")[1] == "`{daily: 7, weekly: 5, monthly: 12, yearly: 0}`"
+    assert _row(text, "`defaults`", "ecs")[1] == "unset"  # required keys inside: no default to show
+    assert _row(text, "(top level)", "alerts")[1] == "unset"  # outside `defaults`, unset means none
+    # What the reference shows is what a file that leaves them out gets, and the words it lists are accepted.
+    path = write_targets_file(tmp_path / "targets.yaml", [f'storage: "file://{tmp_path}"'],
+                              ["- {identifier: app, env: production}", "- {identifier: app, env: beta, shrink_alarm: off}",
+                               "- {identifier: other, env: production, shrink_alarm: on}"])
+    registry = load_registry(path)
+    left_out = registry.get("app", "production")
+    assert (left_out.shrink_alarm.threshold, left_out.shrink_alarm.window) == (0.5, 7)
+    assert left_out.retention.describe() == "daily 7, weekly 5, monthly 12, yearly 0"
+    assert registry.get("app", "beta").shrink_alarm.threshold == 0
+    assert registry.get("other", "production").shrink_alarm == left_out.shrink_alarm
+
+
+def test_retention_says_which_tiers_zero_turns_off() -> None:
+    text = targets_doc.render()
+    assert "turns the tier off" not in text
+    assert _row(text, "`defaults.retention`", "daily")[0] == "integer (from 1 to 3650)"
+    def file(retention: dict[str, int]) -> dict[str, Any]:
+        return {"version": 1, "defaults": {"storage": "file://x", "retention": retention}, "environments": {"production": {}}}
+
+    for tier in ("weekly", "monthly", "yearly"):
+        assert _row(text, "`defaults.retention`", tier)[0].startswith("integer (from 0 to ")
+        assert "`0`: no backup becomes " + tier in _row_line(text, "`defaults.retention`", tier)
+        TargetsFileModel.model_validate(file({tier: 0}))
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        TargetsFileModel.model_validate(file({"daily": 0}))
 
 
 class _ColourTarget(TargetModel):
