@@ -20,11 +20,11 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from . import github
 from .errors import DbBackupError
+from .notify import Notify
 from .report import SCHEDULE, Failing, Outcome
 from .settings import GithubEnv
 from .targets import AlertsConfig, Registry
@@ -45,11 +45,6 @@ TITLE = "db-backup alerts"
 
 # Stale means what `db-backup status` means: no good backup newer than its --max-age.
 StaleCheck = Callable[[], Mapping[str, str] | None]
-
-
-class Notify(StrEnum):
-    failures = "failures"
-    always = "always"
 
 
 # --- what is sent -------------------------------------------------------------------------------

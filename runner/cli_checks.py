@@ -10,14 +10,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from . import github, output
-from .alerts import Notify
+from . import output
 from .cli_app import app, state_of, stored, who
 from .durations import parse_duration
 from .errors import JobFailed
-from .settings import GithubEnv
-from .status import failure as status_failure
-from .status import target_statuses
+from .notify import Notify
 from .words import plural
 
 if TYPE_CHECKING:
@@ -99,6 +96,7 @@ def report(
     from .alerts import deliver, stale_targets
     from .drill_report import build_drills, expected_targets
     from .report import SCHEDULE, build
+    from .settings import GithubEnv
 
     state = state_of(ctx)
     limit = parse_duration(max_age)
@@ -128,6 +126,11 @@ def status(
     max_drill_age: Annotated[str | None, typer.Option("--max-drill-age", help="Fail when the last drill is older, e.g. 8d.")] = None,
 ) -> None:
     """Each scheduled target's newest good backup: age, size against its trend, last verify and drill; exit 1 on any problem."""
+    from . import github
+    from .settings import GithubEnv
+    from .status import failure as status_failure
+    from .status import target_statuses
+
     state = state_of(ctx)
     limit = parse_duration(max_age)
     drill_limit = parse_duration(max_drill_age) if max_drill_age else None

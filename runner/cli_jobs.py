@@ -8,16 +8,10 @@ from typing import Annotated
 
 import typer
 
-from . import github, output
-from .backup import run_backup
-from .catalog import list_page
+from . import output
 from .cli_app import Executor, app, executor_for, state_of
-from .cli_remote import run_remote
-from .credentials import parse_url
 from .durations import parse_duration
 from .errors import BadInput, JobFailed
-from .history import RecordIndex
-from .settings import GithubEnv
 from .words import plural
 
 log = logging.getLogger(__name__)
@@ -56,6 +50,9 @@ def list_cmd(
     limit: Annotated[int, typer.Option(min=1, help="Show at most N backups.")] = 20,
 ) -> None:
     """Backups of one target, newest first: complete, legacy (no manifest) or damaged (and why)."""
+    from .catalog import list_page
+    from .history import RecordIndex
+
     state = state_of(ctx)
     target = state.registry().get(identifier, env)
     store = state.services().store(target)
@@ -86,12 +83,19 @@ def backup(
     detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
 ) -> None:
     """Back up one target's database."""
+    from . import github
+    from .settings import GithubEnv
+
     state = state_of(ctx)
     limit = parse_duration(timeout)
     target = state.registry().get(identifier, env)
     if executor_for(target, executor) == "ecs":
+        from .cli_remote import run_remote
+
         run_remote(ctx, target, timeout=limit, detach=detach)
         return
+    from .backup import run_backup
+
     result = run_backup(target, state.services(), request_id=request_id)
     typer.echo(output.backup_line(target, result))
     github.publish_local_backup(target, result, GithubEnv())
@@ -107,6 +111,8 @@ def drill(
     timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
 ) -> None:
     """Restore a backup into a throwaway PostgreSQL, check tables, rows and extensions, and record it; exit 1 if it failed."""
+    from .cli_remote import run_remote
+    from .credentials import parse_url
     from .drill import DrillPlan, run_drill, summary_line
     from .records import to_json
 
