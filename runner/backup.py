@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
+
 from . import __version__
 from .catalog import list_backups, make_id
 from .credentials import Connection
@@ -17,7 +19,7 @@ from .manifest import Manifest, globals_key
 from .output import human_size
 from .pg.dump import DumpPlan, dump_stream, plan_dump
 from .pg.globals import Globals, capture_globals
-from .pg.session import UploadLocks, connect, pg_message, upload_locks
+from .pg.session import UploadLocks, pg_message, upload_locks
 from .pg.tools import find_tool, major, tool_version
 from .progress import Progress
 from .services import Services
@@ -37,6 +39,8 @@ class BackupResult:
 
 
 MAX_IDS_PER_SECOND = 100
+# The database's size only feeds the progress display's ETA: a server slow to answer must not hold up the dump.
+SIZE_QUERY_WAIT_S = 3
 
 
 def _reserve_id(
@@ -131,7 +135,10 @@ def _expected_size(store: BackupStore, target: Target, conn: Connection, plan: D
     if not plan.raw_countable:
         return None
     try:
-        with connect(conn) as db:
+        # libpq's connect_timeout bounds the connection (its floor is 2 s), statement_timeout the query itself.
+        kwargs = {**conn.psycopg_kwargs(), "connect_timeout": SIZE_QUERY_WAIT_S}
+        with psycopg.connect(**kwargs, autocommit=True) as db:  # type: ignore[arg-type]
+            db.execute("SELECT set_config('statement_timeout', %s, false)", (f"{SIZE_QUERY_WAIT_S}s",))
             row = db.execute("SELECT pg_database_size(current_database())").fetchone()
     except Exception as exc:  # same: a backup without an ETA is still a backup
         log.debug("no size estimate from pg_database_size: %s", pg_message(exc))

@@ -72,34 +72,45 @@ class DumpFacts:
     size_bytes: int
     original_bytes: int | None  # pg_dump's own output; unknown when pg_dump compressed it (gzip)
     duration_s: float
+    compression: str  # the manifest's: `zstd:3`, `gzip:6`, `none`
 
     @classmethod
     def of(cls, manifest: Manifest) -> DumpFacts:
-        return cls(manifest.size_bytes, manifest.uncompressed_bytes, manifest.duration_s)
+        return cls(manifest.size_bytes, manifest.uncompressed_bytes, manifest.duration_s, manifest.compression)
+
+    def _rate(self) -> tuple[int, str] | None:
+        """Bytes of dump output per second of the dump, and which output: the uncompressed one where it is known."""
+        if self.duration_s <= 0:
+            return None
+        if self.original_bytes is not None:
+            return int(self.original_bytes / self.duration_s), "uncompressed"
+        # Only the stored bytes are known; they are pg_dump's output as is when nothing compressed it.
+        return int(self.size_bytes / self.duration_s), "uncompressed" if self.compression == "none" else "compressed"
 
     def facts(self) -> list[tuple[str, str]]:
         original = self.original_bytes
-        shown = [("Original size", f"{human_size(original)} ({original:,} bytes)" if original is not None
-                  else "unknown (pg_dump compressed it itself)")]
+        if original is not None:
+            shown = [("Original size", f"{human_size(original)} ({original:,} bytes)")]
+        elif self.compression.startswith("gzip"):
+            shown = [("Original size", "unknown (pg_dump compressed it itself)")]
+        else:
+            shown = [("Original size", "unknown (not recorded in the manifest)")]
         if original is not None and self.size_bytes > 0:
             shown.append(("Ratio", f"{original / self.size_bytes:.2f}:1"))
         shown.append(("Dump duration", human_duration(self.duration_s)))
-        if self.duration_s > 0:
-            # The rate pg_dump's output went at: the stored bytes, where that is all that is known.
-            read = original if original is not None else self.size_bytes
-            shown.append(("Dump rate", f"{human_size(int(read / self.duration_s))}/s"))
+        if (rate := self._rate()) is not None:
+            shown.append(("Dump rate", f"{human_size(rate[0])}/s of {rate[1]} dump output"))
         return shown
 
     def words(self) -> str:
-        """`1.2 GiB original (4.00:1), 9.6 MiB/s, 2m 05s`: one table cell."""
-        facts = dict(self.facts())
+        """`1.2 GiB original (4.00:1), 2m 05s at 9.6 MiB/s uncompressed`: one table cell."""
         parts = []
         if self.original_bytes is not None:
-            ratio = f" ({facts['Ratio']})" if "Ratio" in facts else ""
+            ratio = f" ({self.original_bytes / self.size_bytes:.2f}:1)" if self.size_bytes > 0 else ""
             parts.append(f"{human_size(self.original_bytes)} original{ratio}")
-        if "Dump rate" in facts:
-            parts.append(facts["Dump rate"])
-        parts.append(facts["Dump duration"])
+        took = human_duration(self.duration_s)
+        rate = self._rate()
+        parts.append(f"{took} at {human_size(rate[0])}/s {rate[1]}" if rate is not None else took)
         return ", ".join(parts)
 
 
@@ -269,8 +280,9 @@ def publish(report: Report, gh: GithubEnv, out: TextIO | None = None, text: bool
 def publish_local_backup(target: Target, result: BackupResult, gh: GithubEnv) -> None:
     """Outputs and summary of a backup that ran here (the CLI already printed its line)."""
     m = result.manifest
+    # No Duration row: the manifest's time is the dump's own, which the Dump duration row already shows.
     publish(Report(
-        target=target.name, action="backup", result=SUCCESS, executor="local", duration_s=m.duration_s,
+        target=target.name, action="backup", result=SUCCESS, executor="local",
         backup_id=m.id, backup_uri=result.uri, size_bytes=m.size_bytes, sha256=m.sha256, dump=DumpFacts.of(m),
     ), gh, text=False)
     publish_shrink(target.name, result.shrink, gh)

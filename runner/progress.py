@@ -51,13 +51,16 @@ class Meter:
         except OSError:
             return self.done
 
-    def words(self) -> str:
+    def words(self, final: bool = False) -> str:
+        """`read 1.2 GiB of ~3.0 GiB (40%)`; `final`: the count alone (`read 3.1 GiB`), no share of a total."""
         value = self.value()
         if self.unit == "items":
-            label = self.one if (self.total or value) == 1 else self.label
-            return f"{value} of {self.total} {label}" if self.total else f"{value} {label}"
+            # A closing line keeps `3 of 4 tables` only where the total is known and was not reached.
+            total = None if final and (self.estimate or self.total == value) else self.total
+            label = self.one if (total or value) == 1 else self.label
+            return f"{value} of {total} {label}" if total else f"{value} {label}"
         text = f"{self.label} {human_size(value)}"
-        if self.total:
+        if self.total and not final:
             approx = "~" if self.estimate else ""
             text += f" of {approx}{human_size(self.total)} ({min(value * 100 // self.total, 100)}%)"
         return text
@@ -97,24 +100,44 @@ class Stage:
         """`backup app/prod: read 1.2 GiB of ~3.0 GiB (40%), stored 310.0 MiB, 41.0 MiB/s, 30.0s elapsed, about 45.0s left`."""
         elapsed = self.elapsed()
         parts = [meter.words() for meter in self._meters]
-        measured = next((m for m in self._meters if m.unit == "bytes"), None)
-        rate = measured.value() / elapsed if measured is not None and elapsed > 0 else 0.0
-        if measured is not None and rate > 0:
-            parts.append(f"{human_size(int(rate))}/s")
+        parts += self._rate(elapsed)
         parts.append(f"{human_duration(elapsed)} elapsed")
         if (eta := self._eta(elapsed)) is not None:
             parts.append(f"about {human_duration(eta)} left")
-        if self._finished:
-            names = list(self._finished)
-            more = ""
-            if drain:
-                for _ in names:
-                    self._finished.popleft()
-                more = f" and {len(names) - _RECENT_SHOWN} more" if len(names) > _RECENT_SHOWN else ""
-            parts.append("done: " + ", ".join(names[-_RECENT_SHOWN:]) + more)
+        parts += self._recent(drain)
         if self._doing:
             parts.append(self._doing)
         return f"{self.title}: " + ", ".join(parts)
+
+    def totals(self) -> str:
+        """A succeeded stage's closing line: `backup of app/prod finished: read 3.1 GiB, stored 800.0 MiB, 41.0 MiB/s, 1m 17s in all`.
+
+        Counts only: a share of an estimate or a time left would be a guess about a stage that is over.
+        """
+        elapsed = self.elapsed()
+        parts = [meter.words(final=True) for meter in self._meters]
+        parts += self._rate(elapsed)
+        parts.append(f"{human_duration(elapsed)} in all")
+        parts += self._recent(drain=True)
+        return f"{self.title} finished: " + ", ".join(parts)
+
+    def _rate(self, elapsed: float) -> list[str]:
+        """The average rate of the first byte count, when there is one."""
+        measured = next((m for m in self._meters if m.unit == "bytes"), None)
+        rate = measured.value() / elapsed if measured is not None and elapsed > 0 else 0.0
+        return [f"{human_size(int(rate))}/s"] if rate > 0 else []
+
+    def _recent(self, drain: bool) -> list[str]:
+        """The items finished since the last line; `drain` forgets them once named."""
+        if not self._finished:
+            return []
+        names = list(self._finished)
+        more = ""
+        if drain:
+            for _ in names:
+                self._finished.popleft()
+            more = f" and {len(names) - _RECENT_SHOWN} more" if len(names) > _RECENT_SHOWN else ""
+        return ["done: " + ", ".join(names[-_RECENT_SHOWN:]) + more]
 
     def _eta(self, elapsed: float) -> float | None:
         """Time left at the average rate so far, from the first count with a known total."""
@@ -151,9 +174,9 @@ class _Lines(_Display):
         while not self._stop.wait(self._interval):
             self._show()
 
-    def _show(self) -> None:
+    def _show(self, closing: bool = False) -> None:
         try:
-            log.info("%s", self._stage.line())
+            log.info("%s", self._stage.totals() if closing else self._stage.line())
             self._shown += 1
         except Exception as exc:  # a display must never end the job
             log.debug("progress line failed: %s", exc)
@@ -162,7 +185,7 @@ class _Lines(_Display):
         self._stop.set()
         self._thread.join(timeout=5)
         if ok and self._shown:
-            self._show()  # a stage long enough to have shown lines ends with its totals
+            self._show(closing=True)  # a stage long enough to have shown lines ends with its totals
 
 
 class _Live(_Display):
@@ -175,9 +198,19 @@ class _Live(_Display):
 
         self._stage = stage
         self._console = console or Console(file=sys.stderr)
+        self._error: str | None = None  # why the line could not be made, logged once the display is gone
         self._live = Live(console=self._console, transient=True, refresh_per_second=4, redirect_stdout=False,
-                          redirect_stderr=True, get_renderable=lambda: Text(stage.line(drain=False), no_wrap=True, overflow="ellipsis"))
+                          redirect_stderr=True, get_renderable=lambda: Text(self._text(), no_wrap=True, overflow="ellipsis"))
         self._handlers: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
+
+    def _text(self) -> str:
+        # rich calls this from its refresh thread and from stop(): an error here would end the display, or the job.
+        # No logging here: a log line goes through rich's console, which is drawing this very line.
+        try:
+            return self._stage.line(drain=False)
+        except Exception as exc:
+            self._error = self._error or f"{type(exc).__name__}: {exc}"
+            return f"{self._stage.title}: working (no progress figures)"
 
     def start(self) -> None:
         real = sys.stderr
@@ -195,6 +228,8 @@ class _Live(_Display):
         finally:
             for handler, stream in self._handlers:
                 handler.setStream(stream)
+        if self._error:
+            log.debug("progress line failed: %s", self._error)
 
 
 class Progress:

@@ -133,15 +133,25 @@ def _summary_of_local_backup(tmp_path: Path, manifest: Manifest) -> str:
     return (tmp_path / "summary").read_text()
 
 
+def _rows(summary: str) -> list[str]:
+    """The names of the summary table's rows, in order."""
+    return [line.split(" | ", 1)[0].removeprefix("| ") for line in summary.splitlines() if line.startswith("| ") and line != "| | |"]
+
+
 def test_backup_summary_shows_the_dumps_own_size_ratio_rate_and_duration(tmp_path: Path) -> None:
-    manifest = replace(sample_manifest("app/production/x.dump", size=300 * 2**20, duration_s=125.0),
+    manifest = replace(sample_manifest("app/production/x.dump", size=300 * 2**20, duration_s=125.0, compression="zstd:3"),
                        uncompressed_bytes=1200 * 2**20)
     text = _summary_of_local_backup(tmp_path, manifest)
     assert "| Size | 300.0 MiB (314,572,800 bytes) |" in text
     assert "| Original size | 1.2 GiB (1,258,291,200 bytes) |" in text
     assert "| Ratio | 4.00:1 |" in text
     assert "| Dump duration | 2m 05s |" in text
-    assert "| Dump rate | 9.6 MiB/s |" in text  # pg_dump's output over the dump's own time
+    assert "| Dump rate | 9.6 MiB/s of uncompressed dump output |" in text  # pg_dump's output over the dump's own time
+    # Each fact once: the manifest's time is the dump's, shown as Dump duration, not again as the job's Duration.
+    rows = _rows(text)
+    assert len(rows) == len(set(rows)) and "Duration" not in rows, rows
+    assert rows == ["Target", "Action", "Result", "Executor", "Backup id", "Backup URI", "Size", "Original size", "Ratio",
+                    "Dump duration", "Dump rate", "SHA-256"], rows
 
 
 def test_a_gzip_backup_summary_says_its_original_size_is_unknown(tmp_path: Path) -> None:
@@ -150,4 +160,29 @@ def test_a_gzip_backup_summary_says_its_original_size_is_unknown(tmp_path: Path)
     text = _summary_of_local_backup(tmp_path, manifest)
     assert "| Original size | unknown (pg_dump compressed it itself) |" in text
     assert "Ratio" not in text
-    assert "| Dump duration | 10.0s |" in text and "| Dump rate | 5.0 MiB/s |" in text
+    # Only the stored bytes are known: the rate says it counts compressed output.
+    assert "| Dump duration | 10.0s |" in text and "| Dump rate | 5.0 MiB/s of compressed dump output |" in text
+
+
+def test_an_uncompressed_backup_rate_counts_its_stored_bytes_as_uncompressed(tmp_path: Path) -> None:
+    manifest = sample_manifest("app/production/x.dump", size=50 * 2**20, duration_s=10.0, compression="none", compressed_by="pg_dump")
+    text = _summary_of_local_backup(tmp_path, manifest)  # a manifest of a version that did not record the original size
+    assert "| Original size | unknown (not recorded in the manifest) |" in text
+    assert "| Dump rate | 5.0 MiB/s of uncompressed dump output |" in text
+
+
+def test_an_ecs_backup_summary_shows_the_jobs_duration_and_the_dumps(tmp_path: Path) -> None:
+    manifest = replace(sample_manifest("curation/production/x.dump", size=300 * 2**20, duration_s=125.0),
+                       uncompressed_bytes=1200 * 2**20)
+    text = github.render_summary(replace(SUCCESS, dump=github.DumpFacts.of(manifest)))
+    assert "| Duration | 12m 34s |" in text and "| Dump duration | 2m 05s |" in text  # the whole task, and pg_dump's part of it
+    rows = _rows(text)
+    assert len(rows) == len(set(rows)), rows
+
+
+def test_the_report_cell_says_which_bytes_the_rate_counts() -> None:
+    zstd = replace(sample_manifest("k", size=300 * 2**20, duration_s=125.0), uncompressed_bytes=1200 * 2**20)
+    gzip = sample_manifest("k", size=50 * 2**20, duration_s=10.0, compression="gzip:6")
+    assert github.DumpFacts.of(zstd).words() == "1.2 GiB original (4.00:1), 2m 05s at 9.6 MiB/s uncompressed"
+    assert github.DumpFacts.of(gzip).words() == "10.0s at 5.0 MiB/s compressed"
+    assert github.DumpFacts.of(replace(gzip, duration_s=0.0)).words() == "0.0s"

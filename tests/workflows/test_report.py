@@ -147,7 +147,7 @@ def test_date_totals_trend_and_last_drill(tmp_path: Path) -> None:
     assert f"| ✅ passed 48h ago ({manifest.id}) |" in rows["app/production"]
     assert "| first backup |" in rows["app/beta"] and "| never |" in rows["app/beta"]
     # The dump's own figures from its manifest, not the job's: these manifests know no original size and took 1 s.
-    assert "| 1.0 KiB/s, 1.0s |" in rows["app/production"] and "| 1m 00s |" in rows["app/production"]
+    assert "| 1.0s at 1.0 KiB/s compressed |" in rows["app/production"] and "| 1m 00s |" in rows["app/production"]
 
 
 def test_the_dump_cell_shows_original_size_ratio_rate_and_the_dumps_duration(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_the_dump_cell_shows_original_size_ratio_rate_and_the_dumps_duration(tmp
            size_bytes=300 * 1024, duration_s=95)
     markdown, _ = render(_local_registry(tmp_path / "store"), results, lambda t: store, NOW)
     row = next(line for line in markdown.splitlines() if line.startswith("| app/production"))
-    assert "| 1.2 MiB original (4.00:1), 600.0 KiB/s, 2.0s |" in row and "| 1m 35s |" in row, row
+    assert "| 1.2 MiB original (4.00:1), 2.0s at 600.0 KiB/s uncompressed |" in row and "| 1m 35s |" in row, row
 
 
 def test_failed_drill_and_shrunk_backup_are_shown(tmp_path: Path) -> None:
