@@ -10,7 +10,9 @@ import typer
 from .cli_app import state_of
 from .ecs import remote
 from .ecs.request import RemoteJob
+from .errors import InfraError, RestoreRefused
 from .restore import RestorePlan
+from .restore_preview import local_command, preview_restore, preview_text
 from .settings import GithubEnv
 from .targets import Target
 
@@ -18,13 +20,14 @@ from .targets import Target
 def run_remote(
     ctx: typer.Context, target: Target, *, timeout: timedelta, detach: bool,
     plan: RestorePlan | None = None, confirm: str | None = None, drill_backup: str | None = None, rollback: bool = False,
+    preview: bool = False,
 ) -> None:
-    """Run the backup of `target`, the restore `plan` into it, a drill of its backup `drill_backup`, or
-    its rollback, as an ECS task (the same CLI, run locally there)."""
+    """Run the backup of `target`, the restore `plan` into it (or, with `preview`, its dry run), a drill of its
+    backup `drill_backup`, or its rollback, as an ECS task (the same CLI, run locally there)."""
     state = state_of(ctx)
     involved = (target, plan.source) if plan else (target,)
-    action: Literal["backup", "restore", "rollback", "drill"] = (
-        "restore" if plan else "drill" if drill_backup else "rollback" if rollback else "backup"
+    action: Literal["backup", "restore", "preview", "rollback", "drill"] = (
+        ("preview" if preview else "restore") if plan else "drill" if drill_backup else "rollback" if rollback else "backup"
     )
     job = RemoteJob(
         action=action, target=target, source=plan.source if plan else None,
@@ -35,3 +38,18 @@ def run_remote(
     remote.run(job, state.services(), GithubEnv(), timeout_s=timeout.total_seconds(), detach=detach)
 
 
+def restore_dry_run(ctx: typer.Context, plan: RestorePlan, runs_on: str, *, confirm: str | None, timeout: timedelta, detach: bool) -> None:
+    """restore --dry-run: what is known here, then (executor ecs) the server's part read by an ECS task."""
+    state = state_of(ctx)
+    preview = preview_restore(plan, state.services(), runs_on)
+    typer.echo(preview_text(preview))
+    if refusal := preview.refusal:
+        raise RestoreRefused(refusal)
+    if plan.dest is None or runs_on != "ecs":
+        return
+    # Read-only, so a preview needs nothing confirmed beyond what the restore's refusals asked for.
+    try:
+        run_remote(ctx, plan.dest, timeout=timeout, detach=detach, plan=plan, confirm=confirm, preview=True)
+    except InfraError as exc:
+        raise InfraError(f"the server was not read: {exc}; from a machine that reaches the database, run "
+                         f"{local_command(plan, preview.backup_id, confirm)}") from exc

@@ -82,7 +82,7 @@ def _execute(setup: _Setup, state: _State, detach: bool, environ: Mapping[str, s
     job, config, clock, policy = setup.job, setup.config, setup.services.clock, setup.policy
     region = job.target.region
     facts = taskdef.read(setup.services.aws.ecs(region), config, region)
-    if job.action in ("restore", "drill"):
+    if job.action in ("restore", "preview", "drill"):
         job = _pin_backup(setup, state)
     request_id = new_request_id()
     start(setup.services.aws.ecs_held(region), config, task_request(job, facts, request_id, setup.gh, environ), clock, policy,

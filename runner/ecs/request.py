@@ -29,20 +29,20 @@ _STARTED_BY_BAD = re.compile(r"[^A-Za-z0-9_/-]")
 
 @dataclass(frozen=True)
 class RemoteJob:
-    """One backup, restore, rollback or restore drill to run in a Fargate task."""
+    """One backup, restore, restore preview (--dry-run), rollback or restore drill to run in a Fargate task."""
 
-    action: Literal["backup", "restore", "rollback", "drill"]
+    action: Literal["backup", "restore", "preview", "rollback", "drill"]
     target: Target  # where the task runs: the backup's target, the restore's destination or rolled back target, the drilled target
-    source: Target | None = None  # restore: the target whose backup is restored
-    backup: str = "latest"  # restore and drill: `latest` or a backup id
-    confirm: str | None = None  # restore and rollback: the protected environment named to allow it
-    with_roles: bool = False  # restore: create the missing roles first (--with-roles)
+    source: Target | None = None  # restore and preview: the target whose backup is restored
+    backup: str = "latest"  # restore, preview and drill: `latest` or a backup id
+    confirm: str | None = None  # restore, preview and rollback: the protected environment named to allow it
+    with_roles: bool = False  # restore and preview: create the missing roles first (--with-roles)
     verbose: bool = False
     targets_json: str = ""  # Registry.excerpt of the targets involved, for the task
 
     def __post_init__(self) -> None:
-        if self.action == "restore" and self.source is None:
-            raise ValueError("a restore needs its source target")
+        if self.action in ("restore", "preview") and self.source is None:
+            raise ValueError(f"a {self.action} needs its source target")
         if self.action == "rollback" and self.source is not None:
             raise ValueError("a rollback swaps databases within its target: it has no source")
 
@@ -75,8 +75,10 @@ def task_argv(job: RemoteJob, request_id: str) -> tuple[str, ...]:
         return (*head, "rollback", target.identifier, target.env, *confirm, "--executor", "local")
     assert job.source is not None
     roles = ("--with-roles",) if job.with_roles else ()
+    # A preview reads the server from the task's network, with the credentials only the task resolves.
+    dry_run = ("--dry-run",) if job.action == "preview" else ()
     return (*head, "restore", target.identifier, "--from", job.source.env, "--to", target.env, "--backup", job.backup,
-            *confirm, *roles, "--executor", "local")
+            *confirm, *roles, *dry_run, "--executor", "local")
 
 
 def started_by(text: str) -> str:
@@ -89,11 +91,12 @@ def tag_value(text: str) -> str:
 
 def task_role_for(config: EcsConfig, action: str, dest_protected: bool) -> str | None:
     """The task role override, or None for the task definition's role: drills run as the drill role
-    and restores and rollbacks in unprotected environments as the non-production role, each when configured."""
+    and restores, their previews and rollbacks in unprotected environments as the non-production role, each when configured."""
     # A drill runs the dump's SQL as superuser inside the task: its role reads no database credentials.
     if action == "drill" and config.drill_task_role_arn:
         return config.drill_task_role_arn
-    if action in ("restore", "rollback") and not dest_protected and config.nonproduction_task_role_arn:
+    # A preview reads the same credentials as the restore it previews: the same role.
+    if action in ("restore", "preview", "rollback") and not dest_protected and config.nonproduction_task_role_arn:
         return config.nonproduction_task_role_arn
     return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import subprocess
 import threading
 from collections import deque
@@ -17,7 +18,8 @@ from .tools import ToolEnv
 log = logging.getLogger(__name__)
 
 Redirect = int | IO[bytes]  # a file, or subprocess.PIPE or DEVNULL
-# Told each stderr line without its `name: ` prefix; True when it is progress (e.g. pg_restore --verbose), never an error.
+# Told each message on stderr without its `name: ` prefix (or a line that lost it); True when it is progress
+# (e.g. pg_restore --verbose), never an error.
 InfoLines = Callable[[str], bool]
 _CONTEXT_PREFIXES = ("command was:", "context:", "detail:", "hint:", "query was:")
 
@@ -34,38 +36,83 @@ class Tail:
         self.first_error: list[str] = []
         self._name = name
         self._info = info
+        self._prefix = re.compile(re.escape(f"{name}:"))
+        self._levelled = name in _PG_TOOLS
+        self._collecting = False
+        self._pending: str | None = None  # a `name: error: ` whose message another process's line cut off
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True, name=f"{name}-stderr")
         self._thread.start()
 
     def _run(self, stream: IO[bytes]) -> None:
-        collecting = False
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
             if not line:
                 continue
             log.debug("%s: %s", self._name, line)
-            prefixed = line.startswith(f"{self._name}: ")
-            bare = line.split(": ", 1)[1] if prefixed else line
-            if prefixed and self._info is not None and self._is_info(bare):
-                # Kept out of `lines` too: the last line shown for a failure is the tool's complaint, not its chatter;
-                # and `collecting` stays as it was, since another worker's chatter may come between an error and its context.
-                continue
-            self.lines.append(line)
-            if not self.first_error and _is_error(line):
-                self.first_error.append(line)
-                collecting = True
-            elif collecting and bare.lower().startswith(_CONTEXT_PREFIXES) and len(self.first_error) < 3:
-                self.first_error.append(bare)
-            else:
-                collecting = False
+            # pg_restore -j's processes share one stderr and each writes `name:`, ` `, `error: ` and its message
+            # separately, so lines come spliced (`pg_restore:pg_restore: ...`, or a message with no prefix): every
+            # `name:` starts a message of its own.
+            head, *prefixed = self._prefix.split(line)
+            if head.strip():
+                self._orphan(head.strip())
+            for piece in prefixed:
+                if piece.strip():
+                    self._prefixed(piece.strip())
 
-    def _is_info(self, bare: str) -> bool:
-        assert self._info is not None
+    def _prefixed(self, bare: str) -> None:
+        level = _LEVEL.match(bare) if self._levelled else None
+        message = bare[level.end():] if level else bare
+        if level and not message:
+            self._pending = level[1]
+            return
+        if self._is_info(message):
+            if level:  # progress never has a level: it was another process's, whose message is still to come
+                self._pending = level[1]
+            # Kept out of `lines` too: the last line shown for a failure is the tool's complaint, not its chatter;
+            # and `collecting` stays as it was, since another worker's chatter may come between an error and its context.
+            return
+        self._take(f"{self._name}: {bare}", bare, prefixed=True)
+
+    def _orphan(self, text: str) -> None:
+        """A line without the tool's prefix: a message's continuation (`DETAIL:`), or a message whose prefix
+        another process's line took."""
+        if self._is_info(text):
+            return
+        if self._pending is not None:
+            bare, self._pending = f"{self._pending}: {text}", None
+            self._take(f"{self._name}: {bare}", bare, prefixed=True)
+        else:
+            self._take(text, text, prefixed=False)
+
+    def _take(self, line: str, bare: str, prefixed: bool) -> None:
+        self.lines.append(line)
+        if not self.first_error and self._is_error(bare, prefixed):
+            self.first_error.append(line)
+            self._collecting = True
+        elif self._collecting and bare.lower().startswith(_CONTEXT_PREFIXES) and len(self.first_error) < 3:
+            self.first_error.append(bare)
+        else:
+            self._collecting = False
+
+    def _is_info(self, message: str) -> bool:
+        if self._info is None:
+            return False
         try:
-            return self._info(bare)
+            return self._info(message)
         except Exception as exc:  # progress must never hide what the tool said
             log.debug("%s: progress line not understood (%s)", self._name, exc)
             return False
+
+    def _is_error(self, text: str, prefixed: bool) -> bool:
+        """By the message's form, never by a word anywhere in it: a table may be called `error_log`."""
+        lowered = text.lower()
+        if "no space left" in lowered:
+            return True
+        if not self._levelled:  # zstd, gzip: no levels, and no names from the database in what they say
+            return "error" in lowered or "fatal" in lowered
+        if text.startswith(_SERVER_ERRORS):
+            return True
+        return prefixed and (_PG_ERROR.match(lowered) is not None or any(f"{s}  " in text for s in _SERVER_ERRORS))
 
     def join(self) -> None:
         self._thread.join(timeout=30)
@@ -80,9 +127,12 @@ class Tail:
         return any(text in line for line in self.lines) or any(text in line for line in self.first_error)
 
 
-def _is_error(line: str) -> bool:
-    lowered = line.lower()
-    return "error" in lowered or "fatal" in lowered or "no space left" in lowered
+# Tools that log as PostgreSQL's front ends do: `name: error: message`, `name: detail: ...` (older ones: `fatal:`,
+# or `name: [archiver (db)] Error ...`), with the server's own `ERROR:  ...` inside or on the next lines.
+_PG_TOOLS = frozenset({"pg_dump", "pg_dumpall", "pg_restore"})
+_LEVEL = re.compile(r"(error|fatal|warning|detail|hint):(?: |$)", re.IGNORECASE)
+_PG_ERROR = re.compile(r"(?:\[[^\]]*\] )?(?:error|fatal)\b")
+_SERVER_ERRORS = ("ERROR:", "FATAL:", "PANIC:")
 
 
 def _clip(text: str, limit: int = 500) -> str:

@@ -40,8 +40,11 @@ _VERBOSE = (
     "restoring large object", "restored ", "processing BLOBS", "processing LARGE OBJECTS", "transferring dependency ",
     "reducing dependencies for ", "dependency ", "no item ready",
 )
-_PROCESSING = re.compile(r'processing data for table "(?P<name>.+)"$')
-_FINISHED = re.compile(r"finished item \d+ TABLE DATA (?P<table>.+)$")  # the table's name without its schema
+# A name is written as it is, quotes and dots included; a newline in it ends the line early (the rest comes as a
+# line of its own), so the closing quote may be missing.
+_PROCESSING = re.compile(r'processing data for table "(?P<name>.*?)"?$')
+# With -j, the leader names an item by its dumpId and its bare name (no schema).
+_ITEM = re.compile(r"(?P<what>launching|finished) item (?P<id>\d+) TABLE DATA (?P<tag>.*)$")
 
 
 class TableWatch:
@@ -53,24 +56,46 @@ class TableWatch:
         self._tables = stage.meter("tables loaded", unit="items", one="table loaded")
         self._parallel = False
         self._current: str | None = None
-        self._qualified: dict[str, str] = {}  # with -j: a table's name to the schema-qualified name its worker said
+        # With -j: items launched whose worker has not yet said which schema, and the schema-qualified names said.
+        self._launched: dict[int, str] = {}
+        self._names: dict[int, str] = {}
+        self._finished: set[int] = set()
 
     def __call__(self, line: str) -> bool:
         if not line.startswith(_VERBOSE):
             return False
         if line.startswith(("entering main parallel loop", "launching item")):
             self._parallel = True
-        if found := _FINISHED.match(line):
-            self._done(self._qualified.pop(found["table"], found["table"]))
+        if item := _ITEM.match(line):
+            self._item(int(item["id"]), item["tag"], launched=item["what"] == "launching")
         elif found := _PROCESSING.match(line):
-            self._qualified[found["name"].rsplit(".", 1)[-1]] = found["name"]
-            if not self._parallel:
+            if self._parallel:
+                self._name_launched(found["name"])
+            else:
                 self._end_current()
             self._current = found["name"]
             self._stage.doing(f"loading {self._current}")
         elif not self._parallel and self._current is not None:
             self._done(self._current)
         return True
+
+    def _item(self, dump_id: int, tag: str, launched: bool) -> None:
+        if launched:
+            self._launched[dump_id] = tag
+        elif dump_id not in self._finished:
+            self._finished.add(dump_id)
+            named = self._names.pop(dump_id, None)
+            self._done(named if named is not None else self._launched.pop(dump_id, tag))
+
+    def _name_launched(self, qualified: str) -> None:
+        """A worker started on `schema.table`: the oldest launched item of that name (the longest, if dots make
+        several fit) is its own. Two tables of one name in two schemas launched together may swap names until both
+        finish; each is counted once either way."""
+        fits = (dump_id for dump_id, tag in self._launched.items() if qualified.endswith(f".{tag}"))
+        found = max(fits, key=lambda dump_id: len(self._launched[dump_id]), default=None)
+        if found is not None:
+            self._names[found] = qualified
+            del self._launched[found]
 
     def _done(self, table: str) -> None:
         self._tables.add(1)
@@ -83,9 +108,9 @@ class TableWatch:
         if self._current is not None:
             self._done(self._current)
 
-    def close(self) -> None:
-        """pg_restore ended: the table a serial restore was loading is done."""
-        if not self._parallel:
+    def close(self, succeeded: bool = True) -> None:
+        """pg_restore ended: if it succeeded, the table a serial restore was loading is done."""
+        if succeeded and not self._parallel:
             self._end_current()
         self._stage.doing(None)
 
@@ -112,8 +137,8 @@ def restore_stream(
                 first = pipe.start(decompress.name, compressor_env(), decompress.argv, stdin=subprocess.PIPE, into=restore)
             pipe.feed(first, hashed())  # a reader that stopped early says why in its exit code and message
             pipe.wait()
-            watch.close()
             failure = pipe.failure()
+            watch.close(succeeded=failure is None)
             if failure:
                 raise failure
     return digest.hexdigest()
@@ -125,7 +150,7 @@ def run_restore_file(conn: Connection, argv: list[str], progress: Progress | Non
         with libpq_env(conn) as env, Pipeline() as pipe:
             pipe.start("pg_restore", env, argv, info=watch)
             pipe.wait()
-            watch.close()
             failure = pipe.failure()
+            watch.close(succeeded=failure is None)
             if failure:
                 raise failure

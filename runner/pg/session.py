@@ -114,9 +114,15 @@ def lock_target(admin: AdminConnection, target: str) -> None:
     A session-level advisory lock: the server releases it when the session ends, however the
     process ended (a kill -9 included), so no stale lock is ever left to clean up.
     """
-    key = _lock_key(target)
-    if _try_lock(admin, key):
+    if _try_lock(admin, _lock_key(target)):
         return
+    who = lock_holder(admin, target) or "another session"
+    raise RestoreRefused(f"another restore into {target} is running ({who}); wait for it to finish, then run again")
+
+
+def lock_holder(admin: AdminConnection, target: str) -> str | None:
+    """The session holding the restore lock on `target`, in words, or None when none does; takes no lock."""
+    key = _lock_key(target)
     holder = admin.execute(
         """SELECT a.pid, a.usename, coalesce(host(a.client_addr), 'local socket'), a.backend_start
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -124,6 +130,6 @@ def lock_target(admin: AdminConnection, target: str) -> None:
              AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid""",
         ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
     ).fetchone()
-    who = (f"session {holder[0]} of {holder[1]} from {holder[2]}, running since "
-           f"{holder[3]:%Y-%m-%d %H:%M:%S %Z}") if holder else "another session"
-    raise RestoreRefused(f"another restore into {target} is running ({who}); wait for it to finish, then run again")
+    if holder is None:
+        return None
+    return f"session {holder[0]} of {holder[1]} from {holder[2]}, running since {holder[3]:%Y-%m-%d %H:%M:%S %Z}"

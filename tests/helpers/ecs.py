@@ -30,16 +30,21 @@ from botocore.compat import HTTPHeaders
 from botocore.exceptions import ClientError
 
 from runner.aws import AwsClients
+from runner.ecs import remote
+from runner.ecs.request import RemoteJob, run_task_params, task_request
 from runner.ecs.task import Backoff, Policy
 from runner.ecs.taskdef import TaskDefinition
 from runner.services import Services
-from runner.settings import Settings
+from runner.settings import GithubEnv, Settings
+from runner.targets import Registry, parse_registry
 from tests.helpers.clock import FakeClock
 
 if TYPE_CHECKING:
+    import pytest
     from botocore.model import OperationModel
     from moto.ecs.models import EC2ContainerServiceBackend, Task
     from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_ecs.type_defs import RunTaskRequestTypeDef
     from mypy_boto3_logs import CloudWatchLogsClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_ssm import SSMClient
@@ -466,3 +471,58 @@ TASKDEF = TaskDefinition(name="db-backup:7", container="db-backup", logs=None, l
 
 def services(clock: FakeClock, aws: FakeAws) -> Services:
     return Services(settings=Settings(), clock=clock, aws=aws)
+
+
+NONPROD_ROLE = "arn:aws:iam::123456789012:role/db-backup-NonProductionTaskRole-ABC123"
+# curation/production (protected) and curation/beta on ECS, with a non-production task role.
+UNIT_TARGETS = """
+version: 1
+defaults:
+  storage: file://{storage}
+  region: eu-west-1
+  ecs:
+    cluster: db-backup
+    task_definition: db-backup
+    subnets: [subnet-a]
+    nonproduction_task_role_arn: {role}
+environments: {{production: {{protected: true}}, beta: {{}}}}
+targets:
+  - {{identifier: curation, env: production}}
+  - {{identifier: curation, env: beta}}
+"""
+
+
+def unit_targets(tmp_path: Path) -> str:
+    """UNIT_TARGETS with its store in `tmp_path`/store."""
+    return UNIT_TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE)
+
+
+def unit_registry(tmp_path: Path) -> Registry:
+    return parse_registry(unit_targets(tmp_path))
+
+
+def use_targets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str | None = None) -> Path:
+    """Write targets.yaml (UNIT_TARGETS unless given) and point the CLI at it."""
+    path = tmp_path / "targets.yaml"
+    path.write_text(unit_targets(tmp_path) if text is None else text)
+    monkeypatch.setenv("DB_BACKUP_TARGETS", str(path))
+    return path
+
+
+def run_task_for(job: RemoteJob, environ: Mapping[str, str] | None = None, gh: GithubEnv | None = None,
+                 request_id: str = "req1", token: int = 1) -> RunTaskRequestTypeDef:
+    """The run_task request the runner would send for `job` (task definition TASKDEF)."""
+    assert job.target.ecs is not None
+    return run_task_params(job.target.ecs, task_request(job, TASKDEF, request_id, gh or GithubEnv(), environ or {}), token=token)
+
+
+def command_of(params: Mapping[str, Any]) -> list[str]:
+    """The command a run_task request gives the task's container."""
+    return list(params["overrides"]["containerOverrides"][0]["command"])
+
+
+def capture_jobs(monkeypatch: pytest.MonkeyPatch) -> list[RemoteJob]:
+    """The jobs the CLI hands to the ECS runner, which is not run."""
+    jobs: list[RemoteJob] = []
+    monkeypatch.setattr(remote, "run", lambda job, *_args, **_kwargs: jobs.append(job))
+    return jobs

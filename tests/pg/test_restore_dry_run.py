@@ -11,7 +11,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from runner import restore_preview
+from runner.pg.session import lock_target
 from tests.conftest import PgCluster, fill_rich, fill_small, fingerprint, free_port, run_cli, write_targets
+from tests.helpers.cli import run_main
 
 RESTORE = ("restore", "app", "--from", "production", "--to", "beta")
 ECS_DEFAULTS = "ecs:\n  cluster: db-backup\n  task_definition: db-backup\n  subnets: [subnet-a]"
@@ -106,15 +109,63 @@ def test_dry_run_applies_the_refusals_of_a_restore(scene: Scene) -> None:
     assert scene.snapshot() == before
 
 
-def test_an_ecs_dry_run_runs_here_and_says_when_the_server_is_out_of_reach(scene: Scene) -> None:
-    """The database of an ECS target may be reachable only from the task's network: the rest is still shown."""
+def test_a_dry_run_here_that_cannot_reach_the_server_fails_as_the_restore_would(scene: Scene) -> None:
     away = replace(scene.pg, port=free_port())
-    targets = write_targets(scene.tmp_path / "ecs.yaml", away, {"production": scene.source, "beta": scene.target},
+    targets = write_targets(scene.tmp_path / "away.yaml", away, {"production": scene.source, "beta": scene.target},
                             f"file://{scene.tmp_path / 'backups'}", extra=ECS_DEFAULTS)
-    done = run_cli(*RESTORE, "--dry-run", env={**scene.env, "DB_BACKUP_TARGETS": str(targets)})
-    assert done.returncode == 0, done.stderr
-    assert "server:   not reachable from here (cannot connect to" in done.stdout
-    assert "runs:     in an ECS task" in done.stdout and "backup:   app/production " in done.stdout
-    # Run locally, the same restore would fail at that connection: so does its dry run.
     local = run_cli(*RESTORE, "--dry-run", "--executor", "local", env={**scene.env, "DB_BACKUP_TARGETS": str(targets)})
     assert local.returncode == 1 and "cannot connect to" in local.stderr
+
+
+def test_a_restore_holding_the_target_is_named_and_the_dry_run_refuses(scene: Scene) -> None:
+    before = scene.snapshot()
+    with psycopg.connect(host=scene.pg.host, port=scene.pg.port, user=scene.pg.user, password=scene.pg.password,
+                         dbname="postgres", autocommit=True) as other:
+        lock_target(other, scene.target)  # what a restore into the target holds while it runs
+        pid = other.info.backend_pid
+        done = run_cli(*RESTORE, "--dry-run", env=scene.env)
+    assert done.returncode == 2, done.stderr
+    assert f"database: {scene.target} exists" in done.stdout  # the plan is still shown
+    said = f"another restore into {scene.target} is running (session {pid} of {scene.pg.user} from "
+    assert f"refused:  {said}" in done.stdout and "a restore now would be refused" in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {said}")
+    assert scene.snapshot() == before
+
+
+def test_sessions_on_the_previous_database_are_counted_as_ended(scene: Scene) -> None:
+    previous = f"{scene.target}__previous"
+    with psycopg.connect(host=scene.pg.host, port=scene.pg.port, user=scene.pg.user, password=scene.pg.password,
+                         dbname=previous, application_name="old-report", autocommit=True) as reader:
+        pid = reader.info.backend_pid
+        done = run_cli(*RESTORE, "--dry-run", env=scene.env)
+        assert reader.execute("SELECT 1").fetchone() == (1,)
+    assert done.returncode == 0, done.stderr
+    assert (f"would end 1 session on {previous} (dropped to make room): pid {pid} old-report "
+            f"({scene.pg.user})") in done.stdout
+    assert "sessions: none connected now" in done.stdout  # the target's own
+
+
+def test_the_dry_run_checks_the_pg_restore_a_restore_would_use(scene: Scene) -> None:
+    done = run_cli(*RESTORE, "--dry-run", env=scene.env)
+    assert done.returncode == 0, done.stderr
+    assert "tools:    pg_restore " in done.stdout and "reads this backup's archive" in done.stdout
+
+    old = scene.tmp_path / "old-bin"
+    old.mkdir()
+    (old / "pg_restore").write_text("#!/bin/sh\necho 'pg_restore (PostgreSQL) 8.4.22'\n")
+    (old / "pg_restore").chmod(0o755)
+    refused = run_cli(*RESTORE, "--dry-run", env={**scene.env, "DB_BACKUP_PG_BINDIR": str(old)})
+    assert refused.returncode == 2
+    assert "which pg_restore 8.4.22 cannot read" in refused.stderr
+
+
+def test_a_server_that_cannot_say_whether_the_target_exists_is_an_error(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in scene.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(restore_preview, "database_exists", lambda _admin, _name: None)
+    run = run_main([*RESTORE, "--dry-run"], capsys)
+    assert run.code == 1
+    assert f"cannot tell whether database {scene.target} exists" in run.err
+    assert "does not exist" not in run.out

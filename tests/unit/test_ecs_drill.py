@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from runner.ecs import remote
-from runner.ecs.request import RemoteJob, run_task_params, task_request
+from runner.ecs.request import RemoteJob
 from runner.errors import InfraError, JobFailed
 from runner.github import SUCCESS
 from runner.manifest import Manifest
@@ -22,28 +22,21 @@ from runner.targets import Registry, parse_registry
 from tests.helpers.backups import write_manifest
 from tests.helpers.cli import run_main
 from tests.helpers.clock import FakeClock
-from tests.helpers.ecs import FAST, TASKDEF, FakeAws, FakeEcs, FakeLogs, container, services, task
-
-NONPROD_ROLE = "arn:aws:iam::123456789012:role/db-backup-NonProductionTaskRole-ABC123"
-TARGETS = """
-version: 1
-defaults:
-  storage: file://{storage}
-  region: eu-west-1
-  ecs:
-    cluster: db-backup
-    task_definition: db-backup
-    subnets: [subnet-a]
-    nonproduction_task_role_arn: {role}
-environments: {{production: {{protected: true}}, beta: {{}}}}
-targets:
-  - {{identifier: curation, env: production}}
-  - {{identifier: curation, env: beta}}
-"""
-
-
-def registry(tmp_path: Path) -> Registry:
-    return parse_registry(TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE))
+from tests.helpers.ecs import (
+    FAST,
+    NONPROD_ROLE,
+    FakeAws,
+    FakeEcs,
+    FakeLogs,
+    command_of,
+    container,
+    run_task_for,
+    services,
+    task,
+    unit_registry,
+    unit_targets,
+    use_targets,
+)
 
 
 def drill_job(reg: Registry, env: str, backup: str = "latest", verbose: bool = False) -> RemoteJob:
@@ -52,17 +45,16 @@ def drill_job(reg: Registry, env: str, backup: str = "latest", verbose: bool = F
 
 @pytest.mark.parametrize("env", ["production", "beta"])
 def test_the_task_runs_the_drill_locally_with_the_task_definitions_role(tmp_path: Path, env: str) -> None:
-    job = drill_job(registry(tmp_path), env, backup="2024-05-01_01-00-00", verbose=True)
-    assert job.target.ecs is not None
-    request = task_request(job, TASKDEF, "req1", GithubEnv(), {"DB_BACKUP_RESTORE_MODE": "stream", "PGPASSWORD": "no"})
-    params = run_task_params(job.target.ecs, request, token=1)
+    job = drill_job(unit_registry(tmp_path), env, backup="2024-05-01_01-00-00", verbose=True)
+    params = run_task_for(job, {"DB_BACKUP_RESTORE_MODE": "stream", "PGPASSWORD": "no"})
     (override,) = params["overrides"]["containerOverrides"]
-    assert override["command"] == ["--verbose", "drill", "curation", env, "--backup", "2024-05-01_01-00-00", "--executor", "local"]
+    assert command_of(params) == ["--verbose", "drill", "curation", env, "--backup", "2024-05-01_01-00-00", "--executor", "local"]
     assert "--confirm" not in override["command"]  # no environment is touched
     assert override["environment"] == [{"name": "DB_BACKUP_RESTORE_MODE", "value": "stream"}]
     # Without drill_task_role_arn a drill keeps the task definition's role, which may write its record.
     assert "taskRoleArn" not in params["overrides"]
-    assert ("db-backup:action", "drill") in request.tags and ("db-backup:target", f"curation/{env}") in request.tags
+    assert {"key": "db-backup:action", "value": "drill"} in params["tags"]
+    assert {"key": "db-backup:target", "value": f"curation/{env}"} in params["tags"]
 
 
 def _stored(tmp_path: Path) -> tuple[LocalStore, Manifest]:
@@ -78,7 +70,7 @@ def _record(backup_id: str, ok: bool) -> DrillRecord:
 
 def _run(tmp_path: Path, fake: FakeEcs) -> Any:
     clock = FakeClock()
-    job = drill_job(registry(tmp_path), "production")
+    job = drill_job(unit_registry(tmp_path), "production")
     return remote.run(job, services(clock, FakeAws(fake, FakeLogs(clock, []))), GithubEnv(), timeout_s=3600, policy=FAST,
                       out=io.StringIO())
 
@@ -113,9 +105,7 @@ def test_a_failed_drill_fails_the_run_with_its_reason(tmp_path: Path) -> None:
 
 
 def test_a_to_url_drill_is_not_sent_to_ecs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "targets.yaml"
-    path.write_text(TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE))
-    monkeypatch.setenv("DB_BACKUP_TARGETS", str(path))
+    use_targets(monkeypatch, tmp_path)
     run = run_main(["drill", "curation", "beta", "--to-url", "postgresql://drill@scratch:5432/postgres", "--executor", "ecs"], capsys)
     assert run.code == 2
     assert run.err_lines[-1] == "error: --to-url drills run locally; drop --executor ecs"
@@ -141,7 +131,7 @@ def test_when_latest_could_not_be_pinned_the_record_written_since_counts(tmp_pat
         write_manifest(store, "curation", "production", datetime(2024, 5, 1, 3, 0, tzinfo=UTC), None)  # the nightly, meanwhile
 
     fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))], on_run=task_ran)
-    job = drill_job(registry(tmp_path), "production")
+    job = drill_job(unit_registry(tmp_path), "production")
     report = remote.run(job, services(clock, FakeAws(fake, FakeLogs(clock, []))), GithubEnv(), timeout_s=3600, policy=FAST,
                         out=io.StringIO())
 
@@ -165,9 +155,7 @@ def test_when_latest_could_not_be_pinned_an_older_record_is_not_this_drills(tmp_
 
 def test_json_of_an_ecs_drill_is_refused_not_silently_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "targets.yaml"
-    path.write_text(TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE))
-    monkeypatch.setenv("DB_BACKUP_TARGETS", str(path))
+    use_targets(monkeypatch, tmp_path)
     run = run_main(["drill", "curation", "beta", "--executor", "ecs", "--json"], capsys)
     assert run.code == 2
     assert run.err_lines[-1].startswith("error: --json prints a local drill's record;")
@@ -179,9 +167,8 @@ DRILL_ROLE = "arn:aws:iam::123456789012:role/db-backup-DrillTaskRole-DEF456"
 def test_with_a_drill_role_configured_the_task_runs_as_it(tmp_path: Path) -> None:
     """The drill runs the dump's SQL as superuser in the task: the role that cannot read database credentials."""
     store, manifest = _stored(tmp_path)
-    text = TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE)
-    text = text.replace(f"    nonproduction_task_role_arn: {NONPROD_ROLE}\n",
-                        f"    nonproduction_task_role_arn: {NONPROD_ROLE}\n    drill_task_role_arn: {DRILL_ROLE}\n")
+    text = unit_targets(tmp_path).replace(f"    nonproduction_task_role_arn: {NONPROD_ROLE}\n",
+                                          f"    nonproduction_task_role_arn: {NONPROD_ROLE}\n    drill_task_role_arn: {DRILL_ROLE}\n")
     reg = parse_registry(text)
     fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))],
                    on_run=lambda _kwargs: put_record(store, manifest.key, _record(manifest.id, ok=True)))

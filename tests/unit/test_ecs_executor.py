@@ -22,7 +22,7 @@ from botocore.exceptions import (
 
 from runner.ecs import remote
 from runner.ecs.logs import LogTail
-from runner.ecs.request import RemoteJob, run_task_params, task_request
+from runner.ecs.request import RemoteJob, task_request
 from runner.ecs.task import judge, outcome, start
 from runner.ecs.taskdef import TaskDefinition
 from runner.ecs.taskdef import read as read_task_definition
@@ -43,8 +43,10 @@ from tests.helpers.ecs import (
     FakeEcs,
     FakeLogs,
     client_error,
+    command_of,
     container,
     container_definition,
+    run_task_for,
     services,
     task,
     task_definition,
@@ -97,16 +99,15 @@ def test_run_task_request_is_fargate_awsvpc_with_the_same_cli_and_no_secret(tmp_
     monkeypatch.setenv("CURATION_PASSWORD", "hunter2-secret")
     t = target(tmp_path)
     gh = GithubEnv(actions=True, repository="org/db-backup", run_id="991", run_attempt="2", actor="alice", server_url="https://github.com")
-    request = task_request(backup_job(t), TASKDEF, "req123", gh, {"DB_BACKUP_PART_SIZE_MB": "64", "CURATION_PASSWORD": "hunter2-secret"})
-    assert t.ecs is not None
-    params = run_task_params(t.ecs, request, token=1)
+    environ = {"DB_BACKUP_PART_SIZE_MB": "64", "CURATION_PASSWORD": "hunter2-secret"}
+    params = run_task_for(backup_job(t), environ, gh, request_id="req123")
     assert params["cluster"] == "db-backup" and params["taskDefinition"] == "db-backup:7"
     assert params["launchType"] == "FARGATE" and params["count"] == 1
     assert params["networkConfiguration"] == {"awsvpcConfiguration": {
         "subnets": ["subnet-a", "subnet-b"], "securityGroups": ["sg-1"], "assignPublicIp": "ENABLED"}}
     override = params["overrides"]["containerOverrides"][0]
     assert override["name"] == "db-backup"
-    assert override["command"] == ["backup", "curation", "production", "--executor", "local", "--request-id", "req123"]
+    assert command_of(params) == ["backup", "curation", "production", "--executor", "local", "--request-id", "req123"]
     assert override["environment"] == [{"name": "DB_BACKUP_PART_SIZE_MB", "value": "64"}]
     assert params["startedBy"] == "db-backup/gh-991-2"
     tags = {tag["key"]: tag["value"] for tag in params["tags"]}
@@ -114,7 +115,7 @@ def test_run_task_request_is_fargate_awsvpc_with_the_same_cli_and_no_secret(tmp_
     assert tags["github:run-url"] == "https://github.com/org/db-backup/actions/runs/991"
     assert tags["db-backup:request-id"] == "req123"
     assert "hunter2-secret" not in repr(params)
-    assert run_task_params(t.ecs, request, token=2)["clientToken"] != params["clientToken"]
+    assert run_task_for(backup_job(t), environ, gh, request_id="req123", token=2)["clientToken"] != params["clientToken"]
 
 
 def test_run_task_failures_and_throttling_are_retried_with_growing_backoff(tmp_path: Path) -> None:

@@ -4,63 +4,48 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from runner.ecs import remote
-from runner.ecs.request import RemoteJob, run_task_params, task_request
+from runner.ecs.request import RemoteJob
 from runner.github import SUCCESS
 from runner.settings import GithubEnv
-from runner.targets import Registry, parse_registry
 from tests.helpers.cli import run_main
 from tests.helpers.clock import FakeClock
-from tests.helpers.ecs import FAST, TASKDEF, FakeAws, FakeEcs, FakeLogs, container, services, task
-
-NONPROD_ROLE = "arn:aws:iam::123456789012:role/db-backup-NonProductionTaskRole-ABC123"
-TARGETS = """
-version: 1
-defaults:
-  storage: file://{storage}
-  region: eu-west-1
-  ecs:
-    cluster: db-backup
-    task_definition: db-backup
-    subnets: [subnet-a]
-    nonproduction_task_role_arn: {role}
-environments: {{production: {{protected: true}}, beta: {{}}}}
-targets:
-  - {{identifier: curation, env: production}}
-  - {{identifier: curation, env: beta}}
-"""
-
-
-def registry(tmp_path: Path) -> Registry:
-    return parse_registry(TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE))
-
-
-def command_and_params(job: RemoteJob) -> tuple[list[str], Any]:
-    assert job.target.ecs is not None
-    params = run_task_params(job.target.ecs, task_request(job, TASKDEF, "req1", GithubEnv(), {}), token=1)
-    return params["overrides"]["containerOverrides"][0]["command"], params
+from tests.helpers.ecs import (
+    FAST,
+    NONPROD_ROLE,
+    FakeAws,
+    FakeEcs,
+    FakeLogs,
+    capture_jobs,
+    command_of,
+    container,
+    run_task_for,
+    services,
+    task,
+    unit_registry,
+    use_targets,
+)
 
 
 def test_the_task_runs_the_rollback_locally_with_the_restore_roles() -> None:
-    reg = registry(Path("/nowhere"))
-    command, params = command_and_params(RemoteJob(action="rollback", target=reg.get("curation", "beta")))
-    assert command == ["rollback", "curation", "beta", "--executor", "local"]
+    reg = unit_registry(Path("/nowhere"))
+    params = run_task_for(RemoteJob(action="rollback", target=reg.get("curation", "beta")))
+    assert command_of(params) == ["rollback", "curation", "beta", "--executor", "local"]
     # Like a restore into an unprotected environment: the non-production role, which reads only its credentials.
     assert params["overrides"]["taskRoleArn"] == NONPROD_ROLE
     assert {"key": "db-backup:action", "value": "rollback"} in params["tags"]
 
-    command, params = command_and_params(RemoteJob(action="rollback", target=reg.get("curation", "production"),
-                                                   confirm="production", verbose=True))
-    assert command == ["--verbose", "rollback", "curation", "production", "--confirm", "production", "--executor", "local"]
+    params = run_task_for(RemoteJob(action="rollback", target=reg.get("curation", "production"), confirm="production",
+                                    verbose=True))
+    assert command_of(params) == ["--verbose", "rollback", "curation", "production", "--confirm", "production", "--executor", "local"]
     assert "taskRoleArn" not in params["overrides"]  # the task definition's role, as for a production restore
 
 
 def test_a_rollback_has_no_source() -> None:
-    reg = registry(Path("/nowhere"))
+    reg = unit_registry(Path("/nowhere"))
     with pytest.raises(ValueError, match="no source"):
         RemoteJob(action="rollback", target=reg.get("curation", "beta"), source=reg.get("curation", "production"))
 
@@ -68,7 +53,7 @@ def test_a_rollback_has_no_source() -> None:
 def test_a_remote_rollback_is_reported_as_one(tmp_path: Path) -> None:
     clock = FakeClock()
     fake = FakeEcs([task("RUNNING"), task("STOPPED", container("db-backup", 0))])
-    job = RemoteJob(action="rollback", target=registry(tmp_path).get("curation", "beta"))
+    job = RemoteJob(action="rollback", target=unit_registry(tmp_path).get("curation", "beta"))
     out = io.StringIO()
     report = remote.run(job, services(clock, FakeAws(fake, FakeLogs(clock, []))), GithubEnv(), timeout_s=3600, policy=FAST, out=out)
     assert report.result == SUCCESS and report.action == "rollback" and report.target == "curation/beta"
@@ -79,12 +64,8 @@ def test_a_remote_rollback_is_reported_as_one(tmp_path: Path) -> None:
 @pytest.fixture
 def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[RemoteJob]:
     """The jobs the CLI hands to the ECS runner (which is not run)."""
-    path = tmp_path / "targets.yaml"
-    path.write_text(TARGETS.format(storage=tmp_path / "store", role=NONPROD_ROLE))
-    monkeypatch.setenv("DB_BACKUP_TARGETS", str(path))
-    jobs: list[RemoteJob] = []
-    monkeypatch.setattr(remote, "run", lambda job, *_args, **_kwargs: jobs.append(job))
-    return jobs
+    use_targets(monkeypatch, tmp_path)
+    return capture_jobs(monkeypatch)
 
 
 def test_the_cli_refuses_a_protected_rollback_before_starting_a_task(started: list[RemoteJob], capsys: pytest.CaptureFixture[str]) -> None:
