@@ -15,32 +15,23 @@ import os
 import sys
 from pathlib import Path
 
+from gha import append, command_data
+
 from runner.aws import AwsClients
 from runner.catalog import resolve_backup
 from runner.clock import SystemClock
-from runner.errors import DbBackupError
+from runner.errors import DbBackupError, ExitCode
 from runner.output import human_size
 from runner.services import Services
 from runner.settings import load_settings
 from runner.targets import load_registry
 
 
-def _command_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _append(variable: str, text: str) -> None:
-    path = os.environ.get(variable)
-    if path:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(text)
-
-
 class _Annotations(logging.Handler):
     """The catalog's warnings (a damaged backup skipped, a legacy fallback) as GitHub warnings."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"::warning title=db-backup::{_command_data(record.getMessage())}", flush=True)
+        print(f"::warning title=db-backup::{command_data(record.getMessage())}", flush=True)
 
 
 def main() -> int:
@@ -53,8 +44,15 @@ def main() -> int:
         services = Services(settings=load_settings(), clock=SystemClock(), aws=AwsClients())
         entry = resolve_backup(services.store(source), identifier, source_env, requested)
     except DbBackupError as exc:
-        print(f"::error title=Backup not restorable::{_command_data(str(exc))}")
-        _append("GITHUB_STEP_SUMMARY", f"### db-backup: restore refused, nothing was started\n\n{exc}\n")
+        if exc.exit_code == ExitCode.INFRA:
+            # Access denied, storage unreachable: nothing is known about the backup itself.
+            message = (f"{exc}; the backup could not be looked up, so nothing was started: run the Show backups "
+                       "workflow for this target to see whether the read-only role can list its backups")
+            print(f"::error title=Backup could not be looked up::{command_data(message)}")
+            append("GITHUB_STEP_SUMMARY", f"### db-backup: backup could not be looked up, nothing was started\n\n{message}\n")
+        else:
+            print(f"::error title=Backup not restorable::{command_data(str(exc))}")
+            append("GITHUB_STEP_SUMMARY", f"### db-backup: restore refused, nothing was started\n\n{exc}\n")
         return int(exc.exit_code)
     kind = "complete" if entry.complete else "legacy: no manifest, its sha256 cannot be checked"
     if not entry.complete:
@@ -63,9 +61,9 @@ def main() -> int:
     when = entry.created_at.strftime("%Y-%m-%d %H:%M UTC")
     line = f"backup {entry.id} of {source.name} ({kind}, {human_size(entry.size_bytes)}, taken {when})"
     print(f"{line} is the one to restore" + (f" (requested: {requested})" if requested != entry.id else ""))
-    _append("GITHUB_OUTPUT", f"backup-id={entry.id}\n")
-    _append("GITHUB_STEP_SUMMARY", f"### Backup to restore\n\n- `{entry.id}` of {source.name}, requested as `{requested}`\n"
-                                   f"- {kind}, {human_size(entry.size_bytes)}, taken {when}\n")
+    append("GITHUB_OUTPUT", f"backup-id={entry.id}\n")
+    append("GITHUB_STEP_SUMMARY", f"### Backup to restore\n\n- `{entry.id}` of {source.name}, requested as `{requested}`\n"
+                                  f"- {kind}, {human_size(entry.size_bytes)}, taken {when}\n")
     return 0
 
 

@@ -3,7 +3,8 @@
 Run by the db-backup action for every command that names a target. GitHub's dispatch form
 cannot make the environment choices depend on the identifier chosen, so an identifier/env
 pair that targets.yaml does not have is refused here, naming the environments it does have.
-A restore must also go in an allowed direction. Protection is not checked here: in GitHub it
+A restore must also go in an allowed direction; a rollback of a target with keep_previous: false
+passes with a warning, as `db-backup rollback` gives. Protection is not checked here: in GitHub it
 is the destination job's environment (required reviewers) that approves a protected one.
 Inputs come from the environment: IN_COMMAND, IN_IDENTIFIER, IN_ENV, IN_FROM, IN_TO, IN_BACKUP,
 DB_BACKUP_TARGETS.
@@ -15,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from gha import append, command_data
+
 from runner.errors import DbBackupError
 from runner.restore import plan_restore
 from runner.targets import Registry, Target, load_registry
@@ -25,17 +28,6 @@ ROLLBACKS = ("rollback", "check-rollback")
 
 class Refused(Exception):
     """The request names something targets.yaml does not have."""
-
-
-def _command_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _append(variable: str, text: str) -> None:
-    path = os.environ.get(variable)
-    if path:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(text)
 
 
 def target(registry: Registry, identifier: str, env: str) -> Target:
@@ -65,6 +57,15 @@ def check(registry: Registry, command: str) -> dict[str, str]:
         dest = target(registry, identifier, os.environ["IN_TO"])
         print(f"rollback request valid: {dest.name}"
               + (" (protected: needs the environment's approval)" if dest.protected else ""))
+        if not dest.keep_previous:
+            # A warning, as `db-backup rollback` gives, not a refusal: this job cannot see the
+            # database, and a __previous may be there (kept before keep_previous was turned off,
+            # or left by a restore whose drop failed); without one the rollback itself refuses.
+            warning = (f"{dest.name} has keep_previous: false: its restores drop the database they replace, so there may be "
+                       "no __previous to swap back (the rollback then fails, changing nothing); if there is one, the rollback "
+                       "keeps the data it replaces as __previous anyway, so that it can be undone: drop it by hand once not needed")
+            print(f"::warning title=db-backup::{command_data(warning)}")
+            append("GITHUB_STEP_SUMMARY", f"### db-backup: rollback of {dest.name}\n\n- Warning: {warning}\n")
         return {"protected": str(dest.protected).lower(), "dest": dest.name}
     chosen = target(registry, identifier, os.environ.get("IN_ENV", ""))
     print(f"target valid: {chosen.name}")
@@ -78,10 +79,10 @@ def main() -> int:
         outputs = check(registry, command)
     except (Refused, DbBackupError) as exc:
         what = "Restore" if command in RESTORES else "Rollback" if command in ROLLBACKS else "Request"
-        print(f"::error title={what} refused::{_command_data(str(exc))}")
-        _append("GITHUB_STEP_SUMMARY", f"### db-backup: {what.lower()} refused, nothing was started\n\n{exc}\n")
+        print(f"::error title={what} refused::{command_data(str(exc))}")
+        append("GITHUB_STEP_SUMMARY", f"### db-backup: {what.lower()} refused, nothing was started\n\n{exc}\n")
         return 2
-    _append("GITHUB_OUTPUT", "".join(f"{name}={value}\n" for name, value in outputs.items()))
+    append("GITHUB_OUTPUT", "".join(f"{name}={value}\n" for name, value in outputs.items()))
     return 0
 
 

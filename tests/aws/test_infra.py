@@ -1031,6 +1031,19 @@ def test_read_role_writes_tags_and_starts_nothing(stack: Stack) -> None:
     assert not [n for n, r in stack.resources().items() if physical in r.get("Roles", [])]
 
 
+def test_read_role_decrypts_with_the_bucket_key_only_through_s3(stack: Stack) -> None:
+    statements = role_statements(stack, "ReadRole")
+    through_s3 = {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}
+    if not stack.params["KmsKeyArn"]:
+        assert not permits(statements, "kms:Decrypt", KMS_KEY, through_s3)
+        return
+    assert permits(statements, "kms:Decrypt", KMS_KEY, through_s3)
+    # Called directly, or through another service, the key decrypts nothing for this role.
+    assert not permits(statements, "kms:Decrypt", KMS_KEY)
+    assert not permits(statements, "kms:Decrypt", KMS_KEY, {"kms:ViaService": f"ssm.{REGION}.amazonaws.com"})
+    assert not permits(statements, "kms:Decrypt", KMS_KEY, {"kms:ViaService": "s3.eu-west-1.amazonaws.com"})
+
+
 def test_read_role_trusts_what_the_backup_role_trusts(stack: Stack) -> None:
     # The jobs that use it (Show backups, the restore check) declare no environment: the default branch's subject.
     trust = stack.resource("ReadRole")["AssumeRolePolicyDocument"]

@@ -78,6 +78,14 @@ class ActRun:
     def _of(self, job: str | None) -> list[dict[str, Any]]:
         return [e for e in self.events if job is None or e.get("jobID") == job]
 
+    def job_events(self, job: str) -> list[dict[str, Any]]:
+        """Every event of the job: none at all for a job that never started."""
+        return self._of(job)
+
+    def steps_run(self, job: str) -> set[str]:
+        """Ids of the job's top-level steps that ran (a composite action's own steps count for it)."""
+        return {e["stepID"][0] for e in self._of(job) if e.get("stepID") and "stepResult" in e}
+
     def job_results(self, job: str) -> list[str]:
         """One result per run of the job (a matrix job runs once per entry)."""
         return [e["jobResult"] for e in self._of(job) if "jobResult" in e]

@@ -74,9 +74,24 @@ def test_refused_before_any_aws_call(
     assert run.roles_assumed == []
 
 
-def test_a_bad_limit_is_refused(act: Act, tmp_path: Path, aws: MotoServer) -> None:
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"what": "list", "limit": "1;id"}, 'input "limit" must be a number from 1 to 500'),
+        ({"what": "history", "limit": "501"}, 'input "limit" must be a number from 1 to 500'),
+        ({"what": "dump", "limit": "20"}, 'input "what" must be list, history or status'),
+    ],
+    ids=["limit-not-a-number", "limit-too-big", "unknown-what"],
+)
+def test_bad_inputs_are_refused_before_any_role_is_assumed(
+    act: Act, tmp_path: Path, aws: MotoServer, inputs: dict[str, str], message: str,
+) -> None:
     targets = write_targets(tmp_path / "targets.yaml", TARGETS)
-    run = act.run("backups.yml", {"identifier": "app", "env": "beta", "what": "list", "limit": "1;id"},
-                  targets=targets, endpoint=aws.endpoint)
+    run = act.run("backups.yml", {"identifier": "app", "env": "beta", **inputs}, targets=targets, endpoint=aws.endpoint)
     assert run.job_results("show") == ["failure"], run.explain()
-    assert 'input "limit" must be a number from 1 to 500' in run.log("show"), run.explain()
+    assert message in run.log("show"), run.explain()
+    assert "request refused, nothing was looked up" in run.summary("show")
+    # Neither the setup step (which holds configure-aws-credentials) nor the listing ran.
+    assert "setup" not in run.steps_run("show"), run.steps_run("show")
+    assert "configure-aws-credentials" not in run.log("show")
+    assert run.roles_assumed == []

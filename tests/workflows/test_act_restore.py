@@ -4,6 +4,7 @@ backup up with the read-only role before the job that waits for approval; good r
 
 from __future__ import annotations
 
+import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from runner.catalog import make_id
-from tests.conftest import AWS_ENV, MotoServer, PgCluster, fill_small, run_cli
+from tests.conftest import AWS_ENV, DB_BACKUP, MotoServer, PgCluster, fill_small, run_cli
 from tests.helpers.ecs import BUCKET, FakeFargate, make_ecs_infra
 
 from .conftest import ROLES, Act, store_fake_backups, write_targets
@@ -50,7 +51,7 @@ def test_check_job_refuses_before_any_aws_call(act: Act, tmp_path: Path, inputs:
     assert run.job_results("check") == ["failure"], run.explain()
     assert message in run.log("check"), run.explain()
     assert "nothing was started" in run.summary("check")
-    assert run.job_results("restore") == []  # never started: no environment, no role, no task
+    assert run.job_events("restore") == []  # never started: no environment, no role, no task
     assert run.roles_assumed == []
 
 
@@ -80,8 +81,26 @@ def test_an_unknown_or_damaged_backup_fails_the_check_before_approval(
     assert run.job_results("check") == ["failure"], run.explain()
     assert message in run.log("check"), run.explain()
     assert "restore refused, nothing was started" in run.summary("check")
-    assert run.job_results("restore") == []  # the job that waits for approval never started
+    assert run.job_events("restore") == []  # the job that waits for approval never started
     assert run.roles_assumed == [ROLES["DB_BACKUP_READ_ROLE_ARN"]]  # only the read-only one
+
+
+def test_a_backup_that_cannot_be_looked_up_fails_the_check_and_says_so(act: Act, tmp_path: Path, aws: MotoServer) -> None:
+    # The read-only role reaches S3, but the bucket targets.yaml names does not exist: nothing is
+    # known about the backup, which is not the same as a bad one.
+    targets = write_targets(tmp_path / "targets.yaml", TARGETS, bucket="no-such-bucket")
+    run = act.run("restore.yml", {"identifier": "app", "from": "production", "to": "production", "backup": "latest"},
+                  targets=targets, endpoint=aws.endpoint)
+    assert run.job_results("check") == ["failure"], run.explain()
+    log = run.log("check")
+    assert "bucket no-such-bucket does not exist" in log, run.explain()
+    assert "Backup could not be looked up" in log, run.explain()
+    assert "Backup not restorable" not in log
+    summary = run.summary("check")
+    assert "backup could not be looked up, nothing was started" in summary
+    assert "Show backups workflow" in summary
+    assert run.job_events("restore") == []
+    assert run.roles_assumed == [ROLES["DB_BACKUP_READ_ROLE_ARN"]]
 
 
 def test_latest_is_resolved_to_the_newest_good_backup_before_approval(act: Act, tmp_path: Path, aws: MotoServer) -> None:
@@ -106,8 +125,31 @@ def test_no_read_role_configured_checks_targets_yaml_only_and_says_so(act: Act, 
                   targets=targets, job="check", variables={"DB_BACKUP_READ_ROLE_ARN": ""})
     assert run.job_results("check") == ["success"], run.explain()
     assert "the backup was not looked up before approval" in run.log("check")
+    assert ("`latest` was not checked before approval: the repository variable DB_BACKUP_READ_ROLE_ARN is not set"
+            in run.summary("check")), run.explain()
     assert run.outputs("check", "check").get("backup-id", "") == ""
     assert run.roles_assumed == []
+
+
+def dump_ids(bucket: str) -> list[str]:
+    """Ids of the dumps in the bucket, oldest first."""
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return sorted(key.rsplit("/", 1)[-1].removesuffix(".dump") for key in keys if key.endswith(".dump"))
+
+
+def newer_backup_hook(tmp_path: Path, role: str, cli_env: dict[str, str]) -> Path:
+    """A FAKE_AWS_ASSUME_HOOK that takes a new backup of app/production when `role` is assumed."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), **cli_env}
+    hook = tmp_path / "newer-backup.sh"
+    hook.write_text(
+        "#!/bin/bash\nset -euo pipefail\n"
+        f"[[ $1 == {shlex.quote(role)} ]] || exit 0\n"
+        f"exec env -i {' '.join(shlex.quote(f'{k}={v}') for k, v in env.items())} "
+        f"{shlex.quote(DB_BACKUP)} backup app production --executor local\n",
+        encoding="utf-8",
+    )
+    hook.chmod(0o700)
+    return hook
 
 
 @pytest.mark.parametrize(
@@ -134,22 +176,28 @@ def test_restore_runs_as_an_ecs_task(
                "TEST_PG_PASSWORD": pg.password}
     made = run_cli("backup", "app", "production", "--executor", "local", env=cli_env)
     assert made.returncode == 0, made.stderr
-    backup_id = boto3.client("s3").list_objects_v2(Bucket=infra.bucket)["Contents"][0]["Key"].split("/")[-1].split(".")[0]
+    backup_id = dump_ids(infra.bucket)[0]
+    # A newer backup lands after the check job resolved `latest` and before the restore job runs
+    # (as while a request waits for approval): the restore must still be the backup the check found.
+    hook = newer_backup_hook(tmp_path, ROLES[role], cli_env)
 
     with FakeFargate(infra.cluster, cli_env) as fargate:
         # Into beta the form's with_roles box is ticked; into production it is left alone.
         inputs = {"identifier": "app", "from": "production", "to": to, "backup": "latest", **({} if confirmed else {"with_roles": "true"})}
-        run = act.run("restore.yml", inputs, targets=targets, endpoint=aws.endpoint, actor="alice")
+        run = act.run("restore.yml", inputs, targets=targets, endpoint=aws.endpoint, actor="alice",
+                      env={"FAKE_AWS_ASSUME_HOOK": str(hook)})
     assert run.job_results("check") == ["success"], run.explain()
     assert run.job_results("restore") == ["success"], run.explain()
     # The check job looked the backup up read-only; the restore job assumed the destination's role.
     assert run.roles_assumed == [ROLES["DB_BACKUP_READ_ROLE_ARN"], ROLES[role]]
     assert run.outputs("check", "check")["backup-id"] == backup_id
+    ids = dump_ids(infra.bucket)
+    assert len(ids) == 2 and ids[0] == backup_id and ids[1] > backup_id, ids  # `latest` is now the newer one
 
     assert len(fargate.tasks) == 1, fargate.tasks
     task = fargate.tasks[0]
     assert task.returncode == 0, task.output
-    # The runner pins the resolved backup id; --confirm only for the protected destination.
+    # The check's id, not today's `latest`; --confirm only for the protected destination.
     assert task.command[:8] == ["restore", "app", "--from", "production", "--to", to, "--backup", backup_id]
     assert (["--confirm", to] == task.command[8:10]) is confirmed, task.command
     assert ("--with-roles" in task.command) is not confirmed, task.command
@@ -165,6 +213,18 @@ def test_restore_runs_as_an_ecs_task(
         assert "approval through the production environment's required reviewers" in summary
     else:
         assert "beta is not protected" in summary
+
+
+def test_rollback_of_a_target_that_keeps_no_previous_passes_the_check_with_a_warning(act: Act, tmp_path: Path) -> None:
+    """As `db-backup rollback` does: the check cannot see the database, so it warns and does not refuse."""
+    targets = write_targets(tmp_path / "targets.yaml", TARGETS.replace("env: beta}", "env: beta, keep_previous: false}"))
+    run = act.run("restore.yml", {"identifier": "app", "action": "rollback", "to": "beta"}, targets=targets, job="check")
+    assert run.job_results("check") == ["success"], run.explain()
+    log = run.log("check")
+    assert "rollback request valid: app/beta" in log
+    assert "app/beta has keep_previous: false: its restores drop the database they replace" in log, run.explain()
+    assert "app/beta has keep_previous: false" in run.summary("check")
+    assert run.roles_assumed == []
 
 
 @pytest.mark.parametrize(
