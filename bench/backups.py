@@ -88,7 +88,7 @@ def startup(bench: Bench, scale: int) -> None:
         m.samples.append(sample)
 
 
-def floor(bench: Bench, scale: int, dbname: str, compression: str) -> None:
+def floor(bench: Bench, scale: int, dbname: str, compression: str, repeat: int | None = None) -> None:
     """The pipeline floor: db-backup's dump pipeline to /dev/null, and upload_file of its result."""
     stages = dump_stages(bench, compression)
     tools = " | ".join(s[0].rsplit("/", 1)[-1] for s in stages)
@@ -98,7 +98,7 @@ def floor(bench: Bench, scale: int, dbname: str, compression: str) -> None:
                            f"floor: upload_file of the finished {compression} dump")
     local = bench.work / f"floor-s{scale}.dump"
     bench.download(bench.latest_key(scale, compression), local)
-    for attempt in range(bench.repeat):
+    for attempt in range(bench.repeat if repeat is None else repeat):
         bench.server.settle()
         with open(os.devnull, "wb") as sink:
             d, _ = measured(partial(run_pipeline, stages, bench.server.env(dbname), sink))

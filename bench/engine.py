@@ -19,6 +19,7 @@ from .s3 import S3Base
 from .server import Server
 
 ENV_NAME = "bench"
+EMPTY, EMPTY_DB = "empty", "bench_empty"  # the fixed-cost steps' target and its database
 FALLBACK_DEFAULT = "zstd:1"  # if the engine cannot be asked for its default
 
 # Runs the db-backup console entry point and, at exit, writes the process's own peak RSS
@@ -81,7 +82,7 @@ class Engine:
         self.targets_file = work / "targets.yaml"
         self.folder_targets_file = work / "targets-folder.yaml"
 
-    def _target_lines(self, scale: int, identifier: str, compression: str) -> list[str]:
+    def _target_lines(self, database: str, identifier: str, compression: str) -> list[str]:
         # The password is only ever an env: reference; its value reaches the child in the
         # environment (BENCH_PGPASSWORD, see env()), never in argv or this file.
         c = self.server
@@ -89,7 +90,7 @@ class Engine:
         return [
             f"  - identifier: {identifier}", f"    env: {ENV_NAME}", f"    compression: {compression}",
             "    database:", f"      host: {json.dumps(c.host)}", f"      port: {c.port}",
-            f"      name: bench_s{scale}", f"      user: {json.dumps(c.user)}",
+            f"      name: {database}", f"      user: {json.dumps(c.user)}",
             f"      password: {password}",
             *([f"      sslmode: {json.dumps(c.sslmode)}"] if c.sslmode else []),
         ]
@@ -102,9 +103,11 @@ class Engine:
         folder = [line.replace("{storage}", f"file://{self.work / 'folder-store'}") for line in head]
         for scale in scales:
             for compression in self.compressions:
-                s3 += self._target_lines(scale, ident(scale, compression), compression)
-            s3 += self._target_lines(scale, ident(scale, "legacy"), "gzip:6")
-            folder += self._target_lines(scale, ident(scale, self.default), self.default)
+                s3 += self._target_lines(f"bench_s{scale}", ident(scale, compression), compression)
+            s3 += self._target_lines(f"bench_s{scale}", ident(scale, "legacy"), "gzip:6")
+            folder += self._target_lines(f"bench_s{scale}", ident(scale, self.default), self.default)
+        for lines in (s3, folder):
+            lines += self._target_lines(EMPTY_DB, EMPTY, self.default)
         self.targets_file.write_text("\n".join(s3) + "\n", encoding="utf-8")
         self.folder_targets_file.write_text("\n".join(folder) + "\n", encoding="utf-8")
 

@@ -89,12 +89,14 @@ class Target:
 
     @property
     def ok(self) -> bool:
-        return self.value <= self.limit if self.unit == "x" else self.value < self.limit
+        return self.value <= self.limit if self.unit in ("x", "s") else self.value < self.limit
 
     def line(self) -> str:
         verdict = "PASS" if self.ok else "FAIL"
         if self.unit == "x":
             return f"{verdict}  [{self.capability}] {self.text}: {self.value:.2f}x (<= {self.limit:.2f}x)"
+        if self.unit == "s":
+            return f"{verdict}  [{self.capability}] {self.text}: {self.value:+.2f}s (<= {self.limit:.2f}s)"
         decimal = self.value * (1 << 20) / 1e6
         return (f"{verdict}  [{self.capability}] {self.text}: {self.value:.1f} MiB = {decimal:.1f} MB "
                 f"(< {self.limit:.0f} MiB)")

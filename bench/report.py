@@ -117,6 +117,18 @@ def report(bench: Bench, scales: list[int]) -> None:
 
     restore_report(bench, scales)
     rss_report(bench, scales)
+    fixed_report(bench)
+
+
+def fixed_report(bench: Bench) -> None:
+    """What db-backup costs beyond the tools it runs, on an empty database."""
+    stat, ms = bench.args.stat, bench.measures
+    keys = ("fixed/help", "fixed/floor-dump", "fixed/backup-folder", "fixed/backup-s3", "fixed/floor-restore",
+            "fixed/restore-folder")
+    rows = [[ms[k].name, fmt_t(ms[k], stat), fmt_rss(ms[k])] for k in keys if k in ms and ms[k].samples]
+    if rows:
+        print("\nFIXED COSTS (an empty database)")
+        print(table(rows, ["step", "time", "RSS"]))
 
 
 def restore_report(bench: Bench, scales: list[int]) -> None:

@@ -45,10 +45,10 @@ def restore_cli(bench: Bench, scale: int, compression: str, mode: str, expected:
 
 
 def restore_plain(bench: Bench, key: str, label: str, dbname: str, expected: dict[str, int],
-                  stages_for: Stages, source: Path | None = None) -> Measure:
+                  stages_for: Stages, source: Path | None = None, repeat: int | None = None) -> Measure:
     """CREATE DATABASE + a pg_restore pipeline, timed together (like db-backup's restore)."""
     m = bench.measure(key, label)
-    for _ in range(bench.repeat):
+    for _ in range(bench.repeat if repeat is None else repeat):
         bench.server.drop_db(dbname)
         bench.server.settle()
 
@@ -110,12 +110,35 @@ def restore_pinned(bench: Bench, scale: int, dbname: str, expected: dict[str, in
         m.note = f"{m.note}; taskset -c {cpu}; {bench.server_where(s3=True)}"
 
 
+def restore_floor(bench: Bench, scale: int, expected: dict[str, int], repeat: int, keep: bool = False) -> Path:
+    """The restore floor: pg_restore -j2 of a local, uncompressed archive written with -f (it has data offsets)."""
+    seek = bench.work / f"seek-s{scale}.dump"
+    run([bench.server.tool("pg_dump"), "-Fc", "-Z0", "-f", str(seek)],
+        env=bench.server.env(f"bench_s{scale}"))
+    restore_plain(bench, f"s{scale}/restore/seek-j2",
+                  "restore floor: pg_restore -j2 of a -Z0 dump file written with -f (has offsets)",
+                  f"plain_s{scale}", expected, pg_restore(bench, "--jobs=2", str(seek)), repeat=repeat)
+    if not keep:
+        seek.unlink(missing_ok=True)
+    return seek
+
+
 def restores_full(bench: Bench, scale: int, expected: dict[str, int], old_dump: Path) -> None:
     """Every restore step at the first scale, each checked against the source's row counts."""
     default = bench.default
     scratch = f"plain_s{scale}"
     restore_plain(bench, f"s{scale}/restore/old-j1", "pg_restore -j1 of the old dump (gzip:6)",
                   scratch, expected, pg_restore(bench, "--jobs=1", str(old_dump)))
+    # The old system's whole restore also downloaded its dump first.
+    bench.upload(old_dump, f"old-way/s{scale}/restore.dump")
+    fetched = bench.work / f"old-fetched-s{scale}.dump"
+    down = bench.measure(f"s{scale}/old/download", "old: boto3 download_file of its dump")
+    for _ in range(bench.repeat):
+        fetched.unlink(missing_ok=True)
+        bench.server.settle()
+        down.samples.append(bench.download(bench.s3.key(f"old-way/s{scale}/restore.dump"), fetched))
+    fetched.unlink(missing_ok=True)
+    bench.s3.delete_prefix(f"old-way/s{scale}/")
     for mode in ("stream", "parallel", "auto"):
         restore_cli(bench, scale, default, mode, expected, f"s{scale}/restore/{mode}",
                     f"db-backup restore {default} ({mode})", bench.repeat)
@@ -145,15 +168,10 @@ def restores_full(bench: Bench, scale: int, expected: dict[str, int], old_dump: 
     raw.unlink(missing_ok=True)
     zst.unlink(missing_ok=True)
     # Floors: the same data as a seekable, uncompressed archive with data offsets.
-    seek = bench.work / f"seek-s{scale}.dump"
-    run([bench.server.tool("pg_dump"), "-Fc", "-Z0", "-f", str(seek)],
-        env=bench.server.env(f"bench_s{scale}"))
+    seek = restore_floor(bench, scale, expected, bench.repeat, keep=True)
     restore_plain(bench, f"s{scale}/restore/seek-j1",
-                  "restore floor: pg_restore -j1 of a -Z0 dump file (no decompression)",
+                  "pg_restore -j1 of a -Z0 dump file (no decompression)",
                   scratch, expected, pg_restore(bench, "--jobs=1", str(seek)))
-    restore_plain(bench, f"s{scale}/restore/seek-j2",
-                  "pg_restore -j2 of a -Z0 dump file written with -f (has offsets)",
-                  scratch, expected, pg_restore(bench, "--jobs=2", str(seek)))
     restore_pinned(bench, scale, scratch, expected, seek)
     seek.unlink(missing_ok=True)
     if not bench.args.skip_legacy:

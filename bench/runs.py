@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import backups, prove, restores
+from . import backups, fixed, prove, restores
 from .basics import BenchError, log, mib, run
 from .data import make_database
 from .engine import Engine, ident
@@ -87,6 +87,7 @@ class Bench:
         log(f"  uncompressed custom dump: {mib(info['raw_dump_bytes'])}")
         default = self.default
         if full:
+            fixed.fixed_costs(self)
             backups.startup(self, scale)
             old_dump = backups.old_way(self, scale, dbname)
             for compression in self.args.compressions:
@@ -105,9 +106,12 @@ class Bench:
             # Other sizes: peak RSS of every command, and the two restore modes (one run each).
             for compression in (default, "none"):
                 backups.backup(self, scale, compression, 1)
+            backups.floor(self, scale, dbname, default, 1)
             self.s3.delete_prefix(f"{ident(scale, 'none')}/")
             for mode in () if self.args.skip_restores else ("stream", "parallel", "auto"):
                 restores.restore_cli(self, scale, default, mode, expected, f"s{scale}/restore/{mode}",
                                      f"db-backup restore {default} ({mode})", self.args.repeat_other)
+            if not self.args.skip_restores:
+                restores.restore_floor(self, scale, expected, self.args.repeat_other)
         self.s3.delete_prefix(f"{ident(scale, default)}/")
         self.server.drop_db(dbname)

@@ -39,6 +39,7 @@ def check_targets(bench: Bench, scales: list[int]) -> list[Target]:
             picked = f" = {m.note}" if mode == "auto" else ""
             targets.append(Target("restore speed", f"restore of a default backup ({mode}{picked}) vs "
                                   "pg_restore -j1 of the old dump", m.value(stat) / old_r, 0.8))
+    targets += floor_targets(bench, scales)
     for scale in scales:
         peaks = [m.rss_mb for k, m in ms.items() if k.startswith(f"s{scale}/") and m.rss_mb]
         db_mb = bench.results["scales"][str(scale)]["database"]["size_bytes"] / (1 << 20)
@@ -50,6 +51,45 @@ def check_targets(bench: Bench, scales: list[int]) -> list[Target]:
     for t in targets:
         print(t.line())
     recommend(bench, scales)
+    return targets
+
+
+def floor_targets(bench: Bench, scales: list[int]) -> list[Target]:
+    """Backup and restore against their pipelines' own floors at every scale, and the fixed costs."""
+    stat, ms, default = bench.args.stat, bench.measures, bench.default
+    targets: list[Target] = []
+
+    def add(capability: str, text: str, key: str, base: float, limit: float, unit: str = "x") -> None:
+        m = ms.get(key)
+        if m is None or not m.samples or base != base or (base <= 0 and unit == "x"):
+            return
+        value = m.value(stat)
+        targets.append(Target(capability, text, value / base if unit == "x" else value - base, limit, unit))
+
+    for scale in scales:
+        p = f"s{scale}"
+        floor = floor_of(ms, p, default, stat)
+        add("floor", f"scale {scale}: backup to S3 vs its pipeline floor ({floor:.2f}s)", f"{p}/backup/{default}", floor, 1.15)
+        dump = ms.get(f"{p}/floor-dump/{default}")
+        if dump and dump.samples:
+            add("floor", f"scale {scale}: backup to a folder vs its pipeline ({dump.value(stat):.2f}s)",
+                f"{p}/backup-folder/{default}", dump.value(stat), 1.15)
+        seek = ms.get(f"{p}/restore/seek-j2")
+        if seek and seek.samples:
+            add("floor", f"scale {scale}: restore (auto) vs pg_restore -j2 of a local -Z0 archive with offsets "
+                f"({seek.value(stat):.2f}s)", f"{p}/restore/auto", seek.value(stat), 1.0)
+        down, old = ms.get(f"{p}/old/download"), ms.get(f"{p}/restore/old-j1")
+        if down and old and down.samples and old.samples:
+            whole = down.value(stat) + old.value(stat)
+            add("floor", f"scale {scale}: restore (auto) vs the old whole restore (download + pg_restore -j1, "
+                f"{whole:.2f}s)", f"{p}/restore/auto", whole, 0.8)
+    add("fixed cost", "db-backup --help", "fixed/help", 0.0, 0.3, unit="s")
+    for key, base, what in (("fixed/backup-folder", "fixed/floor-dump", "backup of an empty database to a folder"),
+                            ("fixed/backup-s3", "fixed/floor-dump", "backup of an empty database to S3"),
+                            ("fixed/restore-folder", "fixed/floor-restore", "restore of an empty database")):
+        b = ms.get(base)
+        if b and b.samples:
+            add("fixed cost", f"{what}, over its pg_dump/pg_restore ({b.value(stat):.2f}s)", key, b.value(stat), 0.3, unit="s")
     return targets
 
 
