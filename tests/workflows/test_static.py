@@ -170,7 +170,7 @@ def test_action_requirements_pin_every_runtime_dependency() -> None:
     lines = [line for line in lines if line]
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", line) for line in lines), lines
     names = {line.split("==")[0].lower().replace("_", "-") for line in lines}
-    assert {"boto3", "botocore", "pydantic", "pydantic-settings", "typer", "pyyaml", "psycopg",
+    assert {"boto3", "botocore", "pydantic", "typer", "pyyaml", "psycopg",
             "psycopg-binary"} <= names
     dev = {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
            for line in (REPO / "requirements-dev.txt").read_text().splitlines() if "==" in line}
