@@ -8,12 +8,11 @@ import typer
 
 from . import github, output
 from .cli_app import Executor, app, executor_for, state_of
-from .cli_remote import run_remote
+from .cli_remote import restore_dry_run, run_remote
 from .credentials import parse_url
 from .durations import parse_duration
 from .errors import BadInput
 from .restore import plan_restore, run_restore
-from .restore_preview import preview_restore, preview_text
 from .rollback import plan_rollback, rollback_line, run_rollback
 from .settings import GithubEnv
 
@@ -32,7 +31,7 @@ def restore(
     )] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print what the restore would do (backup, target, sessions ended, what is kept) and change nothing; "
-        "runs here, also for --executor ecs.",
+        "with --executor ecs the server is read by an ECS task.",
     )] = False,
     timeout: Annotated[str, typer.Option(help="ecs: give up (and stop the task) after this long, e.g. 90m.")] = "6h",
     detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
@@ -47,7 +46,7 @@ def restore(
         raise BadInput("--to-url restores run locally; drop --executor ecs")
     runs_on = executor_for(plan.dest, executor) if plan.dest is not None else "local"
     if dry_run:
-        typer.echo(preview_text(preview_restore(plan, state.services(), runs_on)))
+        restore_dry_run(ctx, plan, runs_on, confirm=confirm, timeout=limit, detach=detach)
         return
     if plan.dest is not None and runs_on == "ecs":
         run_remote(ctx, plan.dest, timeout=limit, detach=detach, plan=plan, confirm=confirm)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from .words import plural
+from .words import plural, sessions_ended
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -270,6 +270,6 @@ def backup_line(target: Target, result: BackupResult) -> str:
 def restore_line(result: RestoreResult) -> str:
     kept = f"; previous database kept as {result.previous}" if result.previous else ""
     checked = "sha256 verified" if result.verified else "legacy dump, no checksum"
-    ended = f", {plural(result.sessions_ended, 'session')} ended"
+    ended = f", {sessions_ended(result.sessions_ended)}"
     return (f"restored {result.source} backup {result.backup_id} into {result.dest} "
             f"({human_size(result.size_bytes)}, {result.duration_s:.1f}s, {result.mode}, {checked}{ended}){kept}")

@@ -91,7 +91,7 @@ class RestoreResult:
     sha256: str
     verified: bool
     mode: str
-    sessions_ended: int = 0  # sessions on the target the swap ended
+    sessions_ended: int = 0  # client sessions the swap ended: on the target, and on the older __previous it dropped
 
 
 def run_restore(plan: RestorePlan, services: Services) -> RestoreResult:
@@ -210,9 +210,14 @@ def _restore_and_swap(
                 if swap.committed:
                     _after_swap(exc, job.conn.dbname, job.previous if swap.kept_previous else None)
                     raise
-                log.error("restore failed; dropping %s, %s is unchanged", job.fresh, job.conn.dbname)
+                if swap.unknown is None:
+                    log.error("restore failed; dropping %s, %s is unchanged", job.fresh, job.conn.dbname)
+                else:  # by its name: a swap that went through took that name away with the database
+                    log.error("restore failed; dropping %s if it still has that name", job.fresh)
                 if problem := try_drop_database(admin, job.fresh):
                     log.warning("could not drop %s: %s; the next restore into %s drops it", job.fresh, problem, job.conn.dbname)
+                if swap.unknown is not None and isinstance(exc, KeyboardInterrupt):
+                    raise Cancelled(f"{cancel_reason(exc)} during the swap; {swap.unknown}") from exc
                 raise
             if kept and not job.keep_previous:
                 kept = _drop_previous(admin, job.conn.dbname, job.previous)

@@ -9,17 +9,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
 from ..credentials import Connection
 from ..errors import JobFailed
+from ..words import sessions_were_ended
 from .admin import derived_name, drop_database
 from .dbstate import database_info
 from .session import AdminConnection, connect, pg_message
 
 log = logging.getLogger(__name__)
+
+STOP_WAIT_S = 10.0  # the session ender's statements are quick: longer means its connection is stuck
+OUTCOME_WAIT_S = 10.0  # how long a lost session may take to go before the swap's outcome is called unknown
 
 
 @dataclass
@@ -29,7 +34,8 @@ class SwapState:
 
     committed: bool = False
     kept_previous: bool = False
-    sessions_ended: int = 0  # sessions on the databases renamed that the swap ended, committed or not
+    sessions_ended: int = 0  # client sessions the swap ended (on the databases renamed or dropped), committed or not
+    unknown: str | None = None  # set when the commit's outcome could not be learned: what to tell the user
 
 
 Checkpoint = Callable[[str], None]
@@ -39,44 +45,61 @@ def _no_checkpoint(_step: str) -> None:
     return None
 
 
+def _client_pids(db: AdminConnection, names: tuple[str, ...]) -> list[int]:
+    """The client sessions on `names`, other than `db`'s own."""
+    return [int(str(r[0])) for r in db.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid() "
+        # Other roles' backend_type reads as NULL to a non-superuser: those are clients too.
+        "AND coalesce(backend_type, 'client backend') = 'client backend'", (list(names),),
+    ).fetchall()]
+
+
 class _SessionEnder:
     """Ends every session on the given databases, over and over, from a second connection.
 
     It runs while the swap's transaction waits in ALTER DATABASE ... RENAME: that statement holds
     the target's database lock, so no new session can start, and waits up to 5 s for the ones
-    that exist to go; this thread makes them go.
+    that exist to go; this thread makes them go. A session counts as ended once it is gone.
     """
 
     def __init__(self, conn: Connection, names: tuple[str, ...]) -> None:
         self._conn = conn
-        self._names = list(names)
+        self._names = names
         self._stop = threading.Event()
         self.error: str | None = None
-        self._ended: set[int] = set()  # a session is told again until it is gone: counted once
+        self._told: set[int] = set()  # told to end: a session is told again until it is gone
+        self._gone: set[int] = set()
         self._thread = threading.Thread(target=self._run, daemon=True, name="swap-session-ender")
 
     @property
     def ended(self) -> int:
-        return len(self._ended)
+        return len(self._gone)
 
     def __enter__(self) -> _SessionEnder:
         self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self.stop(renamed=False)
+
+    def stop(self, renamed: bool) -> bool:
+        """Stop ending sessions; False if the thread would not stop. `renamed`: every rename went through,
+        which the server allows only once no other session is on those databases, so all told have gone."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=STOP_WAIT_S)
+        if renamed:
+            self._gone |= self._told
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         try:
             with connect(self._conn) as db:
                 while not self._stop.is_set():
-                    pids = [int(str(r[0])) for r in db.execute(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid() "
-                        # Other roles' backend_type reads as NULL to a non-superuser: those are clients too.
-                        "AND coalesce(backend_type, 'client backend') = 'client backend'", (self._names,),
-                    ).fetchall()]
+                    pids = _client_pids(db, self._names)
+                    self._gone |= self._told - set(pids)
                     for pid in pids:
+                        if self._stop.is_set():
+                            break
                         # One at a time: a session this user may not end (a superuser's, without
                         # pg_signal_backend) must not spare all the others.
                         try:
@@ -85,8 +108,9 @@ class _SessionEnder:
                             self.error = f"may not end session {pid}: {pg_message(exc)}"
                             continue
                         if row and row[0]:
-                            self._ended.add(pid)
+                            self._told.add(pid)
                     self._stop.wait(0.1)
+                self._gone |= self._told - set(_client_pids(db, self._names))
         except (psycopg.Error, JobFailed) as exc:
             self.error = pg_message(exc)
 
@@ -141,9 +165,12 @@ def swap_in(
         state.committed = True
         return False
     try:
+        # DROP ... WITH (FORCE) ends these sessions without a word: counted here, so the restore's line is true.
+        on_previous = len(_client_pids(admin, (previous,)))
         drop_database(admin, previous)
     except psycopg.Error as exc:
         raise JobFailed(f"cannot drop the older {previous} to make room: {pg_message(exc)}; the target is unchanged") from exc
+    state.sessions_ended += on_previous
     checkpoint("swap:dropped-previous")
     renames = _Renames(
         target, ((target, previous, "swap:renamed-target"), (fresh, target, "swap:before-commit")),
@@ -173,6 +200,20 @@ def swap_back(
     checkpoint("rollback:committed")
 
 
+@dataclass(frozen=True)
+class _Session:
+    """One server session, told apart from a later one that reuses its pid."""
+
+    pid: int
+    started: datetime
+
+
+def _own_session(admin: AdminConnection) -> _Session:
+    row = admin.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+    assert row is not None and isinstance(row[1], datetime)
+    return _Session(int(str(row[0])), row[1])
+
+
 def _swap_names(
     admin: AdminConnection, admin_conn: Connection, renames: _Renames, wait_s: float, state: SwapState, checkpoint: Checkpoint,
 ) -> None:
@@ -181,8 +222,17 @@ def _swap_names(
     arriving = _oid(admin, renames.arriving)
     if arriving is None:
         raise JobFailed(f"{renames.doing} failed: {renames.arriving} no longer exists; the target is unchanged")
+    session = _own_session(admin)  # if the connection is lost at COMMIT, this session may still be committing
     deadline = time.monotonic() + wait_s
+    before = state.sessions_ended
     ender = _SessionEnder(admin_conn, renames.ended_on)
+
+    def ended(note: str) -> str:
+        """`note`, and the sessions that were ended although the swap failed."""
+        ender.stop(renamed=False)
+        count = before + ender.ended
+        return f"{note}, but {sessions_were_ended(count)}" if count else note
+
     try:
         with ender:
             while True:
@@ -191,46 +241,90 @@ def _swap_names(
                         admin.execute("SET LOCAL lock_timeout = '10s'")
                         # A client frozen mid-transaction (suspended, partitioned) must not keep the target locked.
                         admin.execute("SET LOCAL idle_in_transaction_session_timeout = '15s'")
-                        for old, new, step in renames.steps:
+                        for number, (old, new, step) in enumerate(renames.steps, 1):
                             _rename(admin, old, new)
+                            # Stopped before COMMIT: after it, a session on the target's name is a new one, on the new
+                            # data, and must live. Until then the renames hold the databases' locks, so none can start.
+                            if number == len(renames.steps) and not ender.stop(renamed=True):
+                                raise JobFailed(ended(f"{renames.doing} failed: the sessions could not be stopped being "
+                                                      f"ended; the target is unchanged and {renames.not_applied}"))
                             checkpoint(step)
                     state.committed = state.kept_previous = True
                     break
                 except psycopg.errors.ObjectInUse as exc:
                     if time.monotonic() >= deadline:
                         why = f"; {ender.error}" if ender.error else ""
-                        raise JobFailed(
+                        blockers = _blockers(admin, renames.ended_on)
+                        raise JobFailed(ended(
                             f"sessions on {renames.waits_on} did not end within {wait_s:.0f}s "
-                            f"({_blockers(admin, renames.ended_on)}{why}); "
-                            f"the target is unchanged and {renames.not_applied}"
-                        ) from exc
+                            f"({blockers}{why}); the target is unchanged and {renames.not_applied}"
+                        )) from exc
                     waited = wait_s - (deadline - time.monotonic())
                     log.info("waiting for sessions on %s to end (%.0fs of at most %.0fs): %s",
                              renames.waits_on, waited, wait_s, _blockers(admin, renames.ended_on))
                 except psycopg.OperationalError as exc:
-                    if _committed(admin_conn, target, arriving):
+                    try:
+                        went_through = _outcome(admin, admin_conn, target, arriving, session)
+                    except (psycopg.Error, JobFailed) as check:
+                        state.unknown = _unknown(renames, arriving, exc, check)
+                        raise JobFailed(ended(state.unknown)) from exc
+                    if went_through:
                         state.committed = state.kept_previous = True
                         break
-                    raise _swap_failed(renames.doing, exc) from exc
+                    raise JobFailed(ended(_failed_text(renames.doing, exc))) from exc
                 except psycopg.Error as exc:
-                    raise _swap_failed(renames.doing, exc) from exc
-                except KeyboardInterrupt:
+                    raise JobFailed(ended(_failed_text(renames.doing, exc))) from exc
+                except KeyboardInterrupt as exc:
                     # A cancel while COMMIT was on its way: psycopg re-raises it after the commit went through.
-                    with contextlib.suppress(psycopg.Error, JobFailed):
-                        if _committed(admin_conn, target, arriving):
+                    try:
+                        if _outcome(admin, admin_conn, target, arriving, session):
                             state.committed = state.kept_previous = True
+                    except (psycopg.Error, JobFailed) as check:
+                        state.unknown = _unknown(renames, arriving, exc, check)
                     raise
             if ender.error:
                 log.debug("ending sessions on %s: %s", target, ender.error)
     finally:
-        state.sessions_ended = ender.ended
+        ender.stop(renamed=False)
+        state.sessions_ended = before + ender.ended
+
+
+def _failed_text(doing: str, exc: BaseException) -> str:
+    return f"{doing} failed: {pg_message(exc)}; the target is unchanged"
 
 
 def _swap_failed(doing: str, exc: psycopg.Error) -> JobFailed:
-    return JobFailed(f"{doing} failed: {pg_message(exc)}; the target is unchanged")
+    return JobFailed(_failed_text(doing, exc))
 
 
-def _committed(admin_conn: Connection, target: str, arriving: int) -> bool:
-    """After a connection lost at COMMIT: did the renames go through? Asked over a new connection."""
+def _unknown(renames: _Renames, arriving: int, lost: BaseException, check: BaseException) -> str:
+    """What to say when nobody can tell whether the renames committed, and how the user finds out."""
+    why = pg_message(lost) if isinstance(lost, psycopg.Error) else "cancelled"
+    return (f"{renames.doing}: the outcome is unknown: the connection was lost at COMMIT ({why}) and the check that followed "
+            f"failed ({pg_message(check)}); to find out, run SELECT oid, datname FROM pg_database on the server: "
+            f"if {renames.target} has oid {arriving} (the database called {renames.arriving} before the swap), the swap "
+            f"went through, otherwise {renames.target} is as it was and {renames.not_applied}")
+
+
+def _outcome(admin: AdminConnection, admin_conn: Connection, target: str, arriving: int, session: _Session) -> bool:
+    """After an error or a cancel in the swap's transaction: did the renames go through?"""
+    if not admin.closed and admin.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        # The session lives and its transaction is over (a timeout, a cancel): it can answer itself.
+        with contextlib.suppress(psycopg.Error):
+            return _oid(admin, target) == arriving
+    return _committed(admin_conn, target, arriving, session)
+
+
+def _committed(admin_conn: Connection, target: str, arriving: int, lost: _Session) -> bool:
+    """After a connection lost at COMMIT: did the renames go through? Asked over a new connection, once the
+    lost session is gone (ended if need be): until then its COMMIT may still land."""
     with connect(admin_conn) as db:
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s",
+                   (lost.pid, lost.started))
+        deadline = time.monotonic() + OUTCOME_WAIT_S
+        while db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND backend_start = %s",
+                         (lost.pid, lost.started)).fetchone():
+            if time.monotonic() >= deadline:
+                raise JobFailed(f"the swap's session {lost.pid} did not end within {OUTCOME_WAIT_S:.0f}s")
+            time.sleep(0.1)
         return _oid(db, target) == arriving

@@ -17,8 +17,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import PgCluster, fill_rich, fill_small, fingerprint, run_cli, wait_for, write_targets
+from tests.conftest import PgCluster, fill_small, fingerprint, run_cli, wait_for, write_targets
 from tests.faults.conftest import Run, connectable_fingerprint, files_holding, leftovers, private_tmp, wait_paused
+from tests.helpers.scenes import backed_up_production
 
 RESTORE = ("restore", "app", "--from", "production", "--to", "beta")
 STEPS_BEFORE_COMMIT = ("restore:checked", "restore:created", "restore:loaded",
@@ -82,16 +83,8 @@ class Scene:
 @pytest.fixture
 def scene(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str]) -> Scene:
     """beta (the target) holds small data; production holds rich data and has one backup."""
-    source = f"{dbname}__src"
-    with pg.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(source)))
-    fill_rich(pg, source)
-    fill_small(pg, dbname, "old")
     tmp = private_tmp(tmp_path)
-    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": source, "beta": dbname}, f"file://{tmp_path / 'backups'}")
-    env = {**pg_env, "DB_BACKUP_TARGETS": str(targets), "TMPDIR": str(tmp), "DB_BACKUP_PARALLEL_THRESHOLD_MB": "0"}
-    done = run_cli("backup", "app", "production", env=env)
-    assert done.returncode == 0, done.stderr
+    source, env = backed_up_production(pg, dbname, tmp_path, {**pg_env, "TMPDIR": str(tmp), "DB_BACKUP_PARALLEL_THRESHOLD_MB": "0"})
     return Scene(pg, dbname, env, tmp, fingerprint(pg, dbname), fingerprint(pg, source))
 
 
@@ -166,10 +159,13 @@ def test_a_session_that_cannot_end_fails_the_restore_and_changes_nothing(scene: 
     """
     began = time.monotonic()
     env = scene.env_for("stream", DB_BACKUP_SWAP_WAIT_S="6", DB_BACKUP_ADMIN_TIMEOUT_S="10")
-    done = run_cli(*RESTORE, env=env, timeout=120)
+    with scene.pg.connect(scene.target) as other:  # one that can end: it is ended, and the failure says so
+        done = run_cli(*RESTORE, env=env, timeout=120)
+        with pytest.raises(psycopg.OperationalError):
+            other.execute("SELECT 1")
     assert done.returncode == 1
     assert "did not end within 6s" in done.stderr and f"pid {frozen_session}" in done.stderr
-    assert "the target is unchanged" in done.stderr
+    assert "the target is unchanged and the restore was not applied, but 1 session was ended" in done.stderr
     assert re.search(r"waiting for sessions on \S+ to end \(\d+s of at most 6s\)", done.stderr), done.stderr  # the wait shows
     assert time.monotonic() - began < 60
     scene.after_kill(expected=scene.old)
@@ -266,3 +262,18 @@ def test_a_session_the_restorer_may_not_end_is_named_and_the_others_still_end(pg
             for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datdba = %s::regrole", (RESTORER,)).fetchall():
                 conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(RESTORER)))
+
+
+def test_sessions_on_the_older_previous_it_drops_are_counted(scene: Scene) -> None:
+    """A restore drops the older __previous with its sessions: the line counts them with the target's."""
+    scene.restore_ok()  # now beta has a __previous
+    previous = f"{scene.target}__previous"
+    with scene.pg.connect(previous) as on_previous, scene.pg.connect(scene.target) as on_target:
+        done = run_cli(*RESTORE, env=scene.env_for("stream"))
+        assert done.returncode == 0, done.stderr
+        for session in (on_previous, on_target):
+            with pytest.raises(psycopg.OperationalError):
+                session.execute("SELECT 1")
+    assert "2 sessions ended" in done.stdout
+    again = run_cli(*RESTORE, env=scene.env_for("stream"))
+    assert again.returncode == 0 and "0 sessions ended" in again.stdout

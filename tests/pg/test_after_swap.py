@@ -7,6 +7,9 @@ the leftovers must match what the last line says.
 
 from __future__ import annotations
 
+import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +17,10 @@ import psycopg
 import pytest
 
 from runner import restore
-from runner.errors import Interrupted
-from runner.pg import admin
-from tests.conftest import PgCluster, fill_small, restore_leftovers, write_targets
+from runner.credentials import Connection
+from runner.errors import Interrupted, JobFailed
+from runner.pg import admin, swap
+from tests.conftest import PgCluster, fill_small, restore_leftovers, wait_for, write_targets
 from tests.helpers.cli import run_main
 
 
@@ -125,3 +129,115 @@ def test_failing_to_drop_the_old_database_still_restores(
     assert f"previous database kept as {beta}__previous" in output
     assert "unchanged" not in output
     assert _label(pg, beta) == "prod1"
+
+
+def _end_the_swap_session(pg: PgCluster) -> None:
+    """From outside, end the restore's admin session while its renames wait for COMMIT."""
+    with pg.connect() as conn:
+        row = conn.execute("SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' "
+                           "AND query ILIKE 'ALTER DATABASE%RENAME%'").fetchone()
+        assert row is not None, "no swap transaction was waiting for its COMMIT"
+        conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+    wait_for(lambda: row[0] not in _pids(pg), "the swap's session to end")
+
+
+def _pids(pg: PgCluster) -> set[int]:
+    with pg.connect() as conn:
+        return {int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_activity")}
+
+
+def _at(step: str, action: Callable[[], None]) -> Callable[[Any], Callable[[str], None]]:
+    def checkpoints(_settings: Any) -> Callable[[str], None]:
+        def at(reached: str) -> None:
+            if reached == step:
+                action()
+        return at
+    return checkpoints
+
+
+def test_a_connection_lost_at_commit_is_checked_and_reported_as_it_is(
+    pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The swap's session dies just before COMMIT: the swap asks the server, which says it did not go through."""
+    _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=True)
+    assert run_main(["backup", "app", "production"], capsys).code == 0
+    monkeypatch.setattr(restore, "checkpoints", _at("swap:before-commit", lambda: _end_the_swap_session(pg)))
+
+    run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+
+    assert run.code == 1, run.output
+    assert run.err_lines[-1].startswith(f"error: swapping the restored database into {beta} failed: ")
+    assert run.err_lines[-1].endswith("; the target is unchanged")
+    assert _label(pg, beta) == "oldbeta1"
+    assert f"{beta}__previous" not in pg.databases()
+
+
+def test_when_the_commit_cannot_be_checked_the_outcome_is_called_unknown(
+    pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The swap's session dies at COMMIT and the server cannot be reached: no claim either way, and how to find out."""
+    _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=True)
+    assert run_main(["backup", "app", "production"], capsys).code == 0
+
+    def refuse(conn: Any) -> Any:
+        raise JobFailed(f"cannot connect to {conn.describe()}: Connection refused")
+
+    def lose_everything() -> None:
+        _end_the_swap_session(pg)
+        monkeypatch.setattr(swap, "connect", refuse)
+
+    monkeypatch.setattr(restore, "checkpoints", _at("swap:before-commit", lose_everything))
+
+    run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+
+    assert run.code == 1, run.output
+    last = run.err_lines[-1]
+    assert "the outcome is unknown" in last and "Connection refused" in last
+    assert "SELECT oid, datname FROM pg_database" in last
+    assert "unchanged" not in run.output
+    found = re.search(rf"if {beta} has oid (\d+) \(the database called (\S+) before the swap\)", last)
+    assert found, last
+    # What the message tells the user to compare matches the server: the swap did not go through.
+    with pg.connect() as conn:
+        oids = dict(conn.execute("SELECT datname, oid FROM pg_database").fetchall())
+    assert oids[found.group(2)] == int(found.group(1)) != oids[beta]
+    assert _label(pg, beta) == "oldbeta1"
+
+
+def test_the_session_ender_stops_before_the_commit(
+    pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Once COMMIT is sent, sessions on the target's name are on the new data: nothing may end them any more."""
+    _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=True)
+    assert run_main(["backup", "app", "production"], capsys).code == 0
+    enders: list[int] = []
+    monkeypatch.setattr(restore, "checkpoints", _at("swap:before-commit", lambda: enders.append(sum(
+        thread.name == "swap-session-ender" and thread.is_alive() for thread in threading.enumerate()))))
+    with pg.connect(beta) as session:
+        run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+        assert run.code == 0, run.output
+        with pytest.raises(psycopg.OperationalError):
+            session.execute("SELECT 1")
+    assert enders == [0]
+    assert "1 session ended" in run.out
+    assert _label(pg, beta) == "prod1"
+
+
+def test_the_check_after_a_lost_commit_first_ends_the_session_that_may_still_commit(pg: PgCluster, dbname: str) -> None:
+    """The server still runs the swap's session (the client lost it, the server did not): it is ended, then the names are read."""
+    arriving = f"{dbname}__arriving"
+    with pg.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{arriving}"')
+        oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (arriving,)).fetchone()
+    assert oid is not None
+    lost = pg.connect(autocommit=False)
+    try:
+        lost.execute(f'ALTER DATABASE "{dbname}" RENAME TO "{dbname}__parked"')
+        lost.execute(f'ALTER DATABASE "{arriving}" RENAME TO "{dbname}"')
+        session = swap._own_session(lost)
+        admin_conn = Connection(pg.host, pg.port, "postgres", pg.user, pg.password)
+        assert swap._committed(admin_conn, dbname, int(oid[0]), session) is False
+        assert session.pid not in _pids(pg)
+    finally:
+        lost.close()
+    assert {dbname, arriving} <= pg.databases()

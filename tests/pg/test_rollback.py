@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import DB_BACKUP, PgCluster, fill_rich, fill_small, fingerprint, run_cli, wait_for, write_targets
+from tests.conftest import DB_BACKUP, PgCluster, fill_small, fingerprint, run_cli, wait_for, write_targets
+from tests.helpers.scenes import backed_up_production
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,8 @@ class Scene:
 @pytest.fixture
 def scene(pg: PgCluster, dbname: str, tmp_path: Path, pg_env: dict[str, str]) -> Scene:
     """beta held small data, then a restore of production's rich backup replaced it (kept as __previous)."""
-    source = f"{dbname}__src"
-    with pg.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(source)))
-    fill_rich(pg, source)
-    fill_small(pg, dbname, "old beta")
+    source, env = backed_up_production(pg, dbname, tmp_path, pg_env, "old beta")
     old = fingerprint(pg, dbname)
-    targets = write_targets(tmp_path / "targets.yaml", pg, {"production": source, "beta": dbname}, f"file://{tmp_path / 'backups'}")
-    env = {**pg_env, "DB_BACKUP_TARGETS": str(targets)}
-    assert run_cli("backup", "app", "production", env=env).returncode == 0
     restored = run_cli("restore", "app", "--from", "production", "--to", "beta", env=env)
     assert restored.returncode == 0, restored.stderr
     scene = Scene(pg, dbname, source, env, old, fingerprint(pg, source))
@@ -133,7 +127,7 @@ def test_sessions_on_the_target_and_on_previous_are_ended_and_counted(scene: Sce
             conn.close()
     assert scene.state() == (scene.old, scene.new)
     again = scene.rollback("beta")
-    assert again.returncode == 0 and "no session ended" in again.stdout
+    assert again.returncode == 0 and "0 sessions ended" in again.stdout
 
 
 def _kwargs(pg: PgCluster, dbname: str) -> dict[str, object]:
@@ -199,3 +193,71 @@ def test_a_session_that_cannot_end_fails_the_rollback_in_bounded_time_and_change
 def _pids(pg: PgCluster) -> set[int]:
     with pg.connect() as conn:
         return {int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_activity")}
+
+
+def _targets_as(scene: Scene, tmp: Path, user: str | None = None, extra: str = "", beta: str | None = None) -> dict[str, str]:
+    """The scene's env with a targets.yaml whose beta is `beta`, reached as `user`, with `extra` defaults."""
+    path = write_targets(tmp / "other-targets.yaml", scene.pg, {"production": scene.source, "beta": beta or scene.target},
+                         f"file://{tmp / 'backups'}", extra=extra)
+    if user is not None:
+        path.write_text(path.read_text().replace(f"user: {scene.pg.user}\n", f"user: {user}\n"))
+    return {"DB_BACKUP_TARGETS": str(path)}
+
+
+def test_a_template_database_is_refused(scene: Scene, tmp_path: Path) -> None:
+    before = scene.pg.databases()
+    done = scene.rollback("beta", **_targets_as(scene, tmp_path, beta="template1"))
+    assert done.returncode == 2
+    assert "refusing to roll back template1" in done.stderr
+    assert scene.pg.databases() == before
+
+
+def test_without_the_target_the_statement_that_renames_previous_back_is_given(scene: Scene) -> None:
+    """The previous database alone is left: the error gives the exact statement, and it works as given."""
+    scene.pg.drop(scene.target)
+    done = scene.rollback("beta")
+    assert done.returncode == 2
+    statement = f'ALTER DATABASE "{scene.previous}" RENAME TO "{scene.target}"'
+    assert f"{scene.target} does not exist" in done.stderr and f"run {statement} on the server" in done.stderr
+    with scene.pg.connect() as conn:
+        conn.execute(statement)
+    assert fingerprint(scene.pg, scene.target) == scene.old
+
+
+ROLLER = "rollback_user"
+ROLLER_PASSWORD = "rollback-user-Pw-31"  # the throwaway cluster's test role
+
+
+@pytest.fixture
+def roller(scene: Scene) -> Iterator[str]:
+    """A login role that owns nothing and may not create databases."""
+    with scene.pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(ROLLER), sql.Literal(ROLLER_PASSWORD)))
+    try:
+        yield ROLLER
+    finally:
+        with scene.pg.connect() as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(ROLLER)))
+
+
+def test_a_user_who_may_not_rename_is_refused_before_any_session_ends(scene: Scene, tmp_path: Path, roller: str) -> None:
+    env = {**_targets_as(scene, tmp_path, user=roller), "TEST_PG_PASSWORD": ROLLER_PASSWORD}
+    with scene.pg.connect(scene.target) as session:
+        no_createdb = scene.rollback("beta", **env)
+        assert no_createdb.returncode == 2
+        assert f"{roller} may not create databases" in no_createdb.stderr and f"ALTER ROLE {roller} CREATEDB" in no_createdb.stderr
+        with scene.pg.connect() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(roller)))
+        not_owner = scene.rollback("beta", **env)
+        assert not_owner.returncode == 2
+        assert f"{roller} does not own {scene.target} and {scene.previous}" in not_owner.stderr
+        session.execute("SELECT 1")  # still connected: nothing was ended
+    assert scene.state() == (scene.new, scene.old)
+
+
+def test_keep_previous_false_still_keeps_what_the_rollback_replaces(scene: Scene, tmp_path: Path) -> None:
+    """A rollback is an undo: with keep_previous: false it warns, and keeps the replaced data so it can be undone."""
+    done = scene.rollback("beta", **_targets_as(scene, tmp_path, extra="keep_previous: false"))
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" in done.stderr and "keep_previous: false" in done.stderr and f"keeps the data it replaces as {scene.previous}" in done.stderr
+    assert scene.state() == (scene.old, scene.new)
