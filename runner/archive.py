@@ -8,6 +8,9 @@ blocks once and writes their positions into the TOC, in place: the same bytes pg
 written with -f. The layout is that of PostgreSQL's pg_backup_archiver.c and pg_backup_custom.c
 (archive versions 1.12 to 1.16, PostgreSQL 9.0 to 17). Anything unexpected leaves the file as it
 was: pg_restore reads it either way, only slower.
+
+`OffsetScan` does the walk while the download is still writing the file (following it as it grows),
+so the pass costs next to nothing after the last byte lands.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from io import BufferedIOBase
 from pathlib import Path
+from typing import Any
 
 from .errors import ArchiveLayoutUnknown
 
@@ -55,8 +61,15 @@ class _Reader:
     def __init__(self, f: BufferedIOBase) -> None:
         self.f = f
         self.int_size = 4
-        self.size = f.seek(0, os.SEEK_END)
+        self._following = isinstance(f, _Following)
+        self.size = 0 if self._following else f.seek(0, os.SEEK_END)
         f.seek(0)
+
+    def has(self, end: int) -> bool:
+        """Whether the archive reaches byte `end` (a file still being written is waited for)."""
+        if isinstance(self.f, _Following):
+            return self.f.reaches(end)
+        return end <= self.size
 
     def read(self, n: int) -> bytes:
         data = self.f.read(n)
@@ -91,7 +104,7 @@ class _Reader:
         self.f.seek(self._bounded(length), os.SEEK_CUR)
 
     def _bounded(self, length: int) -> int:
-        if length > self.size - self.f.tell():
+        if not self.has(self.f.tell() + length):
             raise ArchiveLayoutUnknown(f"a length of {length} at byte {self.f.tell()} runs past the end of the archive")
         return length
 
@@ -222,7 +235,7 @@ def data_blocks(f: BufferedIOBase, toc: Toc) -> dict[int, int]:
     finder = _Finder(f, b"\0" * (1 + toc.int_size))
     f.seek(toc.data_start)
     found: dict[int, int] = {}
-    while (pos := f.tell()) < r.size:
+    while r.has((pos := f.tell()) + 1):
         kind, dump_id = r.byte(), r.integer()
         if dump_id in found:
             raise ArchiveLayoutUnknown(f"two data blocks for entry {dump_id}")
@@ -233,27 +246,53 @@ def data_blocks(f: BufferedIOBase, toc: Toc) -> dict[int, int]:
             _skip_blobs(r)
         else:
             raise ArchiveLayoutUnknown(f"unknown data block type {kind} at byte {pos}")
-    if f.tell() != r.size:
+    if not r.has(f.tell()):
         raise ArchiveLayoutUnknown("the last data block runs past the end of the archive")
     return found
 
 
-def fill_offsets(path: Path) -> int:
-    """Write the missing data offsets into the archive at `path`; the number written (0: none needed)."""
+@dataclass(frozen=True)
+class Found:
+    """What one walk of an archive found: its TOC and where each entry's data block starts."""
+
+    toc: Toc
+    blocks: dict[int, int]
+
+
+def _find(f: BufferedIOBase) -> Found | None:
+    toc = read_toc(f)
+    if not any(e.state == OFFSET_NOT_SET for e in toc.entries):
+        return None
+    blocks = data_blocks(f, toc)
+    with_data = {e.dump_id for e in toc.entries if e.state != NO_DATA}
+    if not set(blocks) <= with_data:
+        raise ArchiveLayoutUnknown("a data block belongs to no TOC entry with data")
+    return Found(toc, blocks)
+
+
+def _not_written(exc: Exception) -> None:
+    # Only an optimisation: pg_restore reads the archive either way.
+    log.warning("data offsets not written (%s); pg_restore -j will scan the archive instead", exc)
+
+
+def fill_offsets(path: Path, found: Found | Exception | None = None) -> int:
+    """Write the missing data offsets into the archive at `path`; the number written (0: none needed).
+
+    `found` is an `OffsetScan`'s result for this file (the walk is done then), else the file is walked here."""
+    if isinstance(found, Exception):
+        _not_written(found)
+        return 0
     with path.open("r+b") as f:
-        try:
-            toc = read_toc(f)
-            missing = [e for e in toc.entries if e.state == OFFSET_NOT_SET]
-            if not missing:
+        if found is None:
+            try:
+                found = _find(f)
+            except (ArchiveLayoutUnknown, OSError, ValueError) as exc:
+                _not_written(exc)
                 return 0
-            blocks = data_blocks(f, toc)
-            with_data = {e.dump_id for e in toc.entries if e.state != NO_DATA}
-            if not set(blocks) <= with_data:
-                raise ArchiveLayoutUnknown("a data block belongs to no TOC entry with data")
-        except (ArchiveLayoutUnknown, OSError, ValueError) as exc:
-            # Only an optimisation: pg_restore reads the archive either way.
-            log.warning("data offsets not written (%s); pg_restore -j will scan the archive instead", exc)
-            return 0
+            if found is None:
+                return 0
+        toc, blocks = found.toc, found.blocks
+        missing = [e for e in toc.entries if e.state == OFFSET_NOT_SET]
         written = 0
         for entry in missing:
             pos = blocks.get(entry.dump_id)
@@ -263,6 +302,92 @@ def fill_offsets(path: Path) -> int:
             f.write(bytes([OFFSET_SET]) + pos.to_bytes(toc.off_size, "little"))
             written += 1
     return written
+
+
+class _Following(BufferedIOBase):
+    """A file another process or thread is still writing, read as if whole: a read waits for its bytes
+    until the writer is done; a writer that stalls longer than `stall_s` ends the walk."""
+
+    POLL_S = 0.005
+
+    def __init__(self, f: BufferedIOBase, done: threading.Event, stall_s: float) -> None:
+        self._f = f
+        self._done = done
+        self._stall_s = stall_s
+
+    def reaches(self, end: int) -> bool:
+        size, since, seen = 0, time.monotonic(), -1
+        while True:
+            done = self._done.is_set()  # read before the size: a size taken after `done` is final
+            size = os.fstat(self._f.fileno()).st_size
+            if size >= end or done:
+                return size >= end
+            if size != seen:
+                seen, since = size, time.monotonic()
+            elif time.monotonic() - since > self._stall_s:
+                raise ArchiveLayoutUnknown(f"the copy stopped growing at byte {size}")
+            self._done.wait(self.POLL_S)
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            raise ValueError("a following read needs a length")
+        self.reaches(self._f.tell() + n)
+        return self._f.read(n)
+
+    def readinto(self, buffer: Any) -> int:
+        pos = self._f.tell()
+        if not self.reaches(pos + 1):
+            return 0
+        # At most what is there now: the rest may not be written yet.
+        size = os.fstat(self._f.fileno()).st_size
+        view = memoryview(buffer)
+        return self._f.readinto(view[: max(1, min(len(view), size - pos))])
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            raise ValueError("the end of a following file is not known yet")
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+class OffsetScan:
+    """Walks an archive's data blocks in a thread while the copy is being written to `path`.
+
+    `writer_done()` once the last byte is written (or the copy failed); `result()` then waits for the walk."""
+
+    def __init__(self, path: Path, stall_s: float = 300.0) -> None:
+        self._path = path
+        self._stall_s = stall_s
+        self._done = threading.Event()
+        self._result: Found | Exception | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="archive-offsets")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self._path.open("rb") as raw:
+                self._result = _find(_Following(raw, self._done, self._stall_s))
+        except (ArchiveLayoutUnknown, OSError, ValueError) as exc:
+            self._result = exc
+
+    def writer_done(self) -> None:
+        self._done.set()
+
+    def result(self, timeout: float = 300.0) -> Found | Exception | None:
+        """What `fill_offsets` takes: the walk's finding, None (nothing missing) or why it failed."""
+        self._done.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return ArchiveLayoutUnknown(f"the walk of the data blocks took longer than {timeout:.0f}s")
+        return self._result
 
 
 # The oldest pg_restore that reads each archive version (pg_backup_archiver.h's K_VERS_* history).

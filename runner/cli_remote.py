@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
 from .cli_app import state_of
-from .ecs import remote
-from .ecs.request import RemoteJob
 from .errors import InfraError, RestoreRefused
-from .restore import RestorePlan
-from .restore_preview import local_command, preview_restore, preview_text
-from .settings import GithubEnv
-from .targets import Target
+
+if TYPE_CHECKING:  # the rest is imported when a job runs: the CLI starts without it
+    from .restore import RestorePlan
+    from .targets import Target
 
 
 def run_remote(
@@ -24,6 +22,10 @@ def run_remote(
 ) -> None:
     """Run the backup of `target`, the restore `plan` into it (or, with `preview`, its dry run), a drill of its
     backup `drill_backup`, or its rollback, as an ECS task (the same CLI, run locally there)."""
+    from .ecs import remote
+    from .ecs.request import RemoteJob
+    from .settings import GithubEnv
+
     state = state_of(ctx)
     involved = (target, plan.source) if plan else (target,)
     action: Literal["backup", "restore", "preview", "rollback", "drill"] = (
@@ -40,6 +42,8 @@ def run_remote(
 
 def restore_dry_run(ctx: typer.Context, plan: RestorePlan, runs_on: str, *, confirm: str | None, timeout: timedelta, detach: bool) -> None:
     """restore --dry-run: what is known here, then (executor ecs) the server's part read by an ECS task."""
+    from .restore_preview import local_command, preview_restore, preview_text
+
     state = state_of(ctx)
     preview = preview_restore(plan, state.services(), runs_on)
     typer.echo(preview_text(preview))

@@ -6,15 +6,11 @@ from typing import Annotated
 
 import typer
 
-from . import github, output
+from . import output
 from .cli_app import Executor, app, executor_for, state_of
 from .cli_remote import restore_dry_run, run_remote
-from .credentials import parse_url
 from .durations import parse_duration
 from .errors import BadInput
-from .restore import plan_restore, run_restore
-from .rollback import plan_rollback, rollback_line, run_rollback
-from .settings import GithubEnv
 
 
 @app.command()
@@ -37,6 +33,11 @@ def restore(
     detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
 ) -> None:
     """Restore a backup into an environment (or a URL) through a fresh database and a safe swap."""
+    from . import github
+    from .credentials import parse_url
+    from .restore import plan_restore, run_restore
+    from .settings import GithubEnv
+
     state = state_of(ctx)
     limit = parse_duration(timeout)
     registry = state.registry()
@@ -65,6 +66,8 @@ def rollback(
     detach: Annotated[bool, typer.Option(help="ecs: start the task, print its ARN and return.")] = False,
 ) -> None:
     """Swap the database the last restore replaced (NAME__previous) back in; run again to undo."""
+    from .rollback import plan_rollback, rollback_line, run_rollback
+
     state = state_of(ctx)
     limit = parse_duration(timeout)
     plan = plan_rollback(state.registry(), identifier, env, confirm)

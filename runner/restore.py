@@ -180,9 +180,10 @@ def _restore_and_swap(
         with workdir.claim(settings.work_dir) if job.mode.parallel else contextlib.nullcontext(None) as work:
             if work is not None:
                 # Verify before touching any database: a damaged download changes nothing.
-                path, actual, size = download(job.store, job.entry, work, job.progress)
-                check_digest(job.entry, actual, size, where)
-                if indexed := archive.fill_offsets(path):
+                copy = download(job.store, job.entry, work, job.progress)
+                path, actual = copy.path, copy.sha256
+                check_digest(job.entry, actual, copy.size, where)
+                if indexed := archive.fill_offsets(path, copy.blocks):
                     log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
             like = database_info(admin, job.conn.dbname)
             # A new target is created as pg_restore --create would: the backed-up database's encoding and locale.

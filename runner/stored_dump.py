@@ -6,11 +6,14 @@ import errno
 import hashlib
 import itertools
 import logging
+import os
 import subprocess
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from . import archive
 from .catalog import BackupEntry
@@ -68,7 +71,18 @@ def read_globals(store: BackupStore, entry: BackupEntry) -> str | None:
     return data.decode("utf-8", "replace")
 
 
-def download(store: BackupStore, entry: BackupEntry, folder: Path, progress: Progress | None = None) -> tuple[Path, str, int]:
+@dataclass(frozen=True)
+class LocalCopy:
+    """The dump copied into a seekable local file (decompressed), the sha256 and size of the stored bytes
+    read, and where its data blocks start (walked while the copy was written; for `archive.fill_offsets`)."""
+
+    path: Path
+    sha256: str
+    size: int
+    blocks: archive.Found | Exception | None
+
+
+def download(store: BackupStore, entry: BackupEntry, folder: Path, progress: Progress | None = None) -> LocalCopy:
     """Copy the dump into a seekable local file (decompressed), hashing the stored bytes."""
     try:
         with quiet(progress).stage(f"download of {entry.id}") as stage:
@@ -87,33 +101,43 @@ def _disk_full(folder: Path) -> InfraError:
     )
 
 
-def _copy(store: BackupStore, entry: BackupEntry, folder: Path, stage: Stage) -> tuple[Path, str, int]:
+def _copy(store: BackupStore, entry: BackupEntry, folder: Path, stage: Stage) -> LocalCopy:
+    path = folder / "restore.dump"
+    with path.open("wb") as out:
+        # The data blocks are walked while the copy grows, on another core, instead of in a pass after it.
+        scan = archive.OffsetScan(path)
+        try:
+            hashed = _write_copy(store, entry, out, folder, stage)
+        finally:
+            scan.writer_done()
+    return LocalCopy(path, hashed.sha256, hashed.size, scan.result())
+
+
+def _write_copy(store: BackupStore, entry: BackupEntry, out: BinaryIO, folder: Path, stage: Stage) -> Hashed:
     chunks, decompress = open_dump(store, entry)
     hashed = Hashed(chunks, stage.meter("downloaded", entry.size_bytes))
-    path = folder / "restore.dump"
-    if decompress is not None:
-        # Whatever the decompressor wrote so far, read from the file when a line is shown: nothing counts it on the way.
-        original = entry.manifest.uncompressed_bytes if entry.manifest else None
-        stage.meter("decompressed", original, probe=lambda: path.stat().st_size)
+    if decompress is None:
+        for chunk in hashed:
+            out.write(chunk)
+        out.flush()
+        return hashed
+    # Whatever the decompressor wrote so far, read from the file when a line is shown: nothing counts it on the way.
+    original = entry.manifest.uncompressed_bytes if entry.manifest else None
+    stage.meter("decompressed", original, probe=lambda: os.fstat(out.fileno()).st_size)
     where = store.uri(entry.key)
-    with path.open("wb") as out:
-        if decompress is None:
-            for chunk in hashed:
-                out.write(chunk)
-            return path, hashed.sha256, hashed.size
-        # A cancel or a storage error mid-download ends the pipeline and is the reason given, not
-        # the decompressor's complaint about the input that stopped short.
-        with Pipeline() as pipe:
-            step = pipe.start(decompress.name, compressor_env(), decompress.argv, stdin=subprocess.PIPE, stdout=out)
-            stopped_early = not pipe.feed(step, hashed)  # it quit on bad data: its exit code and message say why
-            pipe.wait()
-        code = step.proc.returncode
-        if code != 0 and (step.tail.mentions("No space left") or step.tail.mentions("quota exceeded")):
-            raise _disk_full(folder)
-        if code != 0 or stopped_early:
-            how = f"exit {code}" if code else "it stopped reading early"
-            raise JobFailed(f"decompressing {where} failed ({how}): {step.tail.last_error()}; the dump is damaged")
-    return path, hashed.sha256, hashed.size
+    # A cancel or a storage error mid-download ends the pipeline and is the reason given, not
+    # the decompressor's complaint about the input that stopped short.
+    with Pipeline() as pipe:
+        step = pipe.start(decompress.name, compressor_env(), decompress.argv, stdin=subprocess.PIPE, stdout=out)
+        stopped_early = not pipe.feed(step, hashed)  # it quit on bad data: its exit code and message say why
+        pipe.wait()
+    code = step.proc.returncode
+    if code != 0 and (step.tail.mentions("No space left") or step.tail.mentions("quota exceeded")):
+        raise _disk_full(folder)
+    if code != 0 or stopped_early:
+        how = f"exit {code}" if code else "it stopped reading early"
+        raise JobFailed(f"decompressing {where} failed ({how}): {step.tail.last_error()}; the dump is damaged")
+    return hashed
 
 
 def _archive_head(store: BackupStore, entry: BackupEntry, count: int = 64) -> bytes:

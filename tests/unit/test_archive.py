@@ -7,6 +7,8 @@ same code against real pg_dump output (only version 1.14 exists on this machine)
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,3 +163,63 @@ def test_anything_unexpected_leaves_the_file_unchanged(tmp_path: Path, caplog: p
 
     assert path.read_bytes() == bytes(data)
     assert "data offsets not written" in caplog.text and "pg_restore -j will scan" in caplog.text
+
+
+def _write_slowly(path: Path, data: bytes, pieces: int, scan: archive.OffsetScan | None, stop_at: int | None = None) -> None:
+    """Write `data` in `pieces` appends with pauses (as a decompressor would), then tell the scan."""
+    step = max(1, len(data) // pieces)
+    with path.open("wb") as out:
+        for start in range(0, len(data) if stop_at is None else stop_at, step):
+            out.write(data[start:start + step] if stop_at is None else data[start:min(start + step, stop_at)])
+            out.flush()
+            time.sleep(0.002)
+    if scan is not None:
+        scan.writer_done()
+
+
+@pytest.mark.parametrize("version", [(1, 14, 0), (1, 16, 0)])
+def test_a_scan_that_follows_the_copy_finds_what_a_walk_of_the_whole_file_finds(tmp_path: Path, version: tuple[int, int, int]) -> None:
+    big = [b"%d\t%s\n" % (i, b"z" * 50) for i in range(40_000)]
+    blocks = [(10 + i, archive.BLK_DATA, ROWS[: 1 + i % 3]) for i in range(50)]
+    blocks.insert(20, (5, archive.BLK_DATA, big))
+    built = build(version, blocks)
+    path = tmp_path / "a.dump"
+    path.write_bytes(b"")
+    scan = archive.OffsetScan(path)
+    writer = threading.Thread(target=_write_slowly, args=(path, built.data, 200, scan))
+    writer.start()
+    writer.join(timeout=60)
+    found = scan.result(timeout=60)
+
+    assert isinstance(found, archive.Found)
+    assert found.blocks == built.offsets  # every block, found while the file grew
+    assert archive.fill_offsets(path, found) == 51
+    on_disk = offsets_in(path)
+    assert {i: on_disk[i] for i in built.offsets} == {i: (archive.OFFSET_SET, o) for i, o in built.offsets.items()}
+
+
+def test_a_copy_that_stops_short_gives_no_offsets_and_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    built = build((1, 14, 0), [(3, archive.BLK_DATA, ROWS * 100), (4, archive.BLK_DATA, ROWS)])
+    path = tmp_path / "a.dump"
+    path.write_bytes(b"")
+    scan = archive.OffsetScan(path)
+    _write_slowly(path, built.data, 20, scan, stop_at=len(built.data) - 10)  # the download failed mid-way
+    found = scan.result(timeout=30)
+
+    assert isinstance(found, archive.ArchiveLayoutUnknown)
+    with caplog.at_level(logging.WARNING, logger="runner.archive"):
+        assert archive.fill_offsets(path, found) == 0
+    assert "data offsets not written" in caplog.text
+
+
+def test_a_writer_that_stalls_ends_the_scan_within_its_bound(tmp_path: Path) -> None:
+    built = build((1, 14, 0), [(3, archive.BLK_DATA, ROWS * 100)])
+    path = tmp_path / "a.dump"
+    path.write_bytes(built.data[:200])  # then nothing more, and no word from the writer
+    scan = archive.OffsetScan(path, stall_s=0.3)
+    started = time.monotonic()
+    scan._thread.join(timeout=10)
+
+    assert not scan._thread.is_alive()
+    assert time.monotonic() - started < 5
+    assert isinstance(scan.result(timeout=1), archive.ArchiveLayoutUnknown)

@@ -62,7 +62,7 @@ def children(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
     return started
 
 
-def _download(store: FakeStore, folder: Path) -> tuple[Path, str, int]:
+def _download(store: FakeStore, folder: Path) -> stored_dump.LocalCopy:
     entry = BackupEntry("2026-01-02_03-04-05", KEY, datetime(2026, 1, 2, tzinfo=UTC), len(store.data))
     return stored_dump.download(store, entry, folder)  # type: ignore[arg-type]
 
@@ -98,9 +98,9 @@ def test_a_whole_download_is_decompressed_and_hashed(tmp_path: Path) -> None:
     import hashlib
 
     packed = _zstd(PLAIN)
-    path, digest, size = _download(FakeStore(packed), tmp_path)
-    assert path.read_bytes() == PLAIN
-    assert (digest, size) == (hashlib.sha256(packed).hexdigest(), len(packed))
+    copy = _download(FakeStore(packed), tmp_path)
+    assert copy.path.read_bytes() == PLAIN
+    assert (copy.sha256, copy.size) == (hashlib.sha256(packed).hexdigest(), len(packed))
 
 
 @pytest.mark.parametrize("stored", ["zstd", "plain"])
