@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
 from typer.main import get_command_name
 
 if TYPE_CHECKING:
@@ -103,7 +102,17 @@ def epilog(name: str) -> str | None:
     if not lines:
         return None
     # The leading newline keeps the indent: typer dedents all lines after the first by their common margin.
-    return "\nExamples:\n" + "\n".join(f"  {escape(line)}" for line in lines)
+    return "\nExamples:\n" + "\n".join(f"  {_escaped(line)}" for line in lines)
+
+
+def _escaped(line: str) -> str:
+    """`line` as rich markup; rich is imported only for a line that could read as markup (every command's
+    examples are attached at start-up, and rich costs more to import than the rest of --help)."""
+    if "[" not in line:
+        return line
+    from rich.markup import escape
+
+    return escape(line)
 
 
 def registered_names(app: typer.Typer) -> list[str]:

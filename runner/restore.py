@@ -173,7 +173,7 @@ def _restore_and_swap(
                 raise JobFailed(f"cannot drop {leftover}, left by an interrupted restore: {problem}; drop it by hand, then run again")
             log.info("dropped %s, left by an interrupted restore", leftover)
         workdir.sweep(settings.work_dir or Path(tempfile.gettempdir()))
-        check_reader(job.store, job.entry, job.pg_restore)
+        head = check_reader(job.store, job.entry, job.pg_restore)
         checkpoint("restore:checked")
         log.info("restoring %s (%s, %s) into %s as %s", where, job.entry.status, human_size(job.entry.size_bytes),
                  job.conn.describe(), job.fresh)
@@ -187,7 +187,7 @@ def _restore_and_swap(
                     log.info("wrote the data offsets of %d tables into the copy, so pg_restore -j seeks to each", indexed)
             like = database_info(admin, job.conn.dbname)
             # A new target is created as pg_restore --create would: the backed-up database's encoding and locale.
-            shape = database_shape(job.store, job.entry) if like is None else None
+            shape = database_shape(job.store, job.entry, head) if like is None else None
             try:
                 create_database(admin, job.fresh, like, shape)
                 checkpoint("restore:created")

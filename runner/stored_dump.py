@@ -163,10 +163,12 @@ def _archive_head(store: BackupStore, entry: BackupEntry, count: int = 64) -> by
 DATABASE_ENTRY_BYTES = 64 << 10
 
 
-def database_shape(store: BackupStore, entry: BackupEntry) -> DatabaseShape | None:
-    """The encoding and locale of the backed-up database, from the archive's CREATE DATABASE; None if unknown."""
+def database_shape(store: BackupStore, entry: BackupEntry, head: bytes | None = None) -> DatabaseShape | None:
+    """The encoding and locale of the backed-up database, from the archive's CREATE DATABASE; None if unknown.
+
+    `head`: the archive's first bytes as `check_reader` returned them, so the dump is not opened twice."""
     try:
-        head = _archive_head(store, entry, DATABASE_ENTRY_BYTES)
+        head = head if head is not None else _archive_head(store, entry, DATABASE_ENTRY_BYTES)
     except (zlib.error, DbBackupError) as exc:
         log.warning("could not read the backed-up database's encoding from %s (%s)", store.uri(entry.key), exc)
         return None
@@ -189,11 +191,14 @@ def _first_bytes(codec: Codec, head: bytes, count: int = 64) -> bytes:
             feeder.join(timeout=30)
 
 
-def check_reader(store: BackupStore, entry: BackupEntry, pg_restore: str) -> None:
-    """Refuse, before anything is touched, an archive this pg_restore cannot read (pg_dump 16+ needs 16+)."""
-    version = archive.header_version(_archive_head(store, entry))
+def check_reader(store: BackupStore, entry: BackupEntry, pg_restore: str) -> bytes:
+    """Refuse, before anything is touched, an archive this pg_restore cannot read (pg_dump 16+ needs 16+).
+
+    Returns the archive's first bytes (enough for `database_shape`)."""
+    head = _archive_head(store, entry, DATABASE_ENTRY_BYTES)
+    version = archive.header_version(head)
     if version is None:
-        return  # not a custom archive: decompressor() and the restore say what it is
+        return head  # not a custom archive: decompressor() and the restore say what it is
     needed = archive.oldest_reader(version)
     have = tool_version(pg_restore)
     if needed is None or major(have) < needed:
@@ -203,6 +208,7 @@ def check_reader(store: BackupStore, entry: BackupEntry, pg_restore: str) -> Non
             f"cannot read; install the PostgreSQL client tools {newer} (e.g. apt-get install postgresql-client-{needed or 'NEW'}) "
             "or set DB_BACKUP_PG_BINDIR to their bin folder"
         )
+    return head
 
 
 class Hashed:
