@@ -27,7 +27,7 @@ from .pg.admin import (
 from .pg.dbstate import apply_settings, database_info
 from .pg.restore_proc import pg_restore_argv, restore_stream, run_restore_file
 from .pg.roles import GlobalsDoc, create_roles, missing_roles, parse_globals
-from .pg.session import AdminConnection, bound_statements, connect, lock_target
+from .pg.session import AdminConnection, bound_statements, bulk_load_settings, connect, lock_target
 from .pg.swap import Checkpoint, SwapState, swap_in
 from .pg.tools import find_tool
 from .progress import Progress
@@ -174,6 +174,7 @@ def _restore_and_swap(
             log.info("dropped %s, left by an interrupted restore", leftover)
         workdir.sweep(settings.work_dir or Path(tempfile.gettempdir()))
         head = check_reader(job.store, job.entry, job.pg_restore)
+        session = bulk_load_settings(admin, settings.restore_maintenance_mb)
         checkpoint("restore:checked")
         log.info("restoring %s (%s, %s) into %s as %s", where, job.entry.status, human_size(job.entry.size_bytes),
                  job.conn.describe(), job.fresh)
@@ -193,13 +194,13 @@ def _restore_and_swap(
                 checkpoint("restore:created")
                 if work is not None:
                     argv = pg_restore_argv(job.pg_restore, job.fresh, job.ignore_privileges, job.mode.jobs, path)
-                    run_restore_file(job.conn, argv, job.progress)
+                    run_restore_file(job.conn, argv, job.progress, session)
                 else:
                     chunks, decompress = open_dump(job.store, job.entry)
                     counted = Counted(chunks)
                     actual = restore_stream(
                         job.conn, pg_restore_argv(job.pg_restore, job.fresh, job.ignore_privileges, 1, None), counted, decompress,
-                        job.progress, job.entry.size_bytes,
+                        job.progress, job.entry.size_bytes, session,
                     )
                     check_digest(job.entry, actual, counted.size, where)
                 checkpoint("restore:loaded")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from ..compression import Codec
@@ -117,9 +117,11 @@ class TableWatch:
 
 def restore_stream(
     conn: Connection, argv: list[str], chunks: Iterable[bytes], decompress: Codec | None,
-    progress: Progress | None = None, size: int | None = None,
+    progress: Progress | None = None, size: int | None = None, session: Mapping[str, str] | None = None,
 ) -> str:
-    """Feed chunks (`size` bytes, if known) into [zstd -d |] pg_restore; returns the sha256 of what was fed."""
+    """Feed chunks (`size` bytes, if known) into [zstd -d |] pg_restore; returns the sha256 of what was fed.
+
+    `session`: server settings for pg_restore's sessions (bulk_load_settings)."""
     digest = hashlib.sha256()
     with quiet(progress).stage(f"restore into {conn.dbname}") as stage:
         fed = stage.meter("read", size)
@@ -131,7 +133,7 @@ def restore_stream(
                 fed.add(len(chunk))
                 yield chunk
 
-        with libpq_env(conn) as env, Pipeline() as pipe:
+        with libpq_env(conn, session) as env, Pipeline() as pipe:
             first = restore = pipe.start("pg_restore", env, argv, stdin=subprocess.PIPE, info=watch)
             if decompress:
                 first = pipe.start(decompress.name, compressor_env(), decompress.argv, stdin=subprocess.PIPE, into=restore)
@@ -144,10 +146,12 @@ def restore_stream(
     return digest.hexdigest()
 
 
-def run_restore_file(conn: Connection, argv: list[str], progress: Progress | None = None) -> None:
+def run_restore_file(
+    conn: Connection, argv: list[str], progress: Progress | None = None, session: Mapping[str, str] | None = None,
+) -> None:
     with quiet(progress).stage(f"restore into {conn.dbname}") as stage:
         watch = TableWatch(stage)
-        with libpq_env(conn) as env, Pipeline() as pipe:
+        with libpq_env(conn, session) as env, Pipeline() as pipe:
             pipe.start("pg_restore", env, argv, info=watch)
             pipe.wait()
             failure = pipe.failure()

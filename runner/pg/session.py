@@ -35,6 +35,16 @@ def keep_when_idle(db: AdminConnection) -> None:
         db.execute("SET idle_session_timeout = 0")
 
 
+def bulk_load_settings(admin: AdminConnection, maintenance_mb: int) -> dict[str, str]:
+    """Settings for pg_restore's sessions that speed a bulk load, each one a user may set: maintenance_work_mem
+    raised to `maintenance_mb` MiB for the index builds, never lowered below what the server gives."""
+    if maintenance_mb <= 0:
+        return {}
+    row = admin.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()
+    have = int(str(row[0])) if row else 0
+    return {"maintenance_work_mem": f"{maintenance_mb}MB"} if have < maintenance_mb << 20 else {}
+
+
 def pg_message(exc: BaseException) -> str:
     """The server's or libpq's reason in one line, with its cause: `... failed: Connection refused`."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]

@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +105,9 @@ def _memory_passfile(user: str, password: str) -> Iterator[tuple[str, tuple[int,
 
 
 @contextlib.contextmanager
-def libpq_env(conn: Connection) -> Iterator[ToolEnv]:
-    """Environment for libpq tools: connection in PG* variables, the password in a private passfile.
+def libpq_env(conn: Connection, session: Mapping[str, str] | None = None) -> Iterator[ToolEnv]:
+    """Environment for libpq tools: connection in PG* variables, the password in a private passfile;
+    `session`: server settings for the tool's sessions (PGOPTIONS, after any the caller's environment has).
 
     Without a password of its own, db-backup lets the tools find one where the connection check
     (libpq inside this process) found it: PGPASSWORD, else the user's PGPASSFILE or ~/.pgpass.
@@ -122,6 +123,9 @@ def libpq_env(conn: Connection) -> Iterator[ToolEnv]:
                PGAPPNAME="db-backup", PGCONNECT_TIMEOUT="15")
     if conn.sslmode:
         env["PGSSLMODE"] = conn.sslmode
+    if session:
+        wanted = " ".join(f"-c {name}={value}" for name, value in session.items())
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {wanted}".strip()
     if password is None:
         if "PGPASSFILE" in os.environ:
             env["PGPASSFILE"] = os.environ["PGPASSFILE"]  # a path, not a secret; unset, libpq reads ~/.pgpass

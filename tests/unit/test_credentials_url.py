@@ -168,3 +168,16 @@ def test_no_piece_of_a_password_with_special_characters_is_ever_shown() -> None:
                 else:
                     shown = f"{conn.describe()} {conn!r}"
                 assert not any(piece in shown for piece in ("AAA", "BBB", "CCC")), (url, shown)
+
+
+def test_session_settings_reach_the_tools_after_the_callers_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.pg.tools import libpq_env
+
+    conn = Connection("db.example", 5432, "app", "dev", "s3cret")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=app")
+    with libpq_env(conn, {"maintenance_work_mem": "256MB"}) as env:
+        assert env.env["PGOPTIONS"] == "-c search_path=app -c maintenance_work_mem=256MB"
+        assert "s3cret" not in " ".join(env.env.values())
+    monkeypatch.delenv("PGOPTIONS")
+    with libpq_env(conn) as env:
+        assert "PGOPTIONS" not in env.env
