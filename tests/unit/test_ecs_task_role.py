@@ -18,9 +18,8 @@ from runner.targets import Registry, parse_registry
 from tests.helpers.backups import write_manifest
 from tests.helpers.cli import run_main
 from tests.helpers.clock import FakeClock
-from tests.helpers.ecs import FAST, TASKDEF, FakeAws, FakeEcs, FakeLogs, container, services, task
+from tests.helpers.ecs import FAST, NONPROD_ROLE, TASKDEF, FakeAws, FakeEcs, FakeLogs, container, services, task
 
-NONPROD_ROLE = "arn:aws:iam::123456789012:role/db-backup-NonProductionTaskRole-ABC123"
 DRILL_ROLE = "arn:aws:iam::123456789012:role/db-backup-DrillTaskRole-DEF456"
 
 TARGETS = """
