@@ -61,8 +61,7 @@ class _Reader:
     def __init__(self, f: BufferedIOBase) -> None:
         self.f = f
         self.int_size = 4
-        self._following = isinstance(f, _Following)
-        self.size = 0 if self._following else f.seek(0, os.SEEK_END)
+        self.size = 0 if isinstance(f, _Following) else f.seek(0, os.SEEK_END)
         f.seek(0)
 
     def has(self, end: int) -> bool:
