@@ -305,18 +305,21 @@ def fill_offsets(path: Path, found: Found | Exception | None = None) -> int:
 
 class _Following(BufferedIOBase):
     """A file another process or thread is still writing, read as if whole: a read waits for its bytes
-    until the writer is done; a writer that stalls longer than `stall_s` ends the walk."""
+    until the writer is done; a writer that stalls longer than `stall_s`, or `abandoned` being set, ends the walk."""
 
     POLL_S = 0.005
 
-    def __init__(self, f: BufferedIOBase, done: threading.Event, stall_s: float) -> None:
+    def __init__(self, f: BufferedIOBase, done: threading.Event, stall_s: float, abandoned: threading.Event) -> None:
         self._f = f
         self._done = done
         self._stall_s = stall_s
+        self._abandoned = abandoned
 
     def reaches(self, end: int) -> bool:
         size, since, seen = 0, time.monotonic(), -1
         while True:
+            if self._abandoned.is_set():
+                raise ArchiveLayoutUnknown("the copy was abandoned")
             done = self._done.is_set()  # read before the size: a size taken after `done` is final
             size = os.fstat(self._f.fileno()).st_size
             if size >= end or done:
@@ -360,12 +363,14 @@ class _Following(BufferedIOBase):
 class OffsetScan:
     """Walks an archive's data blocks in a thread while the copy is being written to `path`.
 
-    `writer_done()` once the last byte is written (or the copy failed); `result()` then waits for the walk."""
+    `writer_done()` once the last byte is written, `abandon()` if the copy failed (the walk stops at its
+    next read, closing the file, so a deleted copy frees its disk space); `result()` then waits for the walk."""
 
     def __init__(self, path: Path, stall_s: float = 300.0) -> None:
         self._path = path
         self._stall_s = stall_s
         self._done = threading.Event()
+        self._abandoned = threading.Event()
         self._result: Found | Exception | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="archive-offsets")
         self._thread.start()
@@ -373,11 +378,15 @@ class OffsetScan:
     def _run(self) -> None:
         try:
             with self._path.open("rb") as raw:
-                self._result = _find(_Following(raw, self._done, self._stall_s))
+                self._result = _find(_Following(raw, self._done, self._stall_s, self._abandoned))
         except (ArchiveLayoutUnknown, OSError, ValueError) as exc:
             self._result = exc
 
     def writer_done(self) -> None:
+        self._done.set()
+
+    def abandon(self) -> None:
+        self._abandoned.set()
         self._done.set()
 
     def result(self, timeout: float = 300.0) -> Found | Exception | None:

@@ -108,8 +108,10 @@ def _copy(store: BackupStore, entry: BackupEntry, folder: Path, stage: Stage) ->
         scan = archive.OffsetScan(path)
         try:
             hashed = _write_copy(store, entry, out, folder, stage)
-        finally:
-            scan.writer_done()
+        except BaseException:
+            scan.abandon()
+            raise
+        scan.writer_done()
     return LocalCopy(path, hashed.sha256, hashed.size, scan.result())
 
 

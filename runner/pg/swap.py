@@ -69,6 +69,7 @@ class _SessionEnder:
         self.error: str | None = None
         self._told: set[int] = set()  # told to end: a session is told again until it is gone
         self._gone: set[int] = set()
+        self._gave_up = False
         self._thread = threading.Thread(target=self._run, daemon=True, name="swap-session-ender")
 
     @property
@@ -85,11 +86,16 @@ class _SessionEnder:
     def stop(self, renamed: bool) -> bool:
         """Stop ending sessions; False if the thread would not stop. `renamed`: every rename went through,
         which the server allows only once no other session is on those databases, so all told have gone."""
+        if self._gave_up:  # joined once in vain: waiting again would hold the swap's transaction open longer
+            return False
         self._stop.set()
         self._thread.join(timeout=STOP_WAIT_S)
+        if self._thread.is_alive():
+            self._gave_up = True
+            return False
         if renamed:
             self._gone |= self._told
-        return not self._thread.is_alive()
+        return True
 
     def _run(self) -> None:
         try:
@@ -263,11 +269,9 @@ def _swap_names(
                     log.info("waiting for sessions on %s to end (%.0fs of at most %.0fs): %s",
                              renames.waits_on, waited, wait_s, _blockers(admin, renames.ended_on))
                 except psycopg.OperationalError as exc:
-                    try:
-                        went_through = _outcome(admin, admin_conn, target, arriving, session)
-                    except (psycopg.Error, JobFailed) as check:
-                        state.unknown = _unknown(renames, arriving, exc, check)
-                        raise JobFailed(ended(state.unknown)) from exc
+                    went_through = _went_through(admin, admin_conn, renames, arriving, session, state, exc)
+                    if went_through is None:
+                        raise JobFailed(ended(state.unknown or "")) from exc
                     if went_through:
                         state.committed = state.kept_previous = True
                         break
@@ -276,11 +280,8 @@ def _swap_names(
                     raise JobFailed(ended(_failed_text(renames.doing, exc))) from exc
                 except KeyboardInterrupt as exc:
                     # A cancel while COMMIT was on its way: psycopg re-raises it after the commit went through.
-                    try:
-                        if _outcome(admin, admin_conn, target, arriving, session):
-                            state.committed = state.kept_previous = True
-                    except (psycopg.Error, JobFailed) as check:
-                        state.unknown = _unknown(renames, arriving, exc, check)
+                    if _went_through(admin, admin_conn, renames, arriving, session, state, exc):
+                        state.committed = state.kept_previous = True
                     raise
             if ender.error:
                 log.debug("ending sessions on %s: %s", target, ender.error)
@@ -297,13 +298,30 @@ def _swap_failed(doing: str, exc: psycopg.Error) -> JobFailed:
     return JobFailed(_failed_text(doing, exc))
 
 
-def _unknown(renames: _Renames, arriving: int, lost: BaseException, check: BaseException) -> str:
+def _went_through(
+    admin: AdminConnection, admin_conn: Connection, renames: _Renames, arriving: int, session: _Session,
+    state: SwapState, lost: BaseException,
+) -> bool | None:
+    """After an error or a cancel in the swap's transaction: did the renames commit? None, with `state.unknown`
+    set, when nobody can tell. The outcome counts as unknown until the check answers, so a second cancel
+    during the check (it may wait OUTCOME_WAIT_S) leaves no claim that the target is unchanged."""
+    state.unknown = _unknown(renames, arriving, lost, "the check that followed was cancelled")
+    try:
+        went_through = _outcome(admin, admin_conn, renames.target, arriving, session)
+    except (psycopg.Error, JobFailed) as check:
+        state.unknown = _unknown(renames, arriving, lost, f"the check that followed failed ({pg_message(check)})")
+        return None
+    state.unknown = None
+    return went_through
+
+
+def _unknown(renames: _Renames, arriving: int, lost: BaseException, check: str) -> str:
     """What to say when nobody can tell whether the renames committed, and how the user finds out."""
-    why = pg_message(lost) if isinstance(lost, psycopg.Error) else "cancelled"
-    return (f"{renames.doing}: the outcome is unknown: the connection was lost at COMMIT ({why}) and the check that followed "
-            f"failed ({pg_message(check)}); to find out, run SELECT oid, datname FROM pg_database on the server: "
-            f"if {renames.target} has oid {arriving} (the database called {renames.arriving} before the swap), the swap "
-            f"went through, otherwise {renames.target} is as it was and {renames.not_applied}")
+    why = (f"the connection was lost during the swap's transaction ({pg_message(lost)})" if isinstance(lost, psycopg.Error)
+           else "it was cancelled during the swap's transaction")
+    return (f"{renames.doing}: the outcome is unknown: {why} and {check}; to find out, run SELECT oid, datname FROM "
+            f"pg_database on the server: if {renames.target} has oid {arriving} (the database called {renames.arriving} "
+            f"before the swap), the swap went through, otherwise {renames.target} is as it was and {renames.not_applied}")
 
 
 def _outcome(admin: AdminConnection, admin_conn: Connection, target: str, arriving: int, session: _Session) -> bool:

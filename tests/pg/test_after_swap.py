@@ -7,9 +7,11 @@ the leftovers must match what the last line says.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +243,79 @@ def test_the_check_after_a_lost_commit_first_ends_the_session_that_may_still_com
     finally:
         lost.close()
     assert {dbname, arriving} <= pg.databases()
+
+
+def _lose_the_reply_to_the_swaps_commit(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], Callable[[str], None]]:
+    """The swap's COMMIT lands on the server, but its reply never reaches the client: the connection drops."""
+    armed: list[bool] = []
+    real = psycopg.Connection.transaction
+
+    @contextlib.contextmanager
+    def transaction(self: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real(self, *args, **kwargs) as tx:
+            yield tx
+        if armed:
+            armed.clear()
+            self.close()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(psycopg.Connection, "transaction", transaction)
+    return _at("swap:before-commit", lambda: armed.append(True))
+
+
+def test_a_lost_reply_to_a_commit_that_went_through_is_a_restore_that_went_through(
+    pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The check after the lost connection finds the restored database under the target's name: success, said so."""
+    _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=True)
+    assert run_main(["backup", "app", "production"], capsys).code == 0
+    monkeypatch.setattr(restore, "checkpoints", _lose_the_reply_to_the_swaps_commit(monkeypatch))
+
+    run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+
+    assert run.code == 0, run.output
+    assert "unchanged" not in run.output and "unknown" not in run.output
+    assert _label(pg, beta) == "prod1"
+    assert _label(pg, f"{beta}__previous") == "oldbeta1"
+
+
+def test_a_cancel_during_the_check_after_a_lost_commit_never_claims_the_target_unchanged(
+    pg: PgCluster, dbname: str, beta: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """GitHub's second signal lands while the lost COMMIT is being checked: the swap did go through, so the
+    run may only call the outcome unknown and say how to find out, and must leave the restored data in place."""
+    _targets(pg, dbname, beta, tmp_path, monkeypatch, keep_previous=True)
+    assert run_main(["backup", "app", "production"], capsys).code == 0
+    monkeypatch.setattr(restore, "checkpoints", _lose_the_reply_to_the_swaps_commit(monkeypatch))
+
+    def cancelled(*_args: Any) -> bool:
+        raise Interrupted("cancelled by SIGTERM")
+
+    monkeypatch.setattr(swap, "_committed", cancelled)
+
+    run = run_main(["restore", "app", "--from", "production", "--to", "beta"], capsys)
+
+    assert run.code == 130, run.output
+    assert "unchanged" not in run.output
+    last = run.err_lines[-1]
+    assert "cancelled by SIGTERM during the swap" in last, last
+    assert "the outcome is unknown" in last and "the check that followed was cancelled" in last, last
+    assert _label(pg, beta) == "prod1"
+    assert _label(pg, f"{beta}__previous") == "oldbeta1"
+
+
+def test_a_session_ender_that_would_not_stop_is_not_waited_for_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each wait for a stuck ender runs inside the swap's transaction: after one in vain, stop() returns at once."""
+    monkeypatch.setattr(swap, "STOP_WAIT_S", 0.3)
+    ender = swap._SessionEnder(Connection("127.0.0.1", 1, "postgres", "nobody", None), ("db",))
+    release = threading.Event()
+    ender._thread = threading.Thread(target=lambda: release.wait(10), daemon=True)
+    ender._thread.start()
+    try:
+        started = time.monotonic()
+        assert ender.stop(renamed=True) is False
+        assert ender.stop(renamed=False) is False
+        assert ender.stop(renamed=False) is False
+        assert time.monotonic() - started < 0.5  # one wait of 0.3 s, not three
+    finally:
+        release.set()

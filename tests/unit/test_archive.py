@@ -223,3 +223,19 @@ def test_a_writer_that_stalls_ends_the_scan_within_its_bound(tmp_path: Path) -> 
     assert not scan._thread.is_alive()
     assert time.monotonic() - started < 5
     assert isinstance(scan.result(timeout=1), archive.ArchiveLayoutUnknown)
+
+
+def test_an_abandoned_copy_ends_the_scan_at_once_and_closes_the_file(tmp_path: Path) -> None:
+    built = build((1, 14, 0), [(3, archive.BLK_DATA, ROWS * 100)])
+    path = tmp_path / "a.dump"
+    path.write_bytes(built.data[:200])  # the download failed here; the copy is deleted next
+    scan = archive.OffsetScan(path, stall_s=300)
+    time.sleep(0.05)
+    started = time.monotonic()
+    scan.abandon()
+    scan._thread.join(timeout=10)
+
+    assert not scan._thread.is_alive()
+    assert time.monotonic() - started < 1
+    found = scan.result(timeout=1)
+    assert isinstance(found, archive.ArchiveLayoutUnknown) and "abandoned" in str(found)
