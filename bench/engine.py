@@ -102,7 +102,8 @@ class Engine:
         s3 = [line.replace("{storage}", self.s3.storage_url()) for line in head]
         folder = [line.replace("{storage}", f"file://{self.work / 'folder-store'}") for line in head]
         for scale in scales:
-            for compression in self.compressions:
+            # The other scales back up uncompressed too (peak RSS), whatever --compressions lists.
+            for compression in dict.fromkeys([*self.compressions, "none"]):
                 s3 += self._target_lines(f"bench_s{scale}", ident(scale, compression), compression)
             s3 += self._target_lines(f"bench_s{scale}", ident(scale, "legacy"), "gzip:6")
             folder += self._target_lines(f"bench_s{scale}", ident(scale, self.default), self.default)

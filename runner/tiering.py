@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -32,13 +33,23 @@ def tier_for_new(store: BackupStore, identifier: str, env: str, created_at: date
     try:
         listed = {item.id: item for item in cheap_listing(store, identifier, env)}
 
-        def holds(backup_id: str, tier: Tier) -> bool:
+        # The same backup is often the first of its day, week, month and year: each is read once.
+        @functools.cache
+        def good(backup_id: str) -> BackupEntry | None:
             entry = judge(store, identifier, env, listed[backup_id])
-            if not entry.complete or failed_check(store, entry.key):
+            return entry if entry.complete and not failed_check(store, entry.key) else None
+
+        @functools.cache
+        def kept_as(key: str) -> Tier:
+            return tag_tier(store.get_tags(key)) or Tier.PINNED
+
+        def holds(backup_id: str, tier: Tier) -> bool:
+            entry = good(backup_id)
+            if entry is None:
                 return False
             # A tier turned on mid-period, or a promotion that did not finish, leaves the period's
             # first good backup in a shorter tier: it does not hold this one's place.
-            return not store.expires_itself or RANK[tag_tier(store.get_tags(entry.key)) or Tier.PINNED] >= RANK[tier]
+            return not store.expires_itself or RANK[kept_as(entry.key)] >= RANK[tier]
 
         return decide_tier(created_at, ((item.sort_key[0], item.id) for item in listed.values()), holds, policy)
     except Exception as exc:
