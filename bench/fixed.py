@@ -8,12 +8,16 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from .backups import dump_stages
-from .basics import log, run, run_pipeline
+from .basics import log, run, run_pipeline, venv_python
 from .engine import EMPTY, EMPTY_DB, ENV_NAME
 from .measures import measured
 
 if TYPE_CHECKING:
     from .runs import Bench
+
+# typer builds its parameters with pydantic (typer._adapters); targets.yaml is YAML read into pydantic models.
+STACK = "typer._adapters, pydantic, yaml, psycopg"
+S3_CLIENT = "import boto3; boto3.session.Session().client('s3', region_name='us-east-1')"
 
 
 def fixed_costs(bench: Bench) -> None:
@@ -24,6 +28,14 @@ def fixed_costs(bench: Bench) -> None:
     for _ in range(bench.repeat):
         sample, _out = bench.engine.run(["--help"])
         help_m.samples.append(sample)
+    # What no db-backup run can go below: the interpreter and the libraries it is built on, nothing of its own.
+    stack = bench.measure("fixed/stack", f"python -c 'import {STACK}' (every backup and restore loads these)")
+    stack_s3 = bench.measure("fixed/stack-s3", "the same + boto3 and one S3 client (every run on S3)")
+    for _ in range(bench.repeat):
+        sample, _ = measured(partial(run, [venv_python(), "-c", f"import {STACK}"]))
+        stack.samples.append(sample)
+        sample, _ = measured(partial(run, [venv_python(), "-c", f"import {STACK}; {S3_CLIENT}"]))
+        stack_s3.samples.append(sample)
     dump_floor = bench.measure("fixed/floor-dump", f"dump pipeline of an empty database ({default}) > /dev/null")
     folder = bench.measure("fixed/backup-folder", "db-backup backup of an empty database to a local folder")
     s3 = bench.measure("fixed/backup-s3", "db-backup backup of an empty database to S3")
@@ -62,6 +74,6 @@ def fixed_costs(bench: Bench) -> None:
     bench.s3.delete_prefix(f"{EMPTY}/")
     server.drop_db(EMPTY_DB)
     stat = bench.args.stat
-    log(f"  fixed costs: --help {help_m.value(stat):.2f}s; backup folder {folder.value(stat):.2f}s / S3 "
+    log(f"  fixed costs: libraries {stack.value(stat):.2f}s (+S3 client {stack_s3.value(stat):.2f}s); --help {help_m.value(stat):.2f}s; backup folder {folder.value(stat):.2f}s / S3 "
         f"{s3.value(stat):.2f}s vs pipeline {dump_floor.value(stat):.2f}s; restore {restore.value(stat):.2f}s "
         f"vs pg_restore {restore_floor.value(stat):.2f}s")

@@ -123,7 +123,7 @@ def report(bench: Bench, scales: list[int]) -> None:
 def fixed_report(bench: Bench) -> None:
     """What db-backup costs beyond the tools it runs, on an empty database."""
     stat, ms = bench.args.stat, bench.measures
-    keys = ("fixed/help", "fixed/floor-dump", "fixed/backup-folder", "fixed/backup-s3", "fixed/floor-restore",
+    keys = ("fixed/stack", "fixed/stack-s3", "fixed/help", "fixed/floor-dump", "fixed/backup-folder", "fixed/backup-s3", "fixed/floor-restore",
             "fixed/restore-folder")
     rows = [[ms[k].name, fmt_t(ms[k], stat), fmt_rss(ms[k])] for k in keys if k in ms and ms[k].samples]
     if rows:

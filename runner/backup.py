@@ -18,7 +18,7 @@ from .history import RecordIndex
 from .manifest import Manifest, globals_key
 from .output import human_size
 from .pg.dump import DumpPlan, dump_stream, plan_dump
-from .pg.globals import Globals, capture_globals
+from .pg.globals import Globals, GlobalsCapture
 from .pg.session import UploadLocks, pg_message, upload_locks
 from .pg.tools import find_tool, major, tool_version
 from .progress import Progress
@@ -84,11 +84,14 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
         tags = tier_tags(tier)  # every object of the backup carries them, so they expire together
         expected = _expected_size(store, target, conn, plan)
         backup_id, key, upload = _reserve_id(store, target, now, locks, tags)
+        capture: GlobalsCapture | None = None
         try:
             log.info("backing up %s (%s, server %s) to %s with %s", target.name, conn.describe(), server, store.uri(key), plan.compression)
             started = services.clock.monotonic()
             digest = hashlib.sha256()
             size = 0
+            # Roles are read while the dump runs (its own connections and pg_dumpall), not after it.
+            capture = GlobalsCapture(conn)
             with Progress.of(services.settings, services.clock).stage(f"backup of {target.name}") as stage:
                 read = stage.meter("read", expected, estimate=True) if plan.raw_countable else None
                 stored = stage.meter("stored", None if plan.raw_countable else expected, estimate=True)
@@ -101,8 +104,10 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
             duration_s = round(services.clock.monotonic() - started, 3)  # the dump's own time
             # Before the upload completes: killed while pg_dumpall runs, no dump without its manifest is left
             # behind, only an unfinished upload, which the next backup's cleanup removes.
-            captured = capture_globals(conn)
+            captured = capture.result()
         except BaseException:
+            if capture is not None:
+                capture.cancel()
             upload.abort()
             raise
         upload.complete()
@@ -124,7 +129,7 @@ def _expected_size(store: BackupStore, target: Target, conn: Connection, plan: D
     """What the progress display's ETA counts towards: the last backup's size (pg_dump's output, or the stored
     bytes when pg_dump compresses), else the database's size on disk (indexes too: a rough upper bound)."""
     try:
-        last = next((e.manifest for e in list_backups(store, target.identifier, target.env, limit=3) if e.manifest), None)
+        last = next((e.manifest for e in list_backups(store, target.identifier, target.env, limit=1) if e.manifest), None)
     except Exception as exc:  # only the progress display's ETA depends on it
         log.debug("no size estimate from earlier backups: %s", exc)
         last = None

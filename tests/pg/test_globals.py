@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -16,11 +17,13 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
+from runner.credentials import Connection
 from runner.ecs.request import RemoteJob, task_argv
 from runner.manifest import Manifest, parse_manifest
 from runner.pg.cluster import Cluster, throwaway_cluster
+from runner.pg.globals import GlobalsCapture
 from runner.pg.roles import parse_globals, roles_to_create
-from tests.conftest import PgCluster, fingerprint, restore_leftovers, run_cli, write_targets
+from tests.conftest import PgCluster, fingerprint, restore_leftovers, run_cli, wait_for, write_targets
 from tests.helpers.targets import folder_registry
 
 CLUSTER_PASSWORD = "fresh-cluster-Pw-0815"
@@ -388,3 +391,29 @@ def test_with_roles_reaches_the_ecs_tasks_command(tmp_path: Path) -> None:
     assert task_argv(job, "req-1") == ("restore", "app", "--from", "production", "--to", "beta", "--backup",
                                        "2026-01-02_03-04-05", "--with-roles", "--executor", "local")
     assert "--with-roles" not in task_argv(replace(job, with_roles=False), "req-1")
+
+
+def test_a_capture_beside_a_failed_dump_is_cancelled_and_its_pg_dumpall_ended(
+    pg: PgCluster, dbname: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The roles are captured while the dump runs; when the dump fails first, a STUB pg_dumpall that would hang
+    (as one stuck on a lock would) is ended by cancel(), and no second attempt starts."""
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    started = tmp_path / "started"
+    (stub / "pg_dumpall").write_text(f"#!/bin/sh\necho $$ >> {started}\nexec sleep 120\n")
+    (stub / "pg_dumpall").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub}:{os.environ['PATH']}")
+    monkeypatch.delenv("DB_BACKUP_PG_BINDIR", raising=False)
+    monkeypatch.setenv("PGPASSWORD", pg.password or "")
+    conn = Connection(pg.host, pg.port, dbname, pg.user, None)
+
+    capture = GlobalsCapture(conn)
+    wait_for(lambda: started.exists(), "the capture's pg_dumpall to start")
+    began = time.monotonic()
+    capture.cancel()
+    captured = capture.result(wait_s=30)
+
+    assert time.monotonic() - began < 10
+    assert captured.text is None and captured.missing == "roles and globals not captured: the backup stopped first"
+    assert len(started.read_text().split()) == 1  # no --roles-only attempt after the cancel
