@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 
@@ -41,6 +43,35 @@ class BackupResult:
 MAX_IDS_PER_SECOND = 100
 # The database's size only feeds the progress display's ETA: a server slow to answer must not hold up the dump.
 SIZE_QUERY_WAIT_S = 3
+
+
+T = TypeVar("T")
+
+
+class _Aside(Generic[T]):
+    """One call run in a daemon thread; `result()` waits for it and raises what it raised.
+
+    A daemon, not a pool's worker: a cancel returns at once, and the process never waits at exit for a round
+    trip that a stalled store never answers (each is bounded by the store's own timeouts anyway)."""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call = call
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="backup-prep")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self._error = exc
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
 
 
 def _reserve_id(
@@ -79,10 +110,13 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
                 f"pg_dump {dump_version} cannot dump server {server}; install PostgreSQL client tools {major(server)} or newer"
             )
         now = services.clock.now()
-        store.clean_leftovers(target.identifier, target.env, now, locks.abandoned)  # it logs what it removed
-        tier = tier_for_new(store, target.identifier, target.env, now, target.retention)
+        # Three independent reads of the store, each one or more round trips: side by side, not one after another.
+        cleaned = _Aside(lambda: store.clean_leftovers(target.identifier, target.env, now, locks.abandoned))  # it logs
+        tiered = _Aside(lambda: tier_for_new(store, target.identifier, target.env, now, target.retention))
+        sized = _Aside(lambda: _expected_size(store, target, conn, plan))
+        cleaned.result()
+        tier, expected = tiered.result(), sized.result()
         tags = tier_tags(tier)  # every object of the backup carries them, so they expire together
-        expected = _expected_size(store, target, conn, plan)
         backup_id, key, upload = _reserve_id(store, target, now, locks, tags)
         capture: GlobalsCapture | None = None
         try:
