@@ -84,23 +84,23 @@ def floor_targets(bench: Bench, scales: list[int]) -> list[Target]:
             add("floor", f"scale {scale}: restore (auto) vs the old whole restore (download + pg_restore -j1, "
                 f"{whole:.2f}s)", f"{p}/restore/auto", whole, 0.8)
     add("fixed cost", "db-backup --help", "fixed/help", 0.0, 0.3, unit="s")
-    base_of = {"fixed/backup-folder": "fixed/floor-dump", "fixed/backup-s3": "fixed/floor-dump",
-               "fixed/restore-folder": "fixed/floor-restore"}
-    for key, base, what in (("fixed/backup-folder", "fixed/floor-dump", "backup of an empty database to a folder"),
-                            ("fixed/backup-s3", "fixed/floor-dump", "backup of an empty database to S3"),
-                            ("fixed/restore-folder", "fixed/floor-restore", "restore of an empty database")):
-        b = ms.get(base)
+    tools_of = {"fixed/backup-folder": "fixed/floor-dump", "fixed/backup-s3": "fixed/floor-dump",
+                "fixed/restore-folder": "fixed/floor-restore"}
+    for key, what in (("fixed/backup-folder", "backup of an empty database to a folder"),
+                      ("fixed/backup-s3", "backup of an empty database to S3"),
+                      ("fixed/restore-folder", "restore of an empty database")):
+        b = ms.get(tools_of[key])
         if b and b.samples:
             add("fixed cost", f"{what}, over its pg_dump/pg_restore ({b.value(stat):.2f}s)", key, b.value(stat), 0.3, unit="s")
     # The same targets against what the libraries alone cost to load: how much of the fixed cost is db-backup's own.
     for key, stack, what in (("fixed/backup-folder", "fixed/stack", "backup to a folder"),
                              ("fixed/backup-s3", "fixed/stack-s3", "backup to S3"),
                              ("fixed/restore-folder", "fixed/stack", "restore")):
-        b, libs = ms.get(base_of[key]), ms.get(stack)
-        if b and libs and b.samples and libs.samples:
-            base = b.value(stat) + libs.value(stat)
+        tools, libs = ms.get(tools_of[key]), ms.get(stack)
+        if tools and libs and tools.samples and libs.samples:
+            floor = tools.value(stat) + libs.value(stat)
             add("fixed cost", f"{what} of an empty database, over its pg_dump/pg_restore + loading the libraries "
-                f"({base:.2f}s)", key, base, 0.3, unit="s")
+                f"({floor:.2f}s)", key, floor, 0.3, unit="s")
     return targets
 
 

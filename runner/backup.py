@@ -20,7 +20,7 @@ from .history import RecordIndex
 from .manifest import Manifest, globals_key
 from .output import human_size
 from .pg.dump import DumpPlan, dump_stream, plan_dump
-from .pg.globals import Globals, GlobalsCapture
+from .pg.globals import Globals, capture_globals
 from .pg.session import UploadLocks, pg_message, upload_locks
 from .pg.tools import find_tool, major, tool_version
 from .progress import Progress
@@ -111,21 +111,18 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
             )
         now = services.clock.now()
         # Three independent reads of the store, each one or more round trips: side by side, not one after another.
-        cleaned = _Aside(lambda: store.clean_leftovers(target.identifier, target.env, now, locks.abandoned))  # it logs
         tiered = _Aside(lambda: tier_for_new(store, target.identifier, target.env, now, target.retention))
         sized = _Aside(lambda: _expected_size(store, target, conn, plan))
-        cleaned.result()
+        # Here, not aside: it asks the lock session, which a cancel must find free to close at once.
+        store.clean_leftovers(target.identifier, target.env, now, locks.abandoned)  # it logs what it removed
         tier, expected = tiered.result(), sized.result()
         tags = tier_tags(tier)  # every object of the backup carries them, so they expire together
         backup_id, key, upload = _reserve_id(store, target, now, locks, tags)
-        capture: GlobalsCapture | None = None
         try:
             log.info("backing up %s (%s, server %s) to %s with %s", target.name, conn.describe(), server, store.uri(key), plan.compression)
             started = services.clock.monotonic()
             digest = hashlib.sha256()
             size = 0
-            # Roles are read while the dump runs (its own connections and pg_dumpall), not after it.
-            capture = GlobalsCapture(conn)
             with Progress.of(services.settings, services.clock).stage(f"backup of {target.name}") as stage:
                 read = stage.meter("read", expected, estimate=True) if plan.raw_countable else None
                 stored = stage.meter("stored", None if plan.raw_countable else expected, estimate=True)
@@ -138,10 +135,9 @@ def run_backup(target: Target, services: Services, request_id: str | None = None
             duration_s = round(services.clock.monotonic() - started, 3)  # the dump's own time
             # Before the upload completes: killed while pg_dumpall runs, no dump without its manifest is left
             # behind, only an unfinished upload, which the next backup's cleanup removes.
-            captured = capture.result()
+            # After the dump, not beside it: a role allowed two connections (the lock's and pg_dump's) must still back up.
+            captured = capture_globals(conn)
         except BaseException:
-            if capture is not None:
-                capture.cancel()
             upload.abort()
             raise
         upload.complete()

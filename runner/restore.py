@@ -121,6 +121,8 @@ def run_restore(plan: RestorePlan, services: Services) -> RestoreResult:
     except KeyboardInterrupt as exc:
         if swap.committed:  # e.g. while the work folder's copy was being removed
             _after_swap(exc, conn.dbname, previous if swap.kept_previous else None)
+        if swap.unknown is not None:  # a second cancel while the fresh database was being dropped
+            raise Cancelled(f"{cancel_reason(exc)} during the swap; {swap.unknown}") from exc
         raise
     duration = round(services.clock.monotonic() - started, 3)
     log.info("restored %s into %s in %.1fs%s", entry.id, conn.describe(), duration, f"; previous kept as {previous}" if kept else "")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import threading
 from dataclasses import dataclass
 
 import psycopg
@@ -40,55 +39,13 @@ class Globals:
     roles: tuple[str, ...] | None
 
 
-class _Live:
-    """The pg_dumpall running for a capture, so that a cancelled capture can end it."""
-
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-
-def capture_globals(conn: Connection, live: _Live | None = None) -> Globals:
+def capture_globals(conn: Connection) -> Globals:
     """Roles, memberships, role settings (and tablespaces) of the server; a failure is noted, never raised."""
     roles, roles_problem = referenced_roles(conn)
-    text, missing = _dumpall(conn, live or _Live())
+    text, missing = _dumpall(conn)
     if roles_problem:
         missing = "; ".join(part for part in (missing, roles_problem) if part)
     return Globals(text, missing, roles)
-
-
-# The longest a capture can take: the roles query, then two pg_dumpall runs, each bounded, and a margin to connect.
-CAPTURE_WAIT_S = ROLES_QUERY_TIMEOUT_S + 2 * DUMPALL_TIMEOUT_S + 60.0
-
-
-class GlobalsCapture:
-    """capture_globals in a thread, started beside the dump: its connections and pg_dumpall run while the
-    dump does instead of after it. `result()` waits for it; `cancel()` ends its pg_dumpall."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._live = _Live()
-        self._result: Globals | None = None
-        self._thread = threading.Thread(target=self._run, args=(conn,), daemon=True, name="globals-capture")
-        self._thread.start()
-
-    def _run(self, conn: Connection) -> None:
-        try:
-            self._result = capture_globals(conn, self._live)
-        except Exception as exc:  # capture_globals notes its failures; anything else must still not fail the backup
-            self._result = Globals(None, f"roles and globals not captured: {exc}", None)
-
-    def result(self, wait_s: float = CAPTURE_WAIT_S) -> Globals:
-        self._thread.join(timeout=wait_s)
-        if self._result is None:
-            self.cancel()
-            return Globals(None, f"roles and globals not captured: the capture {TIMED_OUT} within {wait_s:.0f}s", None)
-        return self._result
-
-    def cancel(self) -> None:
-        self._live.cancelled.set()
-        proc = self._live.proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
 
 
 def referenced_roles(conn: Connection) -> tuple[tuple[str, ...] | None, str | None]:
@@ -103,27 +60,25 @@ def referenced_roles(conn: Connection) -> tuple[tuple[str, ...] | None, str | No
     return tuple(str(row[0]) for row in rows if row[0] is not None), None
 
 
-def _dumpall(conn: Connection, live: _Live) -> tuple[str | None, str | None]:
+def _dumpall(conn: Connection) -> tuple[str | None, str | None]:
     """`pg_dumpall --globals-only`, else `--roles-only`: its text and what is missing."""
     try:
         pg_dumpall = find_tool("pg_dumpall")
     except BadInput as exc:
         return None, f"pg_dumpall not found: {exc}"
-    text, problem = _run(conn, pg_dumpall, "--globals-only", live)
+    text, problem = _run(conn, pg_dumpall, "--globals-only")
     if text is not None:
         return text, None
-    if live.cancelled.is_set():
-        return None, "roles and globals not captured: the backup stopped first"
     if problem.startswith(TIMED_OUT):
         return None, f"roles and globals not captured: pg_dumpall {problem}"  # a second try would wait as long again
     log.warning("pg_dumpall --globals-only failed (%s); trying --roles-only", problem)
-    roles_text, roles_problem = _run(conn, pg_dumpall, "--roles-only", live)
+    roles_text, roles_problem = _run(conn, pg_dumpall, "--roles-only")
     if roles_text is not None:
         return roles_text, f"tablespaces not captured: pg_dumpall --globals-only failed: {problem}"
     return None, f"roles and globals not captured: pg_dumpall failed: {roles_problem}"
 
 
-def _run(conn: Connection, pg_dumpall: str, what: str, live: _Live) -> tuple[str | None, str]:
+def _run(conn: Connection, pg_dumpall: str, what: str) -> tuple[str | None, str]:
     """One pg_dumpall run on the backed-up database's connection; (its output, '') or (None, its first stderr line)."""
     # --no-role-passwords: no password hash is ever stored, and a non-superuser (Amazon RDS's master user) may run it.
     # --encoding: the file is UTF-8 whatever the database's encoding, so role names read back as written.
@@ -131,9 +86,6 @@ def _run(conn: Connection, pg_dumpall: str, what: str, live: _Live) -> tuple[str
     try:
         with libpq_env(conn) as env:
             proc = env.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            live.proc = proc
-            if live.cancelled.is_set():  # cancelled while it started: cancel() may have missed it
-                proc.kill()
             try:
                 out, err = proc.communicate(timeout=DUMPALL_TIMEOUT_S)
             except subprocess.TimeoutExpired:

@@ -255,7 +255,10 @@ def _swap_names(
                                 raise JobFailed(ended(f"{renames.doing} failed: the sessions could not be stopped being "
                                                       f"ended; the target is unchanged and {renames.not_applied}"))
                             checkpoint(step)
+                        # From here until the server has answered COMMIT, nobody can say "unchanged".
+                        state.unknown = _unknown(renames, arriving, "it was interrupted at COMMIT, before its answer")
                     state.committed = state.kept_previous = True
+                    state.unknown = None
                     break
                 except psycopg.errors.ObjectInUse as exc:
                     if time.monotonic() >= deadline:
@@ -273,15 +276,14 @@ def _swap_names(
                     if went_through is None:
                         raise JobFailed(ended(state.unknown or "")) from exc
                     if went_through:
-                        state.committed = state.kept_previous = True
                         break
                     raise JobFailed(ended(_failed_text(renames.doing, exc))) from exc
                 except psycopg.Error as exc:
+                    state.unknown = None  # the server answered, with an error: the transaction is rolled back
                     raise JobFailed(ended(_failed_text(renames.doing, exc))) from exc
                 except KeyboardInterrupt as exc:
                     # A cancel while COMMIT was on its way: psycopg re-raises it after the commit went through.
-                    if _went_through(admin, admin_conn, renames, arriving, session, state, exc):
-                        state.committed = state.kept_previous = True
+                    _went_through(admin, admin_conn, renames, arriving, session, state, exc)
                     raise
             if ender.error:
                 log.debug("ending sessions on %s: %s", target, ender.error)
@@ -302,24 +304,30 @@ def _went_through(
     admin: AdminConnection, admin_conn: Connection, renames: _Renames, arriving: int, session: _Session,
     state: SwapState, lost: BaseException,
 ) -> bool | None:
-    """After an error or a cancel in the swap's transaction: did the renames commit? None, with `state.unknown`
-    set, when nobody can tell. The outcome counts as unknown until the check answers, so a second cancel
-    during the check (it may wait OUTCOME_WAIT_S) leaves no claim that the target is unchanged."""
-    state.unknown = _unknown(renames, arriving, lost, "the check that followed was cancelled")
+    """After an error or a cancel in the swap's transaction: did the renames commit? If so, `state` says it.
+    None, with `state.unknown` set, when nobody can tell. The outcome counts as unknown until the check answers
+    (and until `state` holds the answer), so a second cancel during the check (it may wait OUTCOME_WAIT_S)
+    leaves no claim that the target is unchanged."""
+    state.unknown = _unknown(renames, arriving, f"{_lost(lost)} and the check that followed was cancelled")
     try:
         went_through = _outcome(admin, admin_conn, renames.target, arriving, session)
     except (psycopg.Error, JobFailed) as check:
-        state.unknown = _unknown(renames, arriving, lost, f"the check that followed failed ({pg_message(check)})")
+        state.unknown = _unknown(renames, arriving, f"{_lost(lost)} and the check that followed failed ({pg_message(check)})")
         return None
+    if went_through:
+        state.committed = state.kept_previous = True
     state.unknown = None
     return went_through
 
 
-def _unknown(renames: _Renames, arriving: int, lost: BaseException, check: str) -> str:
-    """What to say when nobody can tell whether the renames committed, and how the user finds out."""
-    why = (f"the connection was lost during the swap's transaction ({pg_message(lost)})" if isinstance(lost, psycopg.Error)
-           else "it was cancelled during the swap's transaction")
-    return (f"{renames.doing}: the outcome is unknown: {why} and {check}; to find out, run SELECT oid, datname FROM "
+def _lost(lost: BaseException) -> str:
+    return (f"the connection was lost during the swap's transaction ({pg_message(lost)})" if isinstance(lost, psycopg.Error)
+            else "it was cancelled during the swap's transaction")
+
+
+def _unknown(renames: _Renames, arriving: int, why: str) -> str:
+    """What to say when nobody can tell whether the renames committed (`why`), and how the user finds out."""
+    return (f"{renames.doing}: the outcome is unknown: {why}; to find out, run SELECT oid, datname FROM "
             f"pg_database on the server: if {renames.target} has oid {arriving} (the database called {renames.arriving} "
             f"before the swap), the swap went through, otherwise {renames.target} is as it was and {renames.not_applied}")
 

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -17,13 +16,11 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from runner.credentials import Connection
 from runner.ecs.request import RemoteJob, task_argv
 from runner.manifest import Manifest, parse_manifest
 from runner.pg.cluster import Cluster, throwaway_cluster
-from runner.pg.globals import GlobalsCapture
 from runner.pg.roles import parse_globals, roles_to_create
-from tests.conftest import PgCluster, fingerprint, restore_leftovers, run_cli, wait_for, write_targets
+from tests.conftest import PgCluster, fingerprint, restore_leftovers, run_cli, write_targets
 from tests.helpers.targets import folder_registry
 
 CLUSTER_PASSWORD = "fresh-cluster-Pw-0815"
@@ -393,27 +390,30 @@ def test_with_roles_reaches_the_ecs_tasks_command(tmp_path: Path) -> None:
     assert "--with-roles" not in task_argv(replace(job, with_roles=False), "req-1")
 
 
-def test_a_capture_beside_a_failed_dump_is_cancelled_and_its_pg_dumpall_ended(
-    pg: PgCluster, dbname: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The roles are captured while the dump runs; when the dump fails first, a STUB pg_dumpall that would hang
-    (as one stuck on a lock would) is ended by cancel(), and no second attempt starts."""
-    stub = tmp_path / "stub"
-    stub.mkdir()
-    started = tmp_path / "started"
-    (stub / "pg_dumpall").write_text(f"#!/bin/sh\necho $$ >> {started}\nexec sleep 120\n")
-    (stub / "pg_dumpall").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{stub}:{os.environ['PATH']}")
-    monkeypatch.delenv("DB_BACKUP_PG_BINDIR", raising=False)
-    monkeypatch.setenv("PGPASSWORD", pg.password or "")
-    conn = Connection(pg.host, pg.port, dbname, pg.user, None)
+def test_a_role_allowed_two_connections_backs_up_with_its_roles(pg: PgCluster, tmp_path: Path) -> None:
+    """The backup's lock holds one session throughout; pg_dump, then the roles query and pg_dumpall, take
+    the other one by one. A third at once would fail the backup, or lose its roles."""
+    role, password = f"g_lim_{uuid.uuid4().hex[:6]}", "lim-Pw-2"
+    database = f"lim_{uuid.uuid4().hex[:6]}"
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 2 PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role)))
+    try:
+        with pg.connect(database) as conn:
+            conn.execute("CREATE TABLE items AS SELECT g AS id FROM generate_series(1, 1000) g")
+            conn.execute(sql.SQL("ALTER TABLE items OWNER TO {}").format(sql.Identifier(role)))
+        limited = PgCluster(pg.host, pg.port, role, password, pg.bindir)
+        targets = write_targets(tmp_path / "targets.yaml", limited, {"production": database}, "file://./backups")
 
-    capture = GlobalsCapture(conn)
-    wait_for(lambda: started.exists(), "the capture's pg_dumpall to start")
-    began = time.monotonic()
-    capture.cancel()
-    captured = capture.result(wait_s=30)
+        backup = run_cli("backup", "app", "production", env={"TEST_PG_PASSWORD": password, "DB_BACKUP_TARGETS": str(targets)})
 
-    assert time.monotonic() - began < 10
-    assert captured.text is None and captured.missing == "roles and globals not captured: the backup stopped first"
-    assert len(started.read_text().split()) == 1  # no --roles-only attempt after the cancel
+        assert backup.returncode == 0, backup.stderr
+        manifest = _manifest(tmp_path)
+        assert "globals_missing" not in manifest, manifest
+        assert f"CREATE ROLE {role};" in _globals_file(tmp_path).read_text()
+        assert manifest["roles"] == [role]
+    finally:
+        pg.drop(database)
+        with pg.connect() as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
