@@ -121,7 +121,7 @@ def run_restore(plan: RestorePlan, services: Services) -> RestoreResult:
     except KeyboardInterrupt as exc:
         if swap.committed:  # e.g. while the work folder's copy was being removed
             _after_swap(exc, conn.dbname, previous if swap.kept_previous else None)
-        if swap.unknown is not None:  # during the swap, or a second cancel while the fresh database was being dropped
+        if swap.unknown is not None:  # a second cancel while the fresh database was being dropped
             raise Cancelled(f"{cancel_reason(exc)} during the swap; {swap.unknown}") from exc
         raise
     duration = round(services.clock.monotonic() - started, 3)
@@ -220,7 +220,9 @@ def _restore_and_swap(
                     log.error("restore failed; dropping %s if it still has that name", job.fresh)
                 if problem := try_drop_database(admin, job.fresh):
                     log.warning("could not drop %s: %s; the next restore into %s drops it", job.fresh, problem, job.conn.dbname)
-                raise  # a cancel with an unknown outcome is named once, in run_restore
+                if swap.unknown is not None and isinstance(exc, KeyboardInterrupt):
+                    raise Cancelled(f"{cancel_reason(exc)} during the swap; {swap.unknown}") from exc
+                raise
             if kept and not job.keep_previous:
                 kept = _drop_previous(admin, job.conn.dbname, job.previous)
     return kept, actual
